@@ -1,0 +1,63 @@
+# Two commands do all set-up on a fresh clone:
+#   make lab    create the virtual environment, install, open JupyterLab on notebooks/
+#   make test   create/install the same way, then lint and run the whole test suite
+# and `make reproduce` runs every paper-figure reproduction headless into reports/latest.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rlnb-installed
+# The CPU build of torch is pinned through constraints.txt. GPU users: install your CUDA
+# torch into the environment first and run `make install RLNB_CONSTRAINTS=none`.
+RLNB_CONSTRAINTS ?= $(CURDIR)/constraints.txt
+PIP_CONSTRAINT_ENV := $(if $(filter none,$(RLNB_CONSTRAINTS)),,PIP_CONSTRAINT=$(RLNB_CONSTRAINTS))
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+LAB_PORT ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: install lab test lint reproduce reproduce-quick chromium clean help
+
+help:
+	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
+	@echo "make test       set up, lint (ruff) and run the whole test suite"
+	@echo "make reproduce  run every paper-figure reproduction into reports/latest"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_CONSTRAINT_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rlnb)" >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Chromium (Debian's package) renders PNG figures through kaleido. Never a downloaded build.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (needed for PNG export)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; PNG export will be unavailable"; \
+	  else \
+	    echo "warning: chromium not found; PNG export needs it (sudo apt-get install chromium)"; \
+	  fi; }
+
+lab: install
+	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) $(ALLOW_ROOT) \
+	  --ServerApp.open_browser=False
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install chromium lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+reproduce: install chromium
+	$(BIN)/python -m analysis --out reports/latest
+
+reproduce-quick: install chromium
+	$(BIN)/python -m analysis --quick --out reports/quick
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""What every reproduction module in analysis/ provides, and the check record it returns.
+
+A reproduction module defines::
+
+    TITLE: str                      # the figure's title, with the paper
+    CARD: int                       # the card number in shared/papers/cards.md
+    def run(quick: bool = False, seed: int = 0) -> dict   # JSON-able results
+    def figure(results: dict) -> plotly.graph_objects.Figure
+    def checks(results: dict) -> list[Check]
+
+``quick=True`` is the reduced budget the test suite uses; ``quick=False`` is the full
+protocol of the card, run by ``make reproduce``.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named pass/fail criterion: ``value <op> threshold``."""
+
+    name: str
+    value: float
+    op: str
+    threshold: float
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"op must be one of {sorted(_OPS)}, got {self.op!r}")
+
+    @property
+    def passed(self) -> bool:
+        return bool(_OPS[self.op](self.value, self.threshold))
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "verdict": self.verdict}
+
+    def __str__(self) -> str:
+        return f"[{self.verdict}] {self.name}: {self.value:.4g} {self.op} {self.threshold:.4g}"

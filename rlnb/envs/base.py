@@ -1,0 +1,110 @@
+"""The sandbox protocol shared by every tabular environment in rlnb.
+
+A *sandbox* is a batch of independent problems ("prompts") that a policy answers with a
+sequence of ``horizon`` discrete actions. Prompts play the role of environment instances
+(the leading env dimension of gymnax-style batching): a ``Bandit`` with ``E`` instances has
+``E`` prompts, a ``StrategyBandit`` has one prompt per problem, a ``TreeMDP`` one per tree.
+
+States are integers so that a ``TabularPolicy`` can index a logit table with them::
+
+    state = prompt * states_per_prompt + local_state
+
+``local_state`` is what a policy *shared across prompts* sees (the strategy bandit's one
+softmax over strategies is ``TabularPolicy(shared=True)`` on ``states_per_prompt == 1``).
+
+Everything is batched and state-in/state-out: no method keeps hidden state, and every
+random draw takes an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from rlnb.serialization import Serializable
+
+
+class Sandbox(Serializable):
+    """Base class of the discrete sandboxes. Subclasses fill in the class attributes'
+    instance values in ``__init__`` and implement ``next_states`` and ``reward``.
+
+    Attributes:
+        num_prompts: number of problems / environment instances.
+        num_actions: size of the action set at every step.
+        horizon: number of actions in one episode (1 for bandits).
+        states_per_prompt: number of decision states inside one prompt.
+    """
+
+    num_prompts: int
+    num_actions: int
+    horizon: int
+    states_per_prompt: int
+    # Name of the quantity that `reward` returns, for plots and logs.
+    reward_name: ClassVar[str] = "reward"
+
+    # --- state layout -------------------------------------------------------------
+    @property
+    def num_states(self) -> int:
+        return self.num_prompts * self.states_per_prompt
+
+    def initial_states(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Decision state at step 0 of each prompt: ``(N,) long -> (N,) long``."""
+        return prompts * self.states_per_prompt
+
+    def next_states(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Deterministic transition ``(N,), (N,) -> (N,)``. Only used when horizon > 1."""
+        raise NotImplementedError(f"{type(self).__name__} has horizon 1 and no transitions")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_states
+
+    def state_features(self, states: torch.Tensor) -> torch.Tensor:
+        """Features of each state for function-approximation policies (MLPPolicy):
+        ``(N,) long -> (N, feature_dim) float``. Default: one-hot of the state index."""
+        return torch.nn.functional.one_hot(states, self.num_states).float()
+
+    # --- episodes -----------------------------------------------------------------
+    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` prompt indices drawn uniformly with replacement: ``(n,) long``.
+        When ``n == num_prompts`` every prompt is used once, in random order."""
+        if n == self.num_prompts:
+            return torch.randperm(self.num_prompts, generator=generator)
+        return torch.randint(self.num_prompts, (n,), generator=generator)
+
+    def reward(
+        self,
+        prompts: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Reward of each finished episode: prompts ``(N,)``, actions ``(N, horizon)`` ->
+        ``(N,) float``. Stochastic sandboxes draw from ``generator``."""
+        raise NotImplementedError
+
+    def expected_reward(self, prompts: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Mean of ``reward`` over its noise, same shapes. Deterministic sandboxes return
+        ``reward`` itself."""
+        return self.reward(prompts, actions)
+
+    # --- exact answers --------------------------------------------------------------
+    def action_probs(self, policy_probs: torch.Tensor) -> torch.Tensor:
+        """Helper for exact analysis: expand a tabular policy given as probabilities over
+        either shared ``(states_per_prompt, A)`` or per-prompt ``(num_states, A)`` rows
+        into ``(num_prompts, states_per_prompt, A)``."""
+        A = self.num_actions
+        if policy_probs.shape == (self.states_per_prompt, A):
+            return policy_probs.expand(self.num_prompts, self.states_per_prompt, A)
+        if policy_probs.shape == (self.num_states, A):
+            return policy_probs.reshape(self.num_prompts, self.states_per_prompt, A)
+        raise ValueError(
+            f"policy_probs has shape {tuple(policy_probs.shape)}; expected "
+            f"({self.states_per_prompt}, {A}) for a shared policy or ({self.num_states}, {A}) "
+            "for one row per state"
+        )
+
+    def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:
+        """Exact per-prompt probability that one episode earns reward > 0 (for binary
+        sandboxes: pass@1 per prompt), ``(num_prompts,)``. Policies as in ``action_probs``."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact success probability")

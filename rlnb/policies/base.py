@@ -1,0 +1,87 @@
+"""The policy protocol: one interface for tabular toys, MLPs and language models.
+
+A policy answers prompts. ``rollout`` samples ``n`` completions per prompt and returns a
+:class:`Rollout`; ``log_probs`` recomputes, with gradients, the per-token log-probabilities
+and entropies of the sampled tokens. The trainer only ever talks to these two methods.
+
+Shapes use ``N = num_prompts * n`` rows (groups laid out contiguously, as TRL lays them
+out: rows ``g*n .. g*n+n-1`` answer the same prompt) and ``T`` completion tokens.
+
+Footgun: ``mask`` marks the *completion* tokens that count. Prompt tokens and padding are
+excluded; forgetting the mask silently trains on the prompt and on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from rlnb.serialization import Serializable
+
+
+@dataclass
+class Rollout:
+    """Completions sampled by a policy for a batch of prompts.
+
+    Attributes:
+        prompts: ``(N,)`` prompt index of each completion (repeated ``n`` times per group).
+        actions: ``(N, T)`` sampled token / action ids.
+        mask: ``(N, T)`` bool, True on completion tokens that count.
+        logp: ``(N, T)`` log-probabilities of ``actions`` under the sampling policy
+            (detached; the "old" log-probs of PPO).
+        group_size: ``n``, completions per prompt.
+        states: ``(N, T)`` decision states (tabular sandboxes) or None.
+        extra: policy-specific tensors (input ids, attention masks, ...).
+    """
+
+    prompts: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+    logp: torch.Tensor
+    group_size: int
+    states: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.actions.shape[0]
+
+    def detach(self) -> Rollout:
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw["logp"] = self.logp.detach()
+        return Rollout(**kw)
+
+
+class Policy(torch.nn.Module, Serializable):
+    """Base class of rlnb policies (``torch.nn.Module`` + rebuildable from a spec)."""
+
+    def rollout(
+        self,
+        env: Any,
+        prompts: torch.Tensor,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """Sample ``n`` completions for each prompt in ``prompts`` ``(P,)``."""
+        raise NotImplementedError
+
+    def log_probs(
+        self, rollout: Rollout, *, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(logp, entropy)``, each ``(N, T)``, of ``rollout.actions`` under the
+        current parameters, with gradients. Entropy is of the temperature-scaled
+        distribution at each position. Values outside ``rollout.mask`` are 0."""
+        raise NotImplementedError
+
+
+def validate_sampling_args(n: int, temperature: float) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0, got {temperature!r}; for greedy decoding use a small "
+            "temperature such as 1e-3"
+        )

@@ -1,0 +1,378 @@
+"""The one training loop: rollout -> reward -> advantage -> loss -> step -> log -> callbacks.
+
+It trains every rlnb policy on every rlnb sandbox with every objective in ``rlnb.rl``;
+algorithms differ only in their ``TrainConfig`` (advantage estimator, policy loss,
+aggregation, KL, entropy bonus), never in a subclass.
+
+>>> import torch
+>>> from rlnb.envs import StrategyBandit
+>>> from rlnb.policies import TabularPolicy
+>>> from rlnb.train import Trainer, TrainConfig
+>>> env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+>>> pi = TabularPolicy.for_env(env, shared=True)
+>>> cfg = TrainConfig(max_steps=5, num_generations=4, optimizer="sgd", learning_rate=1.0,
+...                   progress_bar=False)
+>>> history = Trainer(pi, env, cfg).train()
+>>> len(history)
+5
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from rlnb import rl
+from rlnb.policies.base import Policy, Rollout
+from rlnb.serialization import (
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    load_component,
+    save_component,
+)
+from rlnb.train import rundir
+from rlnb.train.config import TrainConfig
+
+Callback = Callable[["Trainer", dict[str, Any]], "dict[str, Any] | None"]
+"""A callback sees the trainer and the step's metrics after the update; a dict it returns
+is merged into the metrics before they are logged. ``trainer.stop()`` ends training after
+the current step."""
+
+
+class Trainer:
+    """Trains ``policy`` on ``env`` with ``config``.
+
+    Args:
+        policy: any :class:`rlnb.policies.Policy`.
+        env: a sandbox (``sample_prompts`` and ``reward``).
+        config: a :class:`TrainConfig` (defaults if None).
+        run_dir: where the run is written (config, metrics, checkpoints). None keeps
+            everything in memory. If ``run_dir`` already holds a checkpoint of the same
+            config, training continues from it (as :func:`resume` does).
+        callbacks: functions ``f(trainer, metrics) -> dict | None`` called every step.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        env: Any,
+        config: TrainConfig | None = None,
+        *,
+        run_dir: str | os.PathLike | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.policy, self.env = policy, env
+        self.config = config if config is not None else TrainConfig()
+        self.config.validate()
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._stop = False
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.optimizer = self._build_optimizer()
+        self.reference = self._build_reference() if self.config.beta > 0 else None
+        self._loss_fn = rl.get_policy_loss_fn(self.config.policy_loss)
+        self._loss_options = self._select_loss_options()
+        rl.get_advantage_fn(self.config.advantage)  # fail now on a typo, not at step 1
+        if self.run_dir is not None:
+            self._open_run_dir()
+
+    # --- set-up -------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters")
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=c.learning_rate, betas=c.adam_betas, weight_decay=c.weight_decay)
+
+    def _build_reference(self) -> Policy:
+        ref = copy.deepcopy(self.policy)
+        ref.requires_grad_(False)
+        return ref.eval()
+
+    def _select_loss_options(self) -> dict[str, Any]:
+        """Pass each policy loss the config options it declares, by name."""
+        c = self.config
+        available = {
+            "epsilon": c.epsilon,
+            "epsilon_high": c.epsilon_high,
+            "delta": c.delta,
+            "clip_cov_ratio": c.clip_cov_ratio,
+            "clip_cov_lb": c.clip_cov_lb,
+            "clip_cov_ub": c.clip_cov_ub,
+            "kl_cov_ratio": c.kl_cov_ratio,
+            "kl_coef": c.kl_cov_coef,
+            "generator": self.generator,
+        }
+        accepted = inspect.signature(self._loss_fn).parameters
+        return {k: v for k, v in available.items() if k in accepted}
+
+    def _open_run_dir(self) -> None:
+        d = self.run_dir
+        assert d is not None
+        d.mkdir(parents=True, exist_ok=True)
+        config_path = d / rundir.CONFIG
+        if config_path.exists():
+            saved = json.loads(config_path.read_text())
+            mine = self.config.to_dict()
+            diff = sorted(k for k in set(saved) | set(mine)
+                          if k not in ("max_steps", "progress_bar") and saved.get(k) != mine.get(k))
+            if diff:
+                raise ValueError(
+                    f"{d} already holds a run with a different config (options {diff} differ); "
+                    "choose a new run_dir, or continue that run with rlnb.train.resume(run_dir)"
+                )
+            if saved.get("max_steps") != mine.get("max_steps"):
+                atomic_write_bytes(config_path, self.config.to_json().encode())
+        else:
+            save_component(self.env, d, "env")
+            save_component(self.policy, d, "policy")
+            if self.reference is not None:
+                atomic_save_safetensors(self.reference.state_dict(), d / rundir.REFERENCE)
+            atomic_write_bytes(config_path, self.config.to_json().encode())
+            self.save_checkpoint()  # step 0: the initial weights, so a resume never re-inits
+        if (d / rundir.CHECKPOINT).exists():
+            self.step = rundir.load_checkpoint(
+                d / rundir.CHECKPOINT,
+                policy=self.policy, optimizer=self.optimizer, generator=self.generator,
+            )
+            if self.reference is not None:
+                self.reference.load_state_dict(load_file(str(d / rundir.REFERENCE)))
+        # Drop a partial last line and the rows of steps the checkpoint does not hold.
+        rundir.truncate_metrics(d / rundir.METRICS, self.step)
+        self.history = rundir.read_metrics(d / rundir.METRICS)
+        self._metrics = rundir.MetricsWriter(d / rundir.METRICS)
+
+    # --- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to stop after the step in flight (safe from a callback or widget)."""
+        self._stop = True
+
+    def metrics_frame(self, *, wide: bool = True) -> pd.DataFrame:
+        """The metrics so far: wide (one column per metric) or tidy (step, metric, value)."""
+        df = pd.DataFrame(self.history)
+        if wide or df.empty:
+            return df
+        return df.melt(id_vars="step", var_name="metric", value_name="value")
+
+    def train(self, max_steps: int | None = None) -> pd.DataFrame:
+        """Run until ``max_steps`` (default: the config's) and return the wide metrics."""
+        from tqdm.auto import tqdm
+
+        total = self.config.max_steps if max_steps is None else max_steps
+        self._stop = False
+        bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
+                   desc="training", unit="step", leave=True)
+        try:
+            while self.step < total and not self._stop:
+                metrics = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}",
+                                entropy=f"{metrics['entropy']:.3f}", refresh=False)
+        finally:
+            bar.close()
+        return self.metrics_frame()
+
+    # --- one step -----------------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        c, t0 = self.config, time.perf_counter()
+        G = c.num_generations
+
+        # --- ROLLOUT ---
+        prompts = self.env.sample_prompts(c.num_prompts_per_step, self.generator)
+        self.policy.eval()
+        rollout = self.policy.rollout(
+            self.env, prompts, G, temperature=c.temperature, generator=self.generator
+        )
+        self.policy.train()
+
+        # --- REWARD ---
+        rewards = self._rewards(rollout)  # (N,)
+
+        # --- ADVANTAGE ---
+        advantages = rl.compute_advantages(
+            rewards, G, method=c.advantage, scale_rewards=c.scale_rewards,
+            **({"lam": c.w_reinforce_lambda} if c.advantage == "w_reinforce" else {}),
+        )  # (N,)
+        ref_logp = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logp, _ = self.reference.log_probs(rollout, temperature=c.temperature)
+
+        # --- OBJECTIVE and UPDATE (num_iterations PPO epochs over the batch) ---
+        for _ in range(c.num_iterations):
+            logp, entropy = self.policy.log_probs(rollout, temperature=c.temperature)  # (N, T)
+            loss, loss_metrics = self._loss_fn(
+                logp, rollout.logp, advantages, rollout.mask,
+                agg=c.loss_agg_mode, **self._loss_options,
+            )
+            pg_loss = loss
+            if ref_logp is not None:
+                kl_tok = rl.kl_penalty(logp, ref_logp, estimator=c.kl_estimator)  # (N, T)
+                kl = rl.agg_loss(kl_tok, rollout.mask, c.loss_agg_mode)
+                loss = loss + c.beta * kl
+            mean_entropy = rl.agg_loss(entropy, rollout.mask, c.loss_agg_mode)
+            if c.entropy_coef:
+                loss = loss - c.entropy_coef * mean_entropy
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]],
+                c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
+            )
+            self.optimizer.step()
+        self.step += 1
+
+        # --- LOGGING ---
+        metrics = self._step_metrics(rollout, rewards, advantages, entropy, loss, pg_loss,
+                                     grad_norm, loss_metrics)
+        if ref_logp is not None:
+            metrics["kl"] = float(rl.masked_mean(
+                rl.kl_penalty(rollout.logp, ref_logp, estimator=c.kl_estimator), rollout.mask))
+        for cb in self.callbacks:
+            extra = cb(self, metrics)
+            if extra:
+                metrics.update(extra)
+        metrics["time/step_seconds"] = time.perf_counter() - t0
+        self.history.append(metrics)
+        if self.run_dir is not None:
+            self._persist(metrics, rollout, rewards, advantages)
+        return metrics
+
+    def _rewards(self, rollout: Rollout) -> torch.Tensor:
+        rewards = self.env.reward(rollout.prompts, rollout.actions, self.generator)
+        if not isinstance(rewards, torch.Tensor) or not rewards.is_floating_point():
+            raise TypeError(
+                f"{type(self.env).__name__}.reward must return a float tensor, got "
+                f"{type(rewards).__name__}{'' if not isinstance(rewards, torch.Tensor) else ' of ' + str(rewards.dtype)}"
+            )
+        if rewards.shape != (len(rollout),):
+            raise ValueError(
+                f"{type(self.env).__name__}.reward returned shape {tuple(rewards.shape)}; "
+                f"expected ({len(rollout)},), one reward per completion"
+            )
+        return rewards
+
+    def _step_metrics(self, rollout, rewards, advantages, entropy, loss, pg_loss, grad_norm,
+                      loss_metrics) -> dict[str, Any]:
+        G = rollout.group_size
+        grouped = rewards.view(-1, G)
+        group_std = grouped.std(dim=1) if G > 1 else torch.zeros(grouped.shape[0])
+        lengths = rollout.mask.sum(dim=1).float()
+        metrics: dict[str, Any] = {
+            "step": self.step,
+            "reward": float(rewards.mean()),
+            "reward_std": float(group_std.mean()),
+            "frac_reward_zero_std": float((group_std == 0).float().mean()),
+            "entropy": float(rl.masked_mean(entropy.detach(), rollout.mask)),
+            "loss": float(loss.detach()),
+            "pg_loss": float(pg_loss.detach()),
+            "grad_norm": float(grad_norm),
+            "advantage_abs_mean": float(advantages.abs().mean()),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+        }
+        for k, v in loss_metrics.items():
+            metrics.setdefault(k, float(v))
+        return metrics
+
+    def _persist(self, metrics, rollout, rewards, advantages) -> None:
+        d, c = self.run_dir, self.config
+        assert d is not None
+        self._metrics.write(metrics)  # first the metrics line, then the checkpoint
+        if c.log_rollouts_steps and self.step % c.log_rollouts_steps == 0:
+            self._log_rollouts(rollout, rewards, advantages)
+        if self.step % c.save_steps == 0 or self.step == c.max_steps:
+            self.save_checkpoint()
+
+    def _log_rollouts(self, rollout: Rollout, rewards, advantages) -> None:
+        assert self.run_dir is not None
+        k = min(self.config.log_rollouts_count, len(rollout))
+        decode = getattr(self.policy, "decode", None)
+        texts = decode(rollout)[:k] if callable(decode) else None
+        lines = []
+        for i in range(k):
+            row = {
+                "step": self.step,
+                "prompt": int(rollout.prompts[i]),
+                "actions": rollout.actions[i][rollout.mask[i]].tolist(),
+                "reward": float(rewards[i]),
+                "advantage": float(advantages[i]),
+            }
+            if texts is not None:
+                row["completion"] = texts[i]
+            lines.append(json.dumps(row) + "\n")
+        with open(self.run_dir / rundir.ROLLOUTS, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir; pass run_dir=... to save checkpoints")
+        rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, step=self.step,
+                               policy=self.policy, optimizer=self.optimizer,
+                               generator=self.generator)
+
+    def close(self) -> None:
+        if self.run_dir is not None:
+            self._metrics.close()
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[Policy, Any, TrainConfig]:
+    """Rebuild ``(policy, env, config)`` of a run directory, with the policy's weights
+    from its last checkpoint (or its initial weights when it has none)."""
+    d = Path(run_dir)
+    if not (d / rundir.CONFIG).exists():
+        raise FileNotFoundError(f"{d} is not a rlnb run directory: it has no {rundir.CONFIG}")
+    config = TrainConfig.from_dict(json.loads((d / rundir.CONFIG).read_text()))
+    env = load_component(d, "env")
+    policy = load_component(d, "policy")
+    if (d / rundir.CHECKPOINT).exists():
+        rundir.load_checkpoint(d / rundir.CHECKPOINT, policy=policy)
+    return policy, env, config
+
+
+def resume(
+    run_dir: str | os.PathLike,
+    *,
+    max_steps: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress_bar: bool | None = None,
+) -> Trainer:
+    """Continue a run from its directory after a crash or a stop, and return its trainer.
+
+    The sandbox, policy, config, optimiser state and sampler state all come from
+    ``run_dir``; the step counter continues where the last checkpoint left it, and the
+    steps after it are re-run to the same numbers. ``max_steps`` extends the run.
+    """
+    d = Path(run_dir)
+    if not (d / rundir.CONFIG).exists():
+        raise FileNotFoundError(f"{d} is not a rlnb run directory: it has no {rundir.CONFIG}")
+    config = TrainConfig.from_dict(json.loads((d / rundir.CONFIG).read_text()))
+    if max_steps is not None:
+        config.max_steps = max_steps
+    if progress_bar is not None:
+        config.progress_bar = progress_bar
+    env = load_component(d, "env")
+    policy = load_component(d, "policy")
+    trainer = Trainer(policy, env, config, run_dir=d, callbacks=callbacks)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer
