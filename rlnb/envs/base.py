@@ -18,7 +18,7 @@ random draw takes an explicit ``torch.Generator``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -82,6 +82,12 @@ class Sandbox(Serializable):
         """Reward of each finished episode: prompts ``(N,)``, actions ``(N, horizon)`` ->
         ``(N,) float``. Stochastic sandboxes draw from ``generator``."""
         raise NotImplementedError
+
+    def reward_rollout(self, rollout: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reward of each completion of a :class:`rlnb.policies.Rollout`, ``(N,) float``.
+        This is what the trainer calls; tabular sandboxes score the action ids, text tasks
+        override it to score the decoded completions."""
+        return self.reward(rollout.prompts, rollout.actions, generator)
 
     def expected_reward(self, prompts: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Mean of ``reward`` over its noise, same shapes. Deterministic sandboxes return

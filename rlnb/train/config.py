@@ -98,6 +98,12 @@ class TrainConfig:
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value (TRL uses 1.0). None = no clipping."""
 
+    # --- speed ----------------------------------------------------------------------
+    torch_threads: int | None = None
+    """CPU threads torch may use while training (restored afterwards). None = automatic:
+    1 thread for policies under a million parameters, whose tiny tensor ops run many
+    times slower when split across threads, and torch's own setting otherwise."""
+
     # --- logging and checkpoints ----------------------------------------------------
     save_steps: int = 1
     """Write a checkpoint every this many steps. 1 (default) means a killed process
@@ -139,6 +145,8 @@ class TrainConfig:
         need(self.save_steps >= 1, f"save_steps must be >= 1, got {self.save_steps}")
         need(self.log_rollouts_steps >= 0,
              f"log_rollouts_steps must be >= 0, got {self.log_rollouts_steps}")
+        need(self.torch_threads is None or self.torch_threads >= 1,
+             f"torch_threads must be >= 1 or None, got {self.torch_threads}")
         need(self.max_grad_norm is None or self.max_grad_norm > 0,
              f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 

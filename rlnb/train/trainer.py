@@ -130,7 +130,7 @@ class Trainer:
             saved = json.loads(config_path.read_text())
             mine = self.config.to_dict()
             diff = sorted(k for k in set(saved) | set(mine)
-                          if k not in ("max_steps", "progress_bar") and saved.get(k) != mine.get(k))
+                          if k not in ("max_steps", "progress_bar", "torch_threads") and saved.get(k) != mine.get(k))
             if diff:
                 raise ValueError(
                     f"{d} already holds a run with a different config (options {diff} differ); "
@@ -177,6 +177,8 @@ class Trainer:
         self._stop = False
         bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
                    desc="training", unit="step", leave=True)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(self._threads())
         try:
             while self.step < total and not self._stop:
                 metrics = self.train_step()
@@ -184,8 +186,15 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}",
                                 entropy=f"{metrics['entropy']:.3f}", refresh=False)
         finally:
+            torch.set_num_threads(threads_before)
             bar.close()
         return self.metrics_frame()
+
+    def _threads(self) -> int:
+        if self.config.torch_threads is not None:
+            return self.config.torch_threads
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        return 1 if n_params < 1_000_000 else torch.get_num_threads()
 
     # --- one step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -254,15 +263,15 @@ class Trainer:
         return metrics
 
     def _rewards(self, rollout: Rollout) -> torch.Tensor:
-        rewards = self.env.reward(rollout.prompts, rollout.actions, self.generator)
+        rewards = self.env.reward_rollout(rollout, self.generator)
         if not isinstance(rewards, torch.Tensor) or not rewards.is_floating_point():
             raise TypeError(
-                f"{type(self.env).__name__}.reward must return a float tensor, got "
+                f"{type(self.env).__name__}.reward_rollout must return a float tensor, got "
                 f"{type(rewards).__name__}{'' if not isinstance(rewards, torch.Tensor) else ' of ' + str(rewards.dtype)}"
             )
         if rewards.shape != (len(rollout),):
             raise ValueError(
-                f"{type(self.env).__name__}.reward returned shape {tuple(rewards.shape)}; "
+                f"{type(self.env).__name__}.reward_rollout returned shape {tuple(rewards.shape)}; "
                 f"expected ({len(rollout)},), one reward per completion"
             )
         return rewards

@@ -1,0 +1,276 @@
+"""The strategy bandit (card SB): problems x hidden strategies, one shared softmax.
+
+``P`` problems and ``S`` hidden "strategies"; ``M[i, s] = 1`` if strategy ``s`` solves
+problem ``i``. An episode is one action: the policy picks a strategy for the problem it is
+shown and earns ``M[prompt, strategy]``. With ``states_per_prompt == 1`` a *shared* tabular
+policy is a single softmax over strategies used on every problem - the setting of the paper
+cards, and the smallest model in which RL sharpens pass@1 and shrinks pass@k (card 1, Yue et
+al. arXiv:2504.13837; card 2 boundary shrinkage; card 3 entropy collapse).
+
+Card SB: 64 problems, 64 strategies; s0 solves 50% of problems, s1 35%, every other strategy
+8%; base logits N(-1, 1) with s0 = 2 and s1 = 1 (base pass@1 about 0.16). Footgun: the
+crossover needs the shared softmax; with one softmax per problem (``shared=False``) RL can
+learn each problem's solver and pass@k does not shrink.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rlnb.envs.bandit import _check_index, _check_probs
+from rlnb.envs.base import Sandbox
+
+
+def exact_pass_at_k(
+    success: torch.Tensor, k: int | Sequence[int] | torch.Tensor, *, per_problem: bool = False
+) -> torch.Tensor:
+    """pass@k of ``k`` independent attempts with per-problem success probability ``p``:
+    ``1 - (1 - p)^k``, averaged over problems.
+
+    Args:
+        success: ``(P,)`` per-problem probability that one attempt succeeds.
+        k: an int, or a 1-D sequence/tensor of ints ``(K,)``; each must be >= 1.
+        per_problem: return the per-problem values instead of their mean.
+    Returns:
+        int ``k``: a 0-d tensor (or ``(P,)``); several ``k``: ``(K,)`` (or ``(K, P)``).
+
+    >>> exact_pass_at_k(torch.tensor([0.5, 0.0]), [1, 2])
+    tensor([0.2500, 0.3750])
+    """
+    ks = torch.as_tensor(k, device=success.device)
+    scalar = ks.ndim == 0
+    ks = ks.reshape(-1)
+    if ks.is_floating_point() and not torch.equal(ks, ks.round()):
+        raise ValueError(f"k must be whole numbers of attempts (>= 1), got {ks.tolist()}")
+    if ks.numel() == 0 or ks.min() < 1:
+        raise ValueError(f"k must be >= 1 (number of attempts), got {ks.tolist()}")
+    dtype = success.dtype if success.is_floating_point() else torch.get_default_dtype()
+    fail = (1 - success.to(dtype)).clamp(0, 1)  # (P,)
+    out = 1 - fail.unsqueeze(0) ** ks.to(dtype).unsqueeze(1)  # (K, P)
+    if not per_problem:
+        out = out.mean(-1)  # (K,)
+    return out[0] if scalar else out
+
+
+def card_base_logits(
+    num_strategies: int = 64,
+    generator: torch.Generator | None = None,
+    top_logits: Sequence[float] = (2.0, 1.0),
+) -> torch.Tensor:
+    """Card SB's base policy logits ``(S,)``: N(-1, 1) for every strategy, then strategy
+    ``j`` overwritten with ``top_logits[j]`` (s0 = 2, s1 = 1).
+
+    With the card's matrix, ``softmax`` of these gives base pass@1 about 0.16 and pass@256
+    about 1 (card 1).
+
+    >>> card_base_logits(generator=torch.Generator().manual_seed(0))[:2]
+    tensor([2., 1.])
+    """
+    if num_strategies < 1:
+        raise ValueError(f"num_strategies must be >= 1, got {num_strategies}")
+    if len(top_logits) > num_strategies:
+        raise ValueError(
+            f"top_logits has {len(top_logits)} entries but there are only {num_strategies} "
+            "strategies; give at most num_strategies values"
+        )
+    logits = torch.randn(num_strategies, generator=generator) - 1.0  # (S,)
+    logits[: len(top_logits)] = torch.tensor([float(x) for x in top_logits])
+    return logits
+
+
+def _count(rate: float, num_problems: int) -> int:
+    """Exact number of problems a strategy with this solve rate solves (nearest, halves up)."""
+    return int(math.floor(rate * num_problems + 0.5))
+
+
+class StrategyBandit(Sandbox):
+    """Problems x hidden strategies with a 0/1 solve matrix (card SB).
+
+    Args:
+        solve_matrix: ``(num_problems, num_strategies)`` of 0/1 (float or bool); entry
+            ``[i, s]`` is 1 if strategy ``s`` solves problem ``i``. Stored as float.
+
+    Sandbox layout: ``num_prompts == num_problems``, ``num_actions == num_strategies``,
+    ``horizon == 1``, ``states_per_prompt == 1``. Reward is ``M[prompt, action]``
+    (deterministic, so the generator is unused).
+
+    Exact answers for a policy given as probabilities over strategies, ``(S,)`` / ``(1, S)``
+    (shared) or ``(P, S)`` (one row per problem): :meth:`success_probability` (per-problem
+    pass@1), :meth:`pass_at_k_exact`; and the policy-free :meth:`coverage`.
+
+    >>> env = StrategyBandit(solve_matrix=torch.tensor([[1., 0.], [0., 1.], [0., 0.]]))
+    >>> env.success_probability(torch.tensor([0.75, 0.25]))
+    tensor([0.7500, 0.2500, 0.0000])
+    >>> env.pass_at_k_exact(torch.tensor([0.75, 0.25]), [1, 2])
+    tensor([0.3333, 0.4583])
+    >>> round(env.coverage(), 4)
+    0.6667
+    """
+
+    def __init__(self, solve_matrix: torch.Tensor) -> None:
+        M = torch.as_tensor(solve_matrix)
+        if M.ndim != 2:
+            raise ValueError(
+                f"solve_matrix must be 2-D with shape (num_problems, num_strategies), got shape "
+                f"{tuple(M.shape)}"
+            )
+        P, S = M.shape
+        if P < 1 or S < 1:
+            raise ValueError(
+                f"solve_matrix needs at least 1 problem and 1 strategy, got shape (num_problems, "
+                f"num_strategies) = ({P}, {S})"
+            )
+        if not torch.is_floating_point(M):
+            M = M.to(torch.get_default_dtype())
+        bad = (M != 0) & (M != 1)
+        if bad.any():
+            i, s = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(
+                f"solve_matrix values must be 0 or 1 (does strategy s solve problem i?); got "
+                f"{M[i, s].item():.4g} at problem {i}, strategy {s}"
+            )
+        self.solve_matrix = M  # (P, S)
+        self.num_prompts = P
+        self.num_actions = S
+        self.horizon = 1
+        self.states_per_prompt = 1
+
+    # --- construction -------------------------------------------------------------
+    @classmethod
+    def from_card(
+        cls,
+        num_problems: int = 64,
+        num_strategies: int = 64,
+        solve_rates: Sequence[float] = (0.5, 0.35),
+        other_rate: float = 0.08,
+        generator: torch.Generator | None = None,
+    ) -> StrategyBandit:
+        """Card SB's matrix: strategy ``j < len(solve_rates)`` solves a fraction
+        ``solve_rates[j]`` of the problems, every other strategy ``other_rate``.
+
+        Columns are drawn independently; each has *exactly* ``round(rate * num_problems)``
+        ones (nearest integer, halves up) at uniformly random problems, so the rates are the
+        card's up to rounding (8% of 64 is 5 problems, 7.8%). Some problems may be solved
+        by no strategy: check :meth:`coverage`.
+
+        >>> env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+        >>> env.solve_matrix.sum(0)[:3]
+        tensor([32., 22.,  5.])
+        """
+        if num_problems < 1:
+            raise ValueError(f"num_problems must be >= 1, got {num_problems}")
+        if num_strategies < 1:
+            raise ValueError(f"num_strategies must be >= 1, got {num_strategies}")
+        rates = [float(r) for r in solve_rates]
+        if len(rates) > num_strategies:
+            raise ValueError(
+                f"solve_rates has {len(rates)} entries but num_strategies is {num_strategies}; "
+                "give at most one rate per strategy"
+            )
+        named = [(f"solve_rates[{j}]", r) for j, r in enumerate(rates)]
+        for name, r in [*named, ("other_rate", float(other_rate))]:
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(
+                    f"{name} must lie in [0, 1] (fraction of problems solved), got {r}"
+                )
+        rates += [float(other_rate)] * (num_strategies - len(rates))
+        M = torch.zeros(num_problems, num_strategies)
+        for s, r in enumerate(rates):
+            rows = torch.randperm(num_problems, generator=generator)[: _count(r, num_problems)]
+            M[rows, s] = 1.0
+        return cls(solve_matrix=M)
+
+    card_base_logits = staticmethod(card_base_logits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        return {"solve_matrix": self.solve_matrix}
+
+    def __repr__(self) -> str:
+        return (
+            f"StrategyBandit(num_problems={self.num_problems}, "
+            f"num_strategies={self.num_strategies}, coverage={self.coverage():.3f})"
+        )
+
+    @property
+    def num_problems(self) -> int:
+        return self.num_prompts
+
+    @property
+    def num_strategies(self) -> int:
+        return self.num_actions
+
+    @property
+    def strategy_solve_rates(self) -> torch.Tensor:
+        """Fraction of problems each strategy solves, ``(S,)``: the pass@1 of always
+        playing that strategy."""
+        return self.solve_matrix.mean(0)
+
+    # --- episodes -----------------------------------------------------------------
+    def reward(
+        self,
+        prompts: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``M[prompt, strategy]``: prompts ``(N,)``, actions ``(N, 1)`` or ``(N,)`` ->
+        ``(N,)`` float in {0, 1}. Deterministic; ``generator`` is accepted and unused."""
+        if prompts.ndim != 1:
+            raise ValueError(f"prompts must have shape (N,), got {tuple(prompts.shape)}")
+        if actions.ndim == 2 and actions.shape[1] == 1:
+            actions = actions[:, 0]
+        if actions.shape != prompts.shape:
+            raise ValueError(
+                f"actions must have shape (N, 1) or (N,) with N = len(prompts) = "
+                f"{prompts.shape[0]}, got {tuple(actions.shape)}"
+            )
+        _check_index(prompts, self.num_prompts, "prompts", "problem index")
+        _check_index(actions, self.num_actions, "actions", "strategy index")
+        return self.solve_matrix[prompts, actions]
+
+    # --- exact answers --------------------------------------------------------------
+    def _policy_rows(self, probs: torch.Tensor) -> torch.Tensor:
+        probs = torch.as_tensor(probs)
+        if probs.ndim == 1:
+            probs = probs.unsqueeze(0)
+        rows = self.action_probs(probs)[:, 0, :]  # (P, S)
+        _check_probs(rows)
+        return rows
+
+    def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:
+        """Exact per-problem pass@1 ``p_i = sum_s pi(s) M[i, s]``, ``(P,)``.
+
+        ``policy_probs``: ``(S,)`` or ``(1, S)`` for the shared softmax, ``(P, S)`` for one
+        row per problem."""
+        rows = self._policy_rows(policy_probs)
+        return (rows * self.solve_matrix.to(rows.dtype)).sum(-1)
+
+    def pass_at_k_exact(
+        self,
+        policy_probs: torch.Tensor,
+        k: int | Sequence[int] | torch.Tensor,
+        *,
+        per_problem: bool = False,
+    ) -> torch.Tensor:
+        """Exact pass@k, the mean over problems of ``1 - (1 - p_i)^k`` (``p_i`` from
+        :meth:`success_probability`): the quantity the unbiased estimator of card 1 estimates.
+
+        ``k`` an int -> 0-d tensor; a list/tensor of ks ``(K,)`` -> ``(K,)``.
+        ``per_problem=True`` keeps the problem dimension (``(P,)`` or ``(K, P)``)."""
+        return exact_pass_at_k(self.success_probability(policy_probs), k, per_problem=per_problem)
+
+    def coverage(self) -> float:
+        """Fraction of problems that some strategy solves: the limit of pass@k as k -> inf
+        for any policy with full support."""
+        return self.solve_matrix.amax(dim=1).mean().item()
+
+    def optimal_value(self) -> torch.Tensor:
+        """Best per-problem pass@1, ``(P,)``: 1 where some strategy solves the problem.
+        (The best *shared* deterministic policy reaches ``strategy_solve_rates.max()``.)"""
+        return self.solve_matrix.amax(dim=1)

@@ -1,0 +1,298 @@
+"""Policy losses: registered pure functions returning ``(loss, metrics)``.
+
+Common signature::
+
+    fn(logp, old_logp, advantages, mask, *, agg="token-mean", max_len=None, **options)
+        logp        (N, T)  log pi_theta(token), with gradient
+        old_logp    (N, T)  log pi_old(token) from the policy that sampled (detached here)
+        advantages  (N,) or (N, T); (N,) is broadcast over the tokens (detached here)
+        mask        (N, T)  1 for completion tokens, 0 for prompt/padding
+    -> loss: scalar tensor, metrics: dict[str, float]
+
+The footguns handled here: ``old_logp`` and ``advantages`` are detached, so passing
+``old_logp=logp`` gives the on-policy gradient rather than zero; masked positions never
+reach the loss (the mask is *not* optional: forgetting it silently trains on the prompt).
+The log-ratio is clamped to [-20, 20] (as verl does) so that a garbage log-prob cannot
+make exp() overflow; padding positions should still hold finite numbers.
+
+Every loss reports ``pg_loss``, ``ratio_mean`` and ``approx_kl`` = masked mean of
+(logp - old_logp)^2 / 2 (Schulman's k2 estimate of KL(pi_old || pi)).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlnb.rl.aggregation import agg_loss, check_agg_mode, masked_mean
+from rlnb.rl.registry import POLICY_LOSSES, check_options, register_policy_loss
+
+Metrics = dict[str, float]
+
+
+# --- shared pieces --------------------------------------------------------------------
+def _prepare(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, agg: str):
+    """Check shapes and agg; return (adv (N, T), mask as logp's dtype, log_ratio (N, T))."""
+    check_agg_mode(agg)
+    if logp.dim() != 2 or logp.shape != old_logp.shape or logp.shape != mask.shape:
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
+            f"{tuple(mask.shape)} must all be (N, T)"
+        )
+    n, t = logp.shape
+    adv = advantages.detach().to(logp.dtype)
+    if adv.shape == (n,):
+        adv = adv[:, None].expand(n, t)  # (N,) -> (N, T)
+    elif adv.shape != (n, t):
+        raise ValueError(f"advantages must be ({n},) or ({n}, {t}), got {tuple(adv.shape)}")
+    log_ratio = torch.clamp(logp - old_logp.detach(), -20.0, 20.0)  # (N, T)
+    return adv, mask.to(logp.dtype), log_ratio
+
+
+def _check_clip(epsilon: float, epsilon_high: float | None) -> tuple[float, float]:
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    if not epsilon > 0 or not eps_high > 0:
+        raise ValueError(
+            f"clip ranges must be > 0, got epsilon={epsilon}, epsilon_high={epsilon_high}: "
+            f"the ratio is kept in [1 - epsilon, 1 + epsilon_high]"
+        )
+    return epsilon, eps_high
+
+
+def _base_metrics(loss: Tensor, log_ratio: Tensor, mask: Tensor) -> Metrics:
+    with torch.no_grad():
+        return {
+            "pg_loss": loss.item(),
+            "ratio_mean": masked_mean(log_ratio.exp(), mask).item(),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
+        }
+
+
+def _ppo_tokens(adv: Tensor, ratio: Tensor, eps_low: float, eps_high: float):
+    """Per-token clipped PPO loss max(-A r, -A clip(r)) ``(N, T)`` and the clip masks."""
+    pg1 = -adv * ratio  # (N, T) unclipped
+    pg2 = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)  # (N, T) clipped
+    low = (adv < 0) & (ratio < 1 - eps_low)  # pushed down enough already: no gradient
+    high = (adv > 0) & (ratio > 1 + eps_high)  # pushed up enough already: no gradient
+    return torch.maximum(pg1, pg2), low, high
+
+
+def _clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> Metrics:
+    return {
+        "clip_ratio/low_mean": masked_mean(low.to(mask.dtype), mask).item(),
+        "clip_ratio/high_mean": masked_mean(high.to(mask.dtype), mask).item(),
+        "clip_ratio/region_mean": masked_mean((low | high).to(mask.dtype), mask).item(),
+    }
+
+
+def token_covariance(advantages: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
+    """Per-token covariance term (A_i - mean A)(logp_i - mean logp) ``(N, T)``, means over
+    the valid tokens of the whole batch, detached; 0 on masked positions. Cui et al.
+    (arXiv:2505.22617): tokens with large cov are the ones whose update lowers entropy.
+
+    >>> token_covariance(torch.tensor([1., -1.]), torch.tensor([[-1.], [-3.]]), torch.ones(2, 1))
+    tensor([[1.],
+            [1.]])
+    """
+    n, t = logp.shape
+    adv = advantages.detach().to(logp.dtype)
+    adv = adv[:, None].expand(n, t) if adv.dim() == 1 else adv  # (N, T)
+    lp = logp.detach()
+    cov = (adv - masked_mean(adv, mask)) * (lp - masked_mean(lp, mask))  # (N, T)
+    return torch.where(mask > 0, cov, torch.zeros_like(cov))
+
+
+# --- objectives -----------------------------------------------------------------------
+@register_policy_loss("vanilla_pg")
+def vanilla_pg(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, Metrics]:
+    """Policy gradient with no clipping: loss_t = -A_t * ratio_t, ratio = pi / pi_old.
+
+    On-policy (``old_logp`` = ``logp`` detached) ratio = 1 and its gradient is
+    -A * grad log pi: REINFORCE, identical to the textbook -A * logp. Written with the
+    ratio it stays a correct (importance-weighted, unclipped) estimate off-policy.
+
+    >>> logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    >>> loss, m = vanilla_pg(logp, logp, torch.tensor([2.0]), torch.ones(1, 2))
+    >>> loss.backward(); logp.grad
+    tensor([[-1., -1.]])
+    """
+    adv, mask, log_ratio = _prepare(logp, old_logp, advantages, mask, agg)
+    ratio = torch.exp(log_ratio)  # (N, T)
+    loss = agg_loss(-adv * ratio, mask, agg, max_len=max_len)
+    return loss, _base_metrics(loss, log_ratio, mask)
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    max_len: int | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+) -> tuple[Tensor, Metrics]:
+    """PPO's clipped surrogate (Schulman et al. arXiv:1707.06347), GRPO's policy loss.
+
+    loss_t = max(-A r, -A clip(r, 1 - epsilon, 1 + epsilon_high)),  r = pi / pi_old.
+
+    - ``epsilon_high`` > ``epsilon`` is DAPO's clip-higher (arXiv:2503.14476, 0.28): a
+      token with pi_old = 0.01 may grow to 0.0128 in one update instead of 0.012.
+    - ``delta``: dual clip (Ye et al. arXiv:1912.09729; verl ``clip_ratio_c``, TRL
+      ``delta``): for A < 0 the loss is capped at -A * delta, so a token whose ratio has
+      exploded stops pushing. Must exceed 1 + epsilon.
+    - With one update per batch (on-policy) r = 1, nothing is clipped, and the gradient
+      is vanilla_pg's.
+
+    Metrics ``clip_ratio/low_mean`` (A < 0, r < 1 - eps), ``clip_ratio/high_mean``
+    (A > 0, r > 1 + eps_high), ``clip_ratio/region_mean`` (either), TRL's definitions, and
+    ``clip_ratio/dual_mean`` (A < 0, r > delta), as fractions of valid tokens.
+
+    >>> logp = torch.log(torch.tensor([[0.02]]))
+    >>> old = torch.log(torch.tensor([[0.01]]))
+    >>> loss, m = ppo_clip(logp, old, torch.tensor([1.0]), torch.ones(1, 1), epsilon_high=0.28)
+    >>> round(loss.item(), 4), m["clip_ratio/high_mean"]
+    (-1.28, 1.0)
+    """
+    eps_low, eps_high = _check_clip(epsilon, epsilon_high)
+    if delta is not None and not delta > 1 + eps_low:
+        raise ValueError(f"delta (dual clip) must be > 1 + epsilon = {1 + eps_low}, got {delta}")
+    adv, mask, log_ratio = _prepare(logp, old_logp, advantages, mask, agg)
+    ratio = torch.exp(log_ratio)  # (N, T)
+    loss_tok, low, high = _ppo_tokens(adv, ratio, eps_low, eps_high)  # (N, T)
+    dual = torch.zeros_like(low)
+    if delta is not None:
+        dual = (adv < 0) & (loss_tok > -adv * delta)  # (N, T)
+        loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, -adv * delta), loss_tok)
+    loss = agg_loss(loss_tok, mask, agg, max_len=max_len)
+    metrics = _base_metrics(loss, log_ratio, mask)
+    metrics.update(_clip_metrics(low, high, mask))
+    metrics["clip_ratio/dual_mean"] = masked_mean(dual.to(mask.dtype), mask).item()
+    return loss, metrics
+
+
+@register_policy_loss("clip_cov")
+def clip_cov(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    max_len: int | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    clip_cov_ratio: float = 2e-4,
+    clip_cov_lb: float = 1.0,
+    clip_cov_ub: float = 5.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Metrics]:
+    """Clip-Cov (Cui et al. arXiv:2505.22617, PRIME-RL/Entropy-Mechanism-of-RL): PPO clip
+    loss, except that a few high-covariance tokens are cut out of the update.
+
+    cov_t = (A_t - mean A)(logp_t - mean logp) over valid tokens (``token_covariance``).
+    Candidates: valid tokens with clip_cov_lb < cov < clip_cov_ub that PPO did not already
+    clip. ``max(int(clip_cov_ratio * n_valid), 1)`` of them (or all, if fewer) are drawn
+    uniformly with ``generator`` and their loss is multiplied by 0: no gradient, and they
+    add 0 to the sum while still counting in the token-mean denominator (as the reference
+    does). High-cov tokens are those whose update collapses entropy most.
+    Metric ``clip_cov/frac_detached``: detached tokens / valid tokens.
+    """
+    eps_low, eps_high = _check_clip(epsilon, epsilon_high)
+    if not 0 < clip_cov_ratio <= 1 or not clip_cov_lb < clip_cov_ub:
+        raise ValueError(
+            f"need 0 < clip_cov_ratio <= 1 and clip_cov_lb < clip_cov_ub, got "
+            f"{clip_cov_ratio}, {clip_cov_lb}, {clip_cov_ub}"
+        )
+    adv, mask, log_ratio = _prepare(logp, old_logp, advantages, mask, agg)
+    ratio = torch.exp(log_ratio)  # (N, T)
+    loss_tok, low, high = _ppo_tokens(adv, ratio, eps_low, eps_high)  # (N, T)
+    with torch.no_grad():
+        cov = token_covariance(adv, logp, mask)  # (N, T)
+        cand = (mask > 0) & ~(low | high) & (cov > clip_cov_lb) & (cov < clip_cov_ub)  # (N, T)
+        cand_idx = cand.flatten().nonzero().squeeze(1)  # (C,)
+        n_pick = min(max(int(clip_cov_ratio * (mask > 0).sum().item()), 1), len(cand_idx))
+        dev = generator.device if generator is not None else torch.device("cpu")
+        perm = torch.randperm(len(cand_idx), generator=generator, device=dev).to(cand_idx.device)
+        keep = torch.ones(loss_tok.numel(), dtype=loss_tok.dtype, device=loss_tok.device)
+        keep[cand_idx[perm[:n_pick]]] = 0.0
+        keep = keep.view_as(loss_tok)  # (N, T) 0 = detached
+    loss = agg_loss(loss_tok * keep, mask, agg, max_len=max_len)
+    metrics = _base_metrics(loss, log_ratio, mask)
+    metrics.update(_clip_metrics(low, high, mask))
+    metrics["clip_cov/frac_detached"] = masked_mean((keep == 0).to(mask.dtype), mask).item()
+    return loss, metrics
+
+
+@register_policy_loss("kl_cov")
+def kl_cov(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    max_len: int | None = None,
+    kl_cov_ratio: float = 2e-3,
+    kl_coef: float = 1.0,
+) -> tuple[Tensor, Metrics]:
+    """KL-Cov (Cui et al. arXiv:2505.22617, PRIME-RL/Entropy-Mechanism-of-RL).
+
+    The top ``max(1, int(kl_cov_ratio * n_valid))`` valid tokens by cov (see
+    ``token_covariance``) get loss -A r + kl_coef * |logp - old_logp|, which pulls them
+    back towards pi_old; every other token gets the plain, *unclipped* -A r, as in the
+    reference code (KL-Cov replaces clipping rather than adding to it). The default 2e-3
+    penalises the top 0.2% of tokens; verl's default is 2e-4.
+    Metrics: ``kl_cov/frac_penalized`` (penalised / valid tokens), ``abs_kl`` (masked mean
+    of |logp - old_logp|).
+    """
+    if not 0 < kl_cov_ratio <= 1 or not kl_coef >= 0:
+        raise ValueError(
+            f"need 0 < kl_cov_ratio <= 1 and kl_coef >= 0, got {kl_cov_ratio}, {kl_coef}"
+        )
+    adv, mask, log_ratio = _prepare(logp, old_logp, advantages, mask, agg)
+    ratio = torch.exp(log_ratio)  # (N, T)
+    pg = -adv * ratio  # (N, T)
+    with torch.no_grad():
+        valid = (mask > 0).flatten()  # (N*T,)
+        n_valid = int(valid.sum().item())
+        cov = token_covariance(adv, logp, mask).flatten()  # (N*T,)
+        cov = torch.where(valid, cov, torch.full_like(cov, -torch.inf))
+        k = max(1, int(n_valid * kl_cov_ratio)) if n_valid > 0 else 0
+        penalize = torch.zeros_like(valid)
+        penalize[torch.topk(cov, k).indices] = True
+        penalize = penalize.view_as(pg)  # (N, T)
+    loss_tok = torch.where(penalize, pg + kl_coef * log_ratio.abs(), pg)  # (N, T)
+    loss = agg_loss(loss_tok, mask, agg, max_len=max_len)
+    metrics = _base_metrics(loss, log_ratio, mask)
+    metrics["kl_cov/frac_penalized"] = masked_mean(penalize.to(mask.dtype), mask).item()
+    metrics["abs_kl"] = masked_mean(log_ratio.detach().abs(), mask).item()
+    return loss, metrics
+
+
+def compute_policy_loss(
+    name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, **options
+) -> tuple[Tensor, Metrics]:
+    """Look up the policy loss ``name`` and call it; an option it does not take is a
+    ``ValueError`` naming the ones it does (``options_of(get_policy_loss_fn(name))``).
+
+    >>> logp = torch.zeros(2, 3)
+    >>> loss, m = compute_policy_loss("ppo_clip", logp, logp, torch.tensor([1., -1.]),
+    ...                               torch.ones(2, 3), epsilon_high=0.28)
+    >>> loss
+    tensor(0.)
+    """
+    fn = POLICY_LOSSES[name]
+    check_options("policy loss", name, fn, options)
+    return fn(logp, old_logp, advantages, mask, **options)

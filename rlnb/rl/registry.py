@@ -1,0 +1,147 @@
+"""Name -> function registries for advantage estimators and policy losses.
+
+Objectives are plain functions looked up by a string name, so a config can say
+``policy_loss="clip_cov"`` and a new objective is one decorated function, not a subclass::
+
+    @register_advantage("my_baseline")
+    def my_baseline(rewards, group_size):  # (N,) -> (N,)
+        return rewards - rewards.median()
+
+An unknown name raises ``ValueError`` listing the valid names (and the closest one).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unknown_name_error(kind: str, name: object, valid: Iterable[str]) -> ValueError:
+    """The error for a name that is not one of ``valid``: lists them sorted, suggests one.
+
+    >>> str(unknown_name_error("advantage method", "grop", ["rloo", "grpo"]))
+    "unknown advantage method 'grop'; valid: grpo, rloo (did you mean 'grpo'?)"
+    """
+    valid = sorted(valid)
+    msg = f"unknown {kind} {name!r}; valid: {', '.join(valid)}"
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    return ValueError(msg)
+
+
+class Registry(Mapping[str, Callable[..., Any]]):
+    """A read-only mapping ``name -> function`` filled by the ``register`` decorator.
+
+    >>> losses = Registry("loss")
+    >>> @losses.register("zero")
+    ... def zero(x):
+    ...     return 0 * x
+    >>> sorted(losses), losses["zero"](3)
+    (['zero'], 0)
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._fns: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def decorator(fn: F) -> F:
+            old = self._fns.get(name)
+            if old is not None and old is not fn:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered ({old.__module__}."
+                    f"{old.__qualname__}); pick another name"
+                )
+            self._fns[name] = fn
+            return fn
+
+        return decorator
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._fns[name]
+        except (KeyError, TypeError):
+            raise unknown_name_error(self.kind, name, self._fns) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._fns))
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self)})"
+
+
+ADVANTAGES = Registry("advantage method")
+POLICY_LOSSES = Registry("policy loss")
+
+
+def register_advantage(name: str) -> Callable[[F], F]:
+    """Decorator: register ``fn(rewards (N,), group_size, **options) -> (N,)`` under ``name``."""
+    return ADVANTAGES.register(name)
+
+
+def register_policy_loss(name: str) -> Callable[[F], F]:
+    """Decorator: register ``fn(logp, old_logp, advantages, mask, *, agg, **options)
+    -> (loss, metrics)`` under ``name``."""
+    return POLICY_LOSSES.register(name)
+
+
+def get_advantage_fn(name: str) -> Callable[..., Any]:
+    """The advantage function registered as ``name`` (``ValueError`` listing valid names)."""
+    return ADVANTAGES[name]
+
+
+def get_policy_loss_fn(name: str) -> Callable[..., Any]:
+    """The policy loss registered as ``name`` (``ValueError`` listing valid names)."""
+    return POLICY_LOSSES[name]
+
+
+def list_advantages() -> list[str]:
+    """Sorted names of the registered advantage methods."""
+    return list(ADVANTAGES)
+
+
+def list_policy_losses() -> list[str]:
+    """Sorted names of the registered policy losses."""
+    return list(POLICY_LOSSES)
+
+
+def options_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Options of a registered function with their defaults: every keyword-only parameter
+    and every other parameter that has a default (the data arguments have none).
+
+    >>> def f(x, y=1, *, epsilon=0.2, generator=None): ...
+    >>> options_of(f)
+    {'y': 1, 'epsilon': 0.2, 'generator': None}
+    """
+    P = inspect.Parameter
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is P.KEYWORD_ONLY
+        or (p.kind is P.POSITIONAL_OR_KEYWORD and p.default is not P.empty)
+    }
+
+
+def check_options(kind: str, name: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if ``options`` holds a keyword that ``fn`` does not take."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return  # fn takes **kwargs: it decides for itself
+    valid = options_of(fn)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{kind} {name!r} takes no option(s) {unknown}; its options: "
+            f"{', '.join(sorted(valid)) or '(none)'}"
+        )

@@ -1,0 +1,35 @@
+"""Every reproduction in analysis/ runs in quick mode and passes its own checks."""
+
+import importlib
+import json
+
+import plotly.graph_objects as go
+import pytest
+
+from analysis import REPRODUCTIONS
+from analysis.base import Check
+from analysis.report import to_jsonable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REPRODUCTIONS)
+def test_quick_reproduction_passes_its_checks(name):
+    module = importlib.import_module(f"analysis.{name}")
+    results = module.run(quick=True)
+    # what the report does: results go through JSON before figure() and checks()
+    results = json.loads(json.dumps(to_jsonable(results)))
+    checks = module.checks(results)
+    assert checks and all(isinstance(c, Check) for c in checks)
+    failed = [str(c) for c in checks if not c.passed]
+    assert not failed, failed
+    fig = module.figure(results)
+    assert isinstance(fig, go.Figure) and len(fig.data) > 0
+    assert module.TITLE and isinstance(module.CARD, int)
+
+
+def test_check_verdicts():
+    assert Check("a", 0.2, ">=", 0.15).passed
+    assert not Check("a", 0.1, ">=", 0.15).passed
+    assert Check("a", 0.001, "<", 0.01).verdict == "pass"
+    with pytest.raises(ValueError, match="op must be one of"):
+        Check("a", 1.0, "=>", 0.0)
