@@ -52,9 +52,20 @@ class Sandbox(Serializable):
         """Decision state at step 0 of each prompt: ``(N,) long -> (N,) long``."""
         return prompts * self.states_per_prompt
 
-    def next_states(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Deterministic transition ``(N,), (N,) -> (N,)``. Only used when horizon > 1."""
+    def next_states(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Transition ``(N,), (N,) -> (N,)``, called for steps ``t < horizon - 1``.
+        Stochastic sandboxes (slippery gridworlds) draw from ``generator``."""
         raise NotImplementedError(f"{type(self).__name__} has horizon 1 and no transitions")
+
+    def is_terminal(self, states: torch.Tensor) -> torch.Tensor:
+        """``(N,) -> (N,) bool``: episodes that reached a terminal state. A policy masks
+        out (does not train on) the steps taken from terminal states. Default: never."""
+        return torch.zeros(states.shape, dtype=torch.bool)
 
     @property
     def feature_dim(self) -> int:

@@ -149,8 +149,14 @@ class TreeMDP(Sandbox):
         )
 
     # --- state layout -------------------------------------------------------------
-    def next_states(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def next_states(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Global state after taking ``actions`` in ``states``: ``(N,), (N,) -> (N,)``.
+        Deterministic: ``generator`` is accepted for the protocol and unused.
 
         Only for steps ``t < depth - 1``; after the last action the episode ends at a leaf
         (use :meth:`reward`, or :meth:`leaf_index` on the whole action sequence)."""

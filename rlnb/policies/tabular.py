@@ -5,7 +5,9 @@ Both sample step by step through the sandbox's deterministic transitions::
     s = env.initial_states(prompts)          # (N,)
     for t in range(env.horizon):
         a ~ softmax(logits(s) / temperature)  # (N,)
-        s = env.next_states(s, a)
+        s = env.next_states(s, a, generator)  # stochastic sandboxes draw from generator
+
+Steps taken from a terminal state (``env.is_terminal``) are sampled but masked out.
 
 and record the visited states in the rollout, so ``log_probs`` can recompute the logits
 of exactly the states that were visited.
@@ -57,7 +59,8 @@ class _StepwisePolicy(Policy):
         prompts = torch.as_tensor(prompts, dtype=torch.long)
         rows = prompts.repeat_interleave(n)  # (N,) groups contiguous
         s = env.initial_states(rows)
-        actions, states, logps, feats = [], [], [], []
+        actions, states, logps, feats, masks = [], [], [], [], []
+        done = env.is_terminal(s)  # (N,) steps from terminal states are masked out
         for t in range(env.horizon):
             f = self._features(env, s)
             logp_all = torch.log_softmax(self.state_logits(s, f) / temperature, dim=-1)  # (N, A)
@@ -67,14 +70,16 @@ class _StepwisePolicy(Policy):
             logps.append(logp_all.gather(-1, a[:, None]).squeeze(-1))
             if f is not None:
                 feats.append(f)
+            masks.append(~done)
             if t < env.horizon - 1:
-                s = env.next_states(s, a)
+                s = env.next_states(s, a, generator)
+                done = done | env.is_terminal(s)
         extra = {"features": torch.stack(feats, dim=1)} if feats else {}  # (N, T, F)
         actions_t = torch.stack(actions, dim=1)  # (N, T)
         return Rollout(
             prompts=rows,
             actions=actions_t,
-            mask=torch.ones_like(actions_t, dtype=torch.bool),
+            mask=torch.stack(masks, dim=1),
             logp=torch.stack(logps, dim=1),
             group_size=n,
             states=torch.stack(states, dim=1),
