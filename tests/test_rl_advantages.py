@@ -416,3 +416,11 @@ def test_registering_a_new_advantage(monkeypatch):
     assert torch.equal(got, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"takes no option\(s\) \['lam'\]; its options: shift"):
         compute_advantages(torch.tensor([1.0, 2.0]), 1, method="shifted", lam=1.0)
+
+
+def test_registry_membership_does_not_raise():
+    from rlnb.rl import ADVANTAGES, POLICY_LOSSES
+
+    assert "grpo" in ADVANTAGES and "grop" not in ADVANTAGES
+    assert "ppo_clip" in POLICY_LOSSES and 3 not in POLICY_LOSSES
+    assert ADVANTAGES.get("nope") is None

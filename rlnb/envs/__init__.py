@@ -1,9 +1,46 @@
 """Sandboxes: batched, generator-seeded toys with exact answers (bandits, strategy bandit,
-tree MDP)."""
+tree MDP), and verifiable text tasks for language-model policies."""
 
 from rlnb.envs.bandit import Bandit
 from rlnb.envs.base import Sandbox
 from rlnb.envs.strategy_bandit import StrategyBandit
+from rlnb.envs.reasoning_gym import ReasoningGymTask
+from rlnb.envs.text import ExactMatchTask, TextTask, strip_completion
+from rlnb.envs.text_tasks import (
+    TASKS,
+    AdditionTask,
+    CountdownTask,
+    FactorTask,
+    ModularSumTask,
+    addition,
+    countdown,
+    factor,
+    make_task,
+    modular_sum,
+    parse_expression,
+    register_task,
+)
 from rlnb.envs.tree_mdp import TreeMDP
 
-__all__ = ["Bandit", "Sandbox", "StrategyBandit", "TreeMDP"]
+__all__ = [
+    "TASKS",
+    "AdditionTask",
+    "Bandit",
+    "CountdownTask",
+    "ExactMatchTask",
+    "FactorTask",
+    "ModularSumTask",
+    "ReasoningGymTask",
+    "Sandbox",
+    "StrategyBandit",
+    "TextTask",
+    "TreeMDP",
+    "addition",
+    "countdown",
+    "factor",
+    "make_task",
+    "modular_sum",
+    "parse_expression",
+    "register_task",
+    "strip_completion",
+]

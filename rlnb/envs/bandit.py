@@ -18,38 +18,10 @@ from typing import Any
 
 import torch
 
+from rlnb.envs._checks import check_index, check_probs, one_step_actions
 from rlnb.envs.base import Sandbox
 
 KINDS = ("bernoulli", "gaussian")
-
-
-def _check_probs(probs: torch.Tensor, name: str = "probs", atol: float = 1e-3) -> None:
-    """Raise ValueError unless every row of ``probs`` is a distribution over the last dim."""
-    if not torch.is_floating_point(probs):
-        raise ValueError(
-            f"{name} must be a floating-point tensor of probabilities, got {probs.dtype}"
-        )
-    if probs.numel() == 0:
-        return
-    lo = probs.min()
-    if lo < 0:
-        raise ValueError(f"{name} must be >= 0 (probabilities), got min {lo.item():.4g}")
-    sums = probs.sum(-1)
-    if (sums - 1).abs().max() > atol:
-        raise ValueError(
-            f"{name} must sum to 1 over the last (action) dimension; got row sums in "
-            f"[{sums.min().item():.4g}, {sums.max().item():.4g}]. Pass softmax(logits), not logits"
-        )
-
-
-def _check_index(values: torch.Tensor, high: int, name: str, meaning: str) -> None:
-    """Cheap range check (one min and one max) of an index tensor: ``0 <= values < high``."""
-    if values.numel() == 0:
-        return
-    lo, hi = values.min().item(), values.max().item()
-    if lo < 0 or hi >= high:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"{name} must lie in [0, {high - 1}] ({meaning}), got {bad}")
 
 
 class Bandit(Sandbox):
@@ -192,17 +164,9 @@ class Bandit(Sandbox):
     def _pulls(
         self, prompts: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if prompts.ndim != 1:
-            raise ValueError(f"prompts must have shape (N,), got {tuple(prompts.shape)}")
-        if actions.ndim == 2 and actions.shape[1] == 1:
-            actions = actions[:, 0]
-        if actions.shape != prompts.shape:
-            raise ValueError(
-                f"actions must have shape (N, 1) or (N,) with N = len(prompts) = "
-                f"{prompts.shape[0]}, got {tuple(actions.shape)}"
-            )
-        _check_index(prompts, self.num_prompts, "prompts", "bandit instance index")
-        _check_index(actions, self.num_actions, "actions", "arm index")
+        actions = one_step_actions(prompts, actions, self.num_prompts, self.num_actions,
+                                   prompt_meaning="bandit instance index",
+                                   action_meaning="arm index")
         return prompts, actions
 
     def reward(
@@ -262,8 +226,8 @@ class Bandit(Sandbox):
                     f"{self.num_prompts} instances; pass prompts (N,) naming each row's instance"
                 )
             prompts = torch.arange(self.num_prompts, device=actions.device)
-        _check_index(prompts, self.num_prompts, "prompts", "bandit instance index")
-        _check_index(actions, self.num_actions, "actions", "arm index")
+        check_index(prompts, self.num_prompts, "prompts", "bandit instance index")
+        check_index(actions, self.num_actions, "actions", "arm index")
         e = prompts.reshape((-1,) + (1,) * (actions.ndim - 1)).expand_as(actions)
         return self.optimal_value[e] - self.means[e, actions]
 
@@ -273,7 +237,7 @@ class Bandit(Sandbox):
         if probs.ndim == 1:
             probs = probs.unsqueeze(0)
         rows = self.action_probs(probs)[:, 0, :]  # (E, K)
-        _check_probs(rows)
+        check_probs(rows)
         return rows
 
     def expected_return(self, probs: torch.Tensor) -> torch.Tensor:

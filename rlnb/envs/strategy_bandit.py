@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs.bandit import _check_index, _check_probs
+from rlnb.envs._checks import binary_matrix, check_probs, one_step_actions
 from rlnb.envs.base import Sandbox
 
 
@@ -124,15 +124,8 @@ class StrategyBandit(Sandbox):
                 f"solve_matrix needs at least 1 problem and 1 strategy, got shape (num_problems, "
                 f"num_strategies) = ({P}, {S})"
             )
-        if not torch.is_floating_point(M):
-            M = M.to(torch.get_default_dtype())
-        bad = (M != 0) & (M != 1)
-        if bad.any():
-            i, s = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(
-                f"solve_matrix values must be 0 or 1 (does strategy s solve problem i?); got "
-                f"{M[i, s].item():.4g} at problem {i}, strategy {s}"
-            )
+        M = binary_matrix(M, "solve_matrix", "does strategy s solve problem i?", "problem",
+                          "strategy")
         self.solve_matrix = M  # (P, S)
         self.num_prompts = P
         self.num_actions = S
@@ -221,17 +214,8 @@ class StrategyBandit(Sandbox):
     ) -> torch.Tensor:
         """``M[prompt, strategy]``: prompts ``(N,)``, actions ``(N, 1)`` or ``(N,)`` ->
         ``(N,)`` float in {0, 1}. Deterministic; ``generator`` is accepted and unused."""
-        if prompts.ndim != 1:
-            raise ValueError(f"prompts must have shape (N,), got {tuple(prompts.shape)}")
-        if actions.ndim == 2 and actions.shape[1] == 1:
-            actions = actions[:, 0]
-        if actions.shape != prompts.shape:
-            raise ValueError(
-                f"actions must have shape (N, 1) or (N,) with N = len(prompts) = "
-                f"{prompts.shape[0]}, got {tuple(actions.shape)}"
-            )
-        _check_index(prompts, self.num_prompts, "prompts", "problem index")
-        _check_index(actions, self.num_actions, "actions", "strategy index")
+        actions = one_step_actions(prompts, actions, self.num_prompts, self.num_actions,
+                                   prompt_meaning="problem index", action_meaning="strategy index")
         return self.solve_matrix[prompts, actions]
 
     # --- exact answers --------------------------------------------------------------
@@ -240,7 +224,7 @@ class StrategyBandit(Sandbox):
         if probs.ndim == 1:
             probs = probs.unsqueeze(0)
         rows = self.action_probs(probs)[:, 0, :]  # (P, S)
-        _check_probs(rows)
+        check_probs(rows)
         return rows
 
     def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:

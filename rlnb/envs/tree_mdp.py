@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs.bandit import _check_index, _check_probs
+from rlnb.envs._checks import binary_matrix, check_index, check_probs
 from rlnb.envs.base import Sandbox
 from rlnb.envs.strategy_bandit import exact_pass_at_k
 
@@ -78,15 +78,7 @@ class TreeMDP(Sandbox):
                 f"leaf_rewards must have shape (num_prompts, branching**depth) = ({P}, "
                 f"{num_leaves}) with num_prompts >= 1, got {tuple(R.shape)}"
             )
-        if not torch.is_floating_point(R):
-            R = R.to(torch.get_default_dtype())
-        bad = (R != 0) & (R != 1)
-        if bad.any():
-            p, j = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(
-                f"leaf_rewards values must be 0 or 1 (binary verifiable reward); got "
-                f"{R[p, j].item():.4g} at prompt {p}, leaf {j}"
-            )
+        R = binary_matrix(R, "leaf_rewards", "binary verifiable reward", "prompt", "leaf")
         self.leaf_rewards = R  # (P, b**d)
         self.branching = b
         self.depth = d
@@ -160,8 +152,8 @@ class TreeMDP(Sandbox):
 
         Only for steps ``t < depth - 1``; after the last action the episode ends at a leaf
         (use :meth:`reward`, or :meth:`leaf_index` on the whole action sequence)."""
-        _check_index(actions, self.num_actions, "actions", "token index")
-        _check_index(states, self.num_states, "states", "global state index")
+        check_index(actions, self.num_actions, "actions", "token index")
+        check_index(states, self.num_states, "states", "global state index")
         I = self.states_per_prompt
         prompt, node = states // I, states % I
         child = node * self.branching + 1 + actions  # (N,)
@@ -243,8 +235,8 @@ class TreeMDP(Sandbox):
                 f"prompts must have shape (N,) and actions (N, depth); got "
                 f"{tuple(prompts.shape)} and {tuple(actions.shape)}"
             )
-        _check_index(prompts, self.num_prompts, "prompts", "prompt index")
-        _check_index(actions, self.num_actions, "actions", "token index")
+        check_index(prompts, self.num_prompts, "prompts", "prompt index")
+        check_index(actions, self.num_actions, "actions", "token index")
         return self.leaf_rewards[prompts, self.leaf_index(actions)]
 
     # --- exact answers --------------------------------------------------------------
@@ -254,7 +246,7 @@ class TreeMDP(Sandbox):
 
     def _policy(self, probs: torch.Tensor) -> torch.Tensor:
         pi = self.action_probs(torch.as_tensor(probs))  # (P, I, b)
-        _check_probs(pi)
+        check_probs(pi)
         return pi
 
     def _backup(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,6 +71,12 @@ class Registry(Mapping[str, Callable[..., Any]]):
         except (KeyError, TypeError):
             raise unknown_name_error(self.kind, name, self._fns) from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._fns
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._fns.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._fns))
 
