@@ -1,8 +1,79 @@
 """Probes: measurements of a policy that take tensors or DataFrames, never trainers.
 
 - :mod:`rlnb.probes.passk` -- the unbiased pass@k estimator and pass@k curves.
+- :mod:`rlnb.probes.boundary` -- problems solved by base only / RL only / both / neither,
+  correct answers lost and gained, answer-level entropy (cards 1, 2).
+- :mod:`rlnb.probes.entropy` -- per-token entropy, its summaries, the covariance law of
+  entropy change and the entropy-reward fit (card 3).
+- :mod:`rlnb.probes.rank` -- effective rank of hidden states and ER/ERV/ERA (card 7).
+- :mod:`rlnb.probes.activations` -- named hidden states of any module in a cache.
+- :mod:`rlnb.probes.linear` -- linear probes, PCA, linear CKA (card 16).
 """
 
+from rlnb.probes.activations import (
+    ActivationCache,
+    capture,
+    find_final_norm,
+    find_layers,
+    from_hidden_states,
+    pool_states,
+)
+from rlnb.probes.boundary import (
+    BOUNDARY_CATEGORIES,
+    BoundaryResult,
+    SupportResult,
+    answer_entropy,
+    answer_support,
+    boundary,
+    boundary_from_probs,
+)
+from rlnb.probes.entropy import (
+    EntropyCovariance,
+    EntropyRewardFit,
+    entropy_change_covariance,
+    entropy_summary,
+    fit_entropy_reward,
+    forking_tokens,
+    predicted_entropy_change,
+    token_entropy,
+)
+from rlnb.probes.linear import ProbeResult, cka_by_layer, linear_cka, linear_probe, pca
 from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_from_probs
+from rlnb.probes.rank import RankDynamics, effective_rank, rank_by_layer, rank_dynamics
 
-__all__ = ["default_ks", "pass_at_k", "pass_at_k_curve", "pass_at_k_from_probs"]
+__all__ = [
+    "BOUNDARY_CATEGORIES",
+    "ActivationCache",
+    "BoundaryResult",
+    "EntropyCovariance",
+    "EntropyRewardFit",
+    "ProbeResult",
+    "RankDynamics",
+    "SupportResult",
+    "answer_entropy",
+    "answer_support",
+    "boundary",
+    "boundary_from_probs",
+    "capture",
+    "cka_by_layer",
+    "default_ks",
+    "effective_rank",
+    "entropy_change_covariance",
+    "entropy_summary",
+    "find_final_norm",
+    "find_layers",
+    "fit_entropy_reward",
+    "forking_tokens",
+    "from_hidden_states",
+    "linear_cka",
+    "linear_probe",
+    "pass_at_k",
+    "pass_at_k_curve",
+    "pass_at_k_from_probs",
+    "pca",
+    "pool_states",
+    "predicted_entropy_change",
+    "rank_by_layer",
+    "rank_dynamics",
+    "token_entropy",
+]

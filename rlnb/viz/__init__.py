@@ -2,12 +2,14 @@
 
 - :func:`training_curves` -- metrics over steps, one row per metric, mean and band over seeds.
 - :func:`passk_curves` -- pass@k against k on a log2 axis, from ``pass_at_k_curve``.
+- :func:`boundary_table`, :func:`entropy_heatstrip`, :func:`rank_trajectory` -- probe views.
 - :func:`write_png`, :func:`write_html` -- export (PNG via kaleido and the system Chromium).
 - :data:`PALETTE`, :data:`TEMPLATE`, :func:`style_figure` -- the shared look.
 """
 
 from rlnb.viz.export import find_chromium, write_html, write_png
 from rlnb.viz.passk import passk_curves
+from rlnb.viz.probes import boundary_table, entropy_heatstrip, rank_trajectory
 from rlnb.viz.training import (
     PALETTE,
     TEMPLATE,
@@ -21,9 +23,12 @@ __all__ = [
     "PALETTE",
     "TEMPLATE",
     "add_line_with_band",
+    "boundary_table",
     "color_map",
+    "entropy_heatstrip",
     "find_chromium",
     "passk_curves",
+    "rank_trajectory",
     "style_figure",
     "training_curves",
     "write_html",
