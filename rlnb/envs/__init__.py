@@ -3,8 +3,8 @@ tree MDP), and verifiable text tasks for language-model policies."""
 
 from rlnb.envs.bandit import Bandit
 from rlnb.envs.base import Sandbox
-from rlnb.envs.strategy_bandit import StrategyBandit
 from rlnb.envs.reasoning_gym import ReasoningGymTask
+from rlnb.envs.strategy_bandit import StrategyBandit
 from rlnb.envs.text import ExactMatchTask, TextTask, strip_completion
 from rlnb.envs.text_tasks import (
     TASKS,

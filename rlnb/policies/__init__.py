@@ -1,6 +1,18 @@
-"""Trainable policies on one protocol: tabular and MLP toys (and language models)."""
+"""Trainable policies on one protocol: tabular and MLP toys, and any causal language model."""
 
 from rlnb.policies.base import Policy, Rollout
+from rlnb.policies.lm import LMPolicy
 from rlnb.policies.tabular import MLPPolicy, TabularPolicy
+from rlnb.policies.tiny import char_tokenizer, pretrain_base, tiny_config, tiny_model
 
-__all__ = ["MLPPolicy", "Policy", "Rollout", "TabularPolicy"]
+__all__ = [
+    "LMPolicy",
+    "MLPPolicy",
+    "Policy",
+    "Rollout",
+    "TabularPolicy",
+    "char_tokenizer",
+    "pretrain_base",
+    "tiny_config",
+    "tiny_model",
+]

@@ -42,6 +42,11 @@ class TrainConfig:
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature, as in TRL."""
 
+    mask_truncated_completions: bool = False
+    """DAPO's overlong filtering (TRL's name): completions that hit the length limit
+    without an end-of-sequence token are left out of the loss (their reward still counts
+    in the group baseline). Only policies that report truncation (language models)."""
+
     # --- advantage ------------------------------------------------------------------
     advantage: str = "grpo"
     """Advantage estimator from ``rlnb.rl``: reinforce, reinforce_baseline, rloo, grpo,

@@ -208,6 +208,10 @@ class Trainer:
             self.env, prompts, G, temperature=c.temperature, generator=self.generator
         )
         self.policy.train()
+        lengths = rollout.mask.sum(dim=1).float()  # (N,) before any masking below
+        truncated = rollout.extra.get("truncated")  # (N,) bool, language models only
+        if c.mask_truncated_completions and truncated is not None:
+            rollout.mask = rollout.mask & ~truncated.to(rollout.mask.device)[:, None]
 
         # --- REWARD ---
         rewards = self._rewards(rollout)  # (N,)
@@ -247,8 +251,8 @@ class Trainer:
         self.step += 1
 
         # --- LOGGING ---
-        metrics = self._step_metrics(rollout, rewards, advantages, entropy, loss, pg_loss,
-                                     grad_norm, loss_metrics)
+        metrics = self._step_metrics(rollout, lengths, rewards, advantages, entropy, loss,
+                                     pg_loss, grad_norm, loss_metrics)
         if ref_logp is not None:
             metrics["kl"] = float(rl.masked_mean(
                 rl.kl_penalty(rollout.logp, ref_logp, estimator=c.kl_estimator), rollout.mask))
@@ -276,12 +280,11 @@ class Trainer:
             )
         return rewards
 
-    def _step_metrics(self, rollout, rewards, advantages, entropy, loss, pg_loss, grad_norm,
-                      loss_metrics) -> dict[str, Any]:
+    def _step_metrics(self, rollout, lengths, rewards, advantages, entropy, loss, pg_loss,
+                      grad_norm, loss_metrics) -> dict[str, Any]:
         G = rollout.group_size
         grouped = rewards.view(-1, G)
         group_std = grouped.std(dim=1) if G > 1 else torch.zeros(grouped.shape[0])
-        lengths = rollout.mask.sum(dim=1).float()
         metrics: dict[str, Any] = {
             "step": self.step,
             "reward": float(rewards.mean()),
@@ -297,6 +300,9 @@ class Trainer:
             "completions/max_length": float(lengths.max()),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+        truncated = rollout.extra.get("truncated")
+        if truncated is not None:
+            metrics["completions/clipped_ratio"] = float(truncated.float().mean())
         for k, v in loss_metrics.items():
             metrics.setdefault(k, float(v))
         return metrics

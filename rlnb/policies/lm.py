@@ -1,0 +1,1027 @@
+"""``LMPolicy``: any Hugging Face causal LM as an rlnb policy.
+
+The trainer talks to a policy through two calls (see :mod:`rlnb.policies.base`)::
+
+    rollout = policy.rollout(env, prompts, n, temperature=1.0, generator=g)   # no grad
+    logp, entropy = policy.log_probs(rollout, temperature=1.0)                # with grad
+
+``rollout`` left-pads the prompts, samples ``n`` completions per prompt with a KV cache and
+an explicit ``torch.Generator`` (same generator state, same completions), and stops each
+row at its EOS. ``log_probs`` re-scores the sampled tokens in one forward pass over
+prompt + completion.
+
+Layout of a rollout of ``P`` prompts, ``n`` completions each (``N = P * n`` rows, groups
+contiguous: rows ``g*n .. g*n+n-1`` answer prompt ``g``)::
+
+    extra["input_ids"]   (N, Lp + T)   <pad><pad><s>1 2 + 3 4 = | 4 6 </s><pad><pad>
+    extra["attention_mask"]            0    0    1 ...        1 | 1 1 1    0    0
+    mask                 (N, T)                               | T T T    F    F
+    actions              (N, T)                               | 4 6 </s> <pad><pad>
+
+Footguns this module takes care of, and that any re-implementation must too:
+
+* the mask excludes the prompt and the padding, and *includes* the EOS token (the model
+  must learn to stop);
+* prompts are left-padded, so position ids are ``cumsum(attention_mask) - 1``, not
+  ``arange``: with ``arange`` a padded prompt sees shifted positions and its log-probs
+  silently differ from those of the same prompt unpadded;
+* the logits that score completion token ``t`` sit at position ``Lp - 1 + t`` (one to the
+  left): an off-by-one here trains on garbage without raising anything;
+* dropout is disabled (the wrapped model stays in eval mode even under ``policy.train()``):
+  PPO's ratio ``exp(logp - old_logp)`` assumes sampling and scoring are the same function.
+
+Speed: for Llama-family (llama, qwen2, mistral) and GPT-2 models, ``engine="auto"`` runs a
+functional re-implementation of the forward pass on the model's own parameters (fused
+projections, a pre-allocated KV cache, the prompt computed once per group). The model's
+own ``forward`` (``engine="hf"``, with Hugging Face's KV cache) is the reference it is
+tested against, and what other architectures use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rlnb.policies.base import Policy, Rollout, validate_sampling_args
+
+ENGINES = ("auto", "fast", "hf", "hf-nocache")
+_LLAMA_LIKE = ("llama", "qwen2", "mistral")
+_GPT2_LIKE = ("gpt2",)
+# Pre-draw the sampling noise of a whole rollout at once when it is at most this many
+# numbers (one call instead of one per token); larger vocabularies draw per step.
+_PREDRAW_LIMIT = 1 << 22
+
+
+# ======================================================================================
+# Loading
+# ======================================================================================
+def _resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+               "float": "float32"}
+    name = aliases.get(name, name)
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype or its name, got {dtype!r}")
+    return value
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved beside a model. A generic fast tokenizer (``tokenizer_class``
+    ``PreTrainedTokenizerFast`` / ``TokenizersBackend``, as :func:`char_tokenizer` saves)
+    is loaded with ``PreTrainedTokenizerFast``: ``AutoTokenizer`` would force the model
+    type's own class (qwen2, phi3, ...), which drops the spaces and newlines of a character
+    vocabulary. Any other tokenizer (a real checkpoint's) goes through ``AutoTokenizer``."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    p = Path(path)
+    cfg_path = p / "tokenizer_config.json"
+    if p.is_dir() and (p / "tokenizer.json").exists() and cfg_path.exists():
+        cls = json.loads(cfg_path.read_text()).get("tokenizer_class")
+        if cls in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+            return PreTrainedTokenizerFast.from_pretrained(str(p))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _load(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    p = Path(model).expanduser()
+    looks_local = p.is_absolute() or str(model).startswith((".", "~")) or p.exists()
+    if looks_local:
+        if not p.exists():
+            raise FileNotFoundError(
+                f"model directory {str(p)!r} does not exist; expected a folder written by "
+                "save_pretrained (config.json, weights, tokenizer files), e.g. the path "
+                "returned by rlnb.policies.pretrain_base(task)"
+            )
+        if not p.is_dir() or not (p / "config.json").exists():
+            raise ValueError(
+                f"{str(p)!r} holds no model: expected config.json, the weights "
+                "(model.safetensors) and the tokenizer files written by save_pretrained"
+            )
+    hf = AutoModelForCausalLM.from_pretrained(str(p if looks_local else model), dtype=dtype)
+    tok = _load_tokenizer(p if looks_local else model)
+    return hf.to(device), tok
+
+
+# ======================================================================================
+# The functional forward ("fast" engine)
+# ======================================================================================
+def fast_engine_support(model: Any) -> str | None:
+    """Why the fast engine cannot run ``model`` (a message), or None when it can."""
+    cfg = model.config
+    mt = getattr(cfg, "model_type", None)
+    if mt in _LLAMA_LIKE:
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner, "layers"):
+            return f"{type(model).__name__} does not have the Llama module layout"
+        for layer in inner.layers:
+            if getattr(layer.self_attn, "sliding_window", None) is not None:
+                return "sliding-window attention is not implemented in the fast engine"
+        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "attn_logit_softcapping", None):
+            return "logit soft-capping is not implemented in the fast engine"
+        return None
+    if mt in _GPT2_LIKE:
+        if getattr(cfg, "add_cross_attention", False):
+            return "GPT-2 with cross-attention is not supported by the fast engine"
+        return None
+    return (f"model_type {mt!r} is not one of the fast engine's architectures "
+            f"{_LLAMA_LIKE + _GPT2_LIKE}")
+
+
+def _activation(module: Any) -> Any:
+    name = type(module).__name__
+    if name in ("SiLUActivation", "SiLU"):
+        return F.silu
+    if name in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return module
+
+
+def _attention_bias(key_valid: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias ``(B, 1, Lq, Lk)`` (0 or -inf) for queries at the last
+    ``q_len`` of ``Lk`` positions: a query sees the valid keys at or before itself, and
+    always itself (so a query at a left-padding position never sees an all-masked row,
+    whose softmax is NaN and would leak into the real rows through the values)."""
+    B, Lk = key_valid.shape
+    device = key_valid.device
+    q_idx = torch.arange(Lk - q_len, Lk, device=device)[:, None]  # (Lq, 1)
+    k_idx = torch.arange(Lk, device=device)[None, :]  # (1, Lk)
+    allowed = ((k_idx <= q_idx) & key_valid[:, None, :]) | (k_idx == q_idx)  # (B, Lq, Lk)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~allowed, float("-inf"))[:, None]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention with pre-scaled queries. q ``(B, Lq, H, hd)``; k, v
+    ``(B, KV, Lk, hd)``; bias ``(B, 1, Lq, Lk)`` -> ``(B, Lq, H * hd)``. Query head ``h``
+    reads KV head ``h // (H // KV)`` (Hugging Face's ``repeat_kv``). On the CPU, for tiny
+    models, plain matmuls without copying K and V; elsewhere PyTorch's fused kernel
+    (:func:`_attend_sdpa`), which never holds the whole score matrix."""
+    if q.device.type != "cpu":
+        return _attend_sdpa(q, k, v, bias)
+    B, Lq, H, hd = q.shape
+    KV, Lk = k.shape[1], k.shape[2]
+    rep = H // KV
+    q = q.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, KV, rep*Lq, Lk)
+    scores = scores.view(B, KV, rep, Lq, Lk) + bias[:, :, None]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs.view(B, KV, rep * Lq, Lk), v)  # (B, KV, rep*Lq, hd)
+    return out.view(B, KV, rep, Lq, hd).permute(0, 3, 1, 2, 4).reshape(B, Lq, H * hd)
+
+
+def _attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """:func:`_attend` through ``F.scaled_dot_product_attention`` (same arguments)."""
+    B, Lq, H, hd = q.shape
+    rep = H // k.shape[1]
+    if rep > 1:
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=bias, scale=1.0)
+    return out.transpose(1, 2).reshape(B, Lq, H * hd)
+
+
+class _Fast:
+    """The forward pass of a supported model written with plain tensor ops on the model's
+    own parameters (gradients flow to them). Built once per rollout or scoring call: the
+    fused weights (q|k|v with the attention scale folded into q, and gate|up) are
+    differentiable functions of the current parameters."""
+
+    def __init__(self, model: Any, rope_cache: dict | None = None) -> None:
+        cfg = model.config
+        self.model = model
+        self.kind = "gpt2" if cfg.model_type in _GPT2_LIKE else "llama"
+        self.d = cfg.hidden_size
+        self.layers: list[dict[str, Any]] = []
+        if self.kind == "llama":
+            inner = model.model
+            self.embed = inner.embed_tokens.weight
+            for layer in inner.layers:
+                a, m = layer.self_attn, layer.mlp
+                s = a.scaling
+                w_qkv = torch.cat([a.q_proj.weight * s, a.k_proj.weight, a.v_proj.weight], 0)
+                b_qkv = None
+                if a.q_proj.bias is not None:
+                    b_qkv = torch.cat([a.q_proj.bias * s, a.k_proj.bias, a.v_proj.bias], 0)
+                self.layers.append({
+                    "ln1": layer.input_layernorm, "ln2": layer.post_attention_layernorm,
+                    "w_qkv": w_qkv, "b_qkv": b_qkv,
+                    "w_o": a.o_proj.weight, "b_o": a.o_proj.bias,
+                    "w_gu": torch.cat([m.gate_proj.weight, m.up_proj.weight], 0),
+                    "b_gu": (torch.cat([m.gate_proj.bias, m.up_proj.bias], 0)
+                             if m.gate_proj.bias is not None else None),
+                    "w_down": m.down_proj.weight, "b_down": m.down_proj.bias,
+                    "act": _activation(m.act_fn),
+                })
+            self.hd = inner.layers[0].self_attn.head_dim
+            self.H = cfg.num_attention_heads
+            self.KV = cfg.num_key_value_heads
+            self.norm = inner.norm
+            self.rotary = inner.rotary_emb
+        else:
+            tr = model.transformer
+            self.embed = tr.wte.weight
+            self.wpe = tr.wpe.weight
+            self.H = self.KV = cfg.n_head
+            self.hd = self.d // self.H
+            for i, block in enumerate(tr.h):
+                a = block.attn
+                s = 1.0 / math.sqrt(self.hd) if a.scale_attn_weights else 1.0
+                if a.scale_attn_by_inverse_layer_idx:
+                    s /= float(i + 1)
+                w = a.c_attn.weight.t()  # Conv1D stores (in, out)
+                self.layers.append({
+                    "ln1": block.ln_1, "ln2": block.ln_2,
+                    "w_qkv": torch.cat([w[: self.d] * s, w[self.d:]], 0),
+                    "b_qkv": torch.cat([a.c_attn.bias[: self.d] * s, a.c_attn.bias[self.d:]], 0),
+                    "w_o": a.c_proj.weight.t(), "b_o": a.c_proj.bias,
+                    "w_fc": block.mlp.c_fc.weight.t(), "b_fc": block.mlp.c_fc.bias,
+                    "w_proj": block.mlp.c_proj.weight.t(), "b_proj": block.mlp.c_proj.bias,
+                    "act": _activation(block.mlp.act),
+                })
+            self.norm = tr.ln_f
+        self.lm_head = model.get_output_embeddings()
+        self.max_pos = int(getattr(cfg, "max_position_embeddings", 0) or 4096)
+        self._rope_cache = {} if rope_cache is None else rope_cache
+
+    # --- pieces -----------------------------------------------------------------------
+    def _norm(self, x: torch.Tensor, ln: Any) -> torch.Tensor:
+        if self.kind == "gpt2":
+            return F.layer_norm(x, (self.d,), ln.weight, ln.bias, ln.eps)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (self.d,), ln.weight, ln.variance_epsilon)
+        return ln(x)  # half precision: the module's own fp32 upcast
+
+    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """cos, sin ``(B, L, 1, hd)`` at positions ``pos (B, L)`` from the model's own
+        rotary module (so every RoPE variant it implements is honoured), and the
+        rotate-half matrix ``(hd, hd)``. None for GPT-2 (learned positions)."""
+        if self.kind == "gpt2":
+            return None
+        dtype = self.embed.dtype
+        key = (self.max_pos, pos.device, dtype)
+        if key not in self._rope_cache:
+            # Ordinary tensors even when first built under inference mode (sampling): the
+            # cache is reused by log_probs, under autograd.
+            with torch.inference_mode(False), torch.no_grad():
+                like = torch.empty((), dtype=dtype, device=pos.device)
+                cos, sin = self.rotary(like, torch.arange(self.max_pos, device=pos.device)[None])
+                half = self.hd // 2
+                rot = torch.zeros(self.hd, self.hd, dtype=dtype, device=pos.device)
+                idx = torch.arange(half, device=pos.device)
+                rot[idx + half, idx] = -1.0  # (x @ rot)[:half] = -x[half:]
+                rot[idx, idx + half] = 1.0  # (x @ rot)[half:] = x[:half]
+                self._rope_cache[key] = (cos[0].clone(), sin[0].clone(), rot)
+        cos, sin, rot = self._rope_cache[key]
+        return cos[pos][:, :, None], sin[pos][:, :, None], rot
+
+    def _qkv(self, i: int, h: torch.Tensor, rope: Any):
+        """q ``(B, L, H, hd)`` (pre-scaled), k, v ``(B, KV, L, hd)`` of layer ``i``."""
+        p = self.layers[i]
+        B, L, _ = h.shape
+        H, KV, hd = self.H, self.KV, self.hd
+        qkv = F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"])  # (B, L, (H+2KV)*hd)
+        if rope is None:
+            qkv = qkv.view(B, L, 3, H, hd)
+            return qkv[:, :, 0], qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        cos, sin, rot = rope
+        qk = qkv[..., : (H + KV) * hd].reshape(B, L, H + KV, hd)
+        qk = torch.addcmul(qk * cos, torch.matmul(qk, rot), sin)  # RoPE on q and k at once
+        v = qkv[..., (H + KV) * hd:].reshape(B, L, KV, hd)
+        return qk[:, :, :H], qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+
+    def _post(self, i: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection, residual, MLP, residual."""
+        p = self.layers[i]
+        h = h + F.linear(attn, p["w_o"], p["b_o"])
+        x = self._norm(h, p["ln2"])
+        if self.kind == "llama":
+            gate, up = F.linear(x, p["w_gu"], p["b_gu"]).chunk(2, dim=-1)
+            return h + F.linear(p["act"](gate) * up, p["w_down"], p["b_down"])
+        return h + F.linear(p["act"](F.linear(x, p["w_fc"], p["b_fc"])), p["w_proj"], p["b_proj"])
+
+    def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        h = F.embedding(ids, self.embed)
+        return h + F.embedding(pos, self.wpe) if self.kind == "gpt2" else h
+
+    def final(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm then the LM head: ``(..., d) -> (..., V)`` logits."""
+        return self.lm_head(self._norm(h, self.norm))
+
+    # --- whole passes -----------------------------------------------------------------
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        key_valid: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        return_kv: bool = False,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Run ``ids (B, L)`` at positions ``pos (B, L)`` after optional ``past`` keys and
+        values (per layer ``(B, KV, Lpast, hd)``). ``key_valid (B, Lpast + L)`` marks the
+        keys that are not padding. Returns the last hidden states ``(B, L, d)`` (before the
+        final norm) and, if asked, each layer's new keys and values."""
+        h = self._embed(ids, pos)
+        rope = self.rope(pos)
+        bias = _attention_bias(key_valid, ids.shape[1], h.dtype)
+        kvs = []
+        for i in range(len(self.layers)):
+            q, k, v = self._qkv(i, h, rope)
+            if return_kv:
+                kvs.append((k, v))
+            if past is not None:
+                k = torch.cat([past[i][0], k], dim=2)
+                v = torch.cat([past[i][1], v], dim=2)
+            h = self._post(i, h, _attend(q, k, v, bias))
+        return h, kvs
+
+    def decode_step(self, ids: torch.Tensor, pos: torch.Tensor, rope: Any,
+                    cache: list[torch.Tensor], at: int, bias: torch.Tensor) -> torch.Tensor:
+        """One token per row: ``ids (B, 1)`` at ``pos (B, 1)`` (``rope`` its cos/sin);
+        writes its keys/values at index ``at`` of the pre-allocated ``cache`` (per layer
+        ``(2, B, KV, Lmax, hd)``) and attends to ``[0, at]`` with ``bias (B, 1, 1, at + 1)``.
+        Returns the next-token logits ``(B, V)``."""
+        h = self._embed(ids, pos)
+        for i in range(len(self.layers)):
+            q, k, v = self._qkv(i, h, rope)
+            c = cache[i]
+            c[0, :, :, at] = k[:, :, 0]
+            c[1, :, :, at] = v[:, :, 0]
+            h = self._post(i, h, _attend(q, c[0, :, :, : at + 1], c[1, :, :, : at + 1], bias))
+        return self.final(h[:, 0])
+
+
+# ======================================================================================
+# Sampling helpers
+# ======================================================================================
+def _top_p_filter(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf the tokens outside the smallest set whose probability reaches ``top_p``
+    (nucleus sampling, Holtzman et al. 2019). ``logp (B, V)``; the top token always stays."""
+    sorted_lp, order = torch.sort(logp, dim=-1, descending=True)
+    cum = sorted_lp.exp().cumsum(-1)
+    drop_sorted = (cum - sorted_lp.exp()) >= top_p  # mass before this token already enough
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logp.masked_fill(drop, float("-inf"))
+
+
+def _gumbel(u: torch.Tensor) -> torch.Tensor:
+    return -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``ids (B, L)`` and ``attention_mask (B, L)`` (long)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, L - len(s):] = 1
+    return ids, mask
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: ``cumsum(mask) - 1``, 0 on the padding.
+
+    >>> positions(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    tensor([[0, 0, 0, 1],
+            [0, 1, 2, 3]])
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+# ======================================================================================
+# The policy
+# ======================================================================================
+class LMPolicy(Policy):
+    """A Hugging Face causal LM + tokenizer as an rlnb policy.
+
+    Args:
+        model: a directory written by ``save_pretrained`` (model and tokenizer), or a hub
+            name (read from the local Hugging Face cache when ``HF_HUB_OFFLINE=1``).
+        device: ``"cpu"``, ``"cuda"``, ... ; None picks cuda when available.
+        dtype: parameter dtype; None = bfloat16 on GPU, float32 on CPU.
+        max_new_tokens: completion length budget T. A completion without EOS within it is
+            ``truncated`` (its tokens still count in the mask).
+        top_p: nucleus sampling. The recorded ``logp`` is under the temperature-scaled
+            distribution *without* the top-p cut (what ``log_probs`` recomputes), so with
+            ``top_p < 1`` the PPO ratio is against the untruncated policy, as in TRL.
+        hidden_states: also store ``extra["hidden_states"]`` (see :meth:`hidden_states`)
+            in every rollout.
+        engine: ``"auto"`` (the functional "fast" forward for llama/qwen2/mistral/gpt2,
+            the model's own forward otherwise), ``"fast"``, ``"hf"`` (model forward with
+            Hugging Face's KV cache) or ``"hf-nocache"`` (the whole sequence re-run at every
+            token: slow, the reference that proves the caches right).
+
+    >>> from rlnb.envs.text import ExactMatchTask
+    >>> from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+    >>> tok = char_tokenizer("0123456789+=")
+    >>> pi = LMPolicy.from_model(tiny_model(tiny_config("llama", len(tok))), tok, max_new_tokens=4)
+    >>> task = ExactMatchTask(["1+1=", "12+3="], ["2", "15"])
+    >>> r = pi.rollout(task, torch.tensor([0, 1]), 3, generator=torch.Generator().manual_seed(0))
+    >>> r.actions.shape, r.extra["prompt_length"], len(r.extra["completions"])
+    (torch.Size([6, 4]), 6, 6)
+    >>> logp, entropy = pi.log_probs(r)  # with gradients, 0 outside r.mask
+    >>> torch.allclose(logp, r.logp, atol=1e-5)
+    True
+    >>> len(pi.sample_texts(["1+1="], 5, generator=torch.Generator().manual_seed(0))[0])
+    5
+
+    Footgun: the wrapped model never leaves eval mode (dropout off), and its dropout
+    probabilities are left untouched for anyone who uses the model elsewhere.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_new_tokens: int = 16,
+        top_p: float = 1.0,
+        hidden_states: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        dev = torch.device(device if device is not None else
+                           ("cuda" if torch.cuda.is_available() else "cpu"))
+        dt = _resolve_dtype(dtype, dev)
+        hf, tok = _load(model, dev, dt)
+        local = Path(model).expanduser()
+        # A local directory is recorded as an absolute path, so a run directory rebuilds
+        # the policy from any working directory; a hub name is kept as given.
+        ref = str(local.resolve()) if local.is_dir() else str(model)
+        self._setup(hf, tok, ref, dev, dtype, max_new_tokens, top_p, hidden_states, engine)
+        self._device_option = None if device is None else str(device)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int = 16,
+        top_p: float = 1.0,
+        hidden_states: bool = False,
+        engine: str = "auto",
+    ) -> LMPolicy:
+        """Wrap an already loaded model (kept on its device and dtype). Such a policy has
+        no directory to rebuild from: ``save_pretrained`` it before training with a
+        ``run_dir``."""
+        self = cls.__new__(cls)
+        Policy.__init__(self)
+        ref = getattr(model, "name_or_path", "") or ""
+        ref = ref if ref and (Path(ref) / "config.json").exists() else None
+        self._setup(model, tokenizer, ref, next(model.parameters()).device,
+                    _dtype_name(next(model.parameters()).dtype), max_new_tokens, top_p,
+                    hidden_states, engine)
+        self._device_option = str(self.device)
+        return self
+
+    def _setup(self, model, tokenizer, ref, device, dtype, max_new_tokens, top_p,
+               hidden_states, engine) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_ref = ref
+        self.device = torch.device(device)
+        self._dtype_option = None if dtype is None else (
+            _dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype))
+        self.max_new_tokens = max_new_tokens
+        self.top_p = float(top_p)
+        self.record_hidden_states = bool(hidden_states)
+        self.engine_option = engine
+        why_not = fast_engine_support(model)
+        if engine == "fast" and why_not is not None:
+            raise ValueError(f"engine='fast' cannot run this model: {why_not}; use engine='hf'")
+        self.engine = ("fast" if why_not is None else "hf") if engine == "auto" else engine
+        # Special tokens.
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "the tokenizer has neither a pad token nor an EOS token; set one before "
+                    "wrapping it, e.g. tokenizer.add_special_tokens({'pad_token': '<pad>'}) "
+                    "and model.resize_token_embeddings(len(tokenizer))"
+                )
+            warnings.warn(
+                "the tokenizer has no pad token: using its EOS token "
+                f"{tokenizer.eos_token!r} as padding (set tokenizer.pad_token to silence "
+                "this). Masks come from where each row stopped, never from pad ids, so this "
+                "is safe.", stacklevel=3)
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer has no EOS token, so completions could never stop; set "
+                "tokenizer.eos_token to the token the model was trained to end answers with"
+            )
+        eos = {int(tokenizer.eos_token_id)}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if gen_eos is not None:
+            eos |= {int(e) for e in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])}
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.eos_ids = sorted(eos)
+        self._eos_t = torch.tensor(self.eos_ids, device=self.device)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._prompt_cache: dict[str, list[int]] = {}
+        self._rope_cache: dict = {}
+        self._num_params = sum(p.numel() for p in model.parameters())
+
+    # --- Serializable ---------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        if self.model_ref is None:
+            raise ValueError(
+                "this LMPolicy wraps an in-memory model that has no directory to be rebuilt "
+                "from; call policy.save_pretrained(dir) and train LMPolicy(dir) instead"
+            )
+        return {
+            "model": self.model_ref,
+            "device": self._device_option,
+            "dtype": self._dtype_option,
+            "max_new_tokens": self.max_new_tokens,
+            "top_p": self.top_p,
+            "hidden_states": self.record_hidden_states,
+            "engine": self.engine_option,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write model and tokenizer with ``save_pretrained``; ``LMPolicy(directory)``
+        loads them back."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def train(self, mode: bool = True) -> LMPolicy:
+        """Set the policy's mode flag; the wrapped model stays in eval mode (no dropout).
+        (Not recursive: walking thousands of modules twice a step costs a millisecond.)"""
+        self.training = bool(mode)
+        if self.model.training:
+            self.model.eval()
+        return self
+
+    def _aliases(self) -> set[str]:
+        seen: set[int] = set()
+        aliases = set()
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in seen:
+                aliases.add(name)
+            seen.add(id(p))
+        return aliases
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The parameters, without the duplicate names of tied weights (GPT-2's ``lm_head``
+        is its embedding): safetensors refuses to save one tensor twice."""
+        sd = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for name in self._aliases():
+            sd.pop(prefix + name, None)
+        return sd
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in self._aliases()]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"LMPolicy.load_state_dict: missing keys {missing}, unexpected keys "
+                f"{result.unexpected_keys}: the checkpoint is of another model"
+            )
+        result.missing_keys[:] = missing
+        return result
+
+    # --- prompts --------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
+        ids = self._prompt_cache.get(text)
+        if ids is None:
+            if len(self._prompt_cache) > 100_000:
+                self._prompt_cache.clear()
+            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            self._prompt_cache[text] = ids
+        return ids
+
+    def _check_lengths(self, seqs: Sequence[Sequence[int]], labels: Sequence[Any],
+                       max_new_tokens: int) -> None:
+        if self.max_positions is None:
+            return
+        for i, (s, label) in enumerate(zip(seqs, labels)):
+            if len(s) + max_new_tokens > self.max_positions:
+                raise ValueError(
+                    f"prompt {label} (row {i}) has {len(s)} tokens; with max_new_tokens="
+                    f"{max_new_tokens} that is {len(s) + max_new_tokens} positions, more than "
+                    f"the model's context of {self.max_positions} (max_position_embeddings). "
+                    "Shorten the prompt or lower max_new_tokens"
+                )
+
+    # --- sampling -------------------------------------------------------------------------
+    def rollout(
+        self,
+        env: Any,
+        prompts: torch.Tensor,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """Sample ``n`` completions of each prompt ``prompts (P,)`` of ``env`` (a text task:
+        ``env.prompt(i) -> str``). Returns a :class:`Rollout` with ``N = P * n`` rows,
+        groups contiguous, ``T`` = the longest completion (at most ``max_new_tokens``)::
+
+            actions (N, T)  completion ids, pad after EOS
+            mask    (N, T)  True on completion tokens up to and including EOS
+            logp    (N, T)  log-prob of each sampled token at this temperature (0 off mask)
+            extra   input_ids (N, Lp+T), attention_mask (N, Lp+T), prompt_length Lp,
+                    completions list[str] (decoded, special tokens removed),
+                    truncated (N,) bool (no EOS within max_new_tokens)
+
+        All tensors are on the CPU, whatever the model's device. The attention mask is 0
+        on left padding and on the padding after each EOS.
+        """
+        validate_sampling_args(n, temperature)
+        prompts = torch.as_tensor(prompts, dtype=torch.long).reshape(-1).cpu()
+        texts = [env.prompt(int(i)) for i in prompts.tolist()]
+        seqs = [self.encode_prompt(t) for t in texts]
+        self._check_lengths(seqs, [f"{int(i)} ({t!r})" for i, t in zip(prompts, texts)],
+                            self.max_new_tokens)
+        out = self._sample(seqs, n, temperature, generator, self.max_new_tokens)
+        rollout = Rollout(
+            prompts=prompts.repeat_interleave(n),
+            actions=out["actions"],
+            mask=out["mask"],
+            logp=out["logp"],
+            group_size=n,
+            extra={
+                "input_ids": out["input_ids"],
+                "attention_mask": out["attention_mask"],
+                "prompt_length": out["prompt_length"],
+                "completions": self._decode_rows(out["actions"], out["mask"]),
+                "truncated": out["truncated"],
+            },
+        )
+        if self.record_hidden_states:
+            rollout.extra["hidden_states"] = self.hidden_states(rollout)
+        return rollout
+
+    def sample_texts(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4096,
+    ) -> list[list[str]]:
+        """``n`` sampled completions (decoded) for each prompt string, for evaluation:
+        ``result[i][j]`` is sample ``j`` of ``prompts[i]``. Same sampler as ``rollout``;
+        prompts are processed ``batch_size // n`` at a time (the draws depend on this
+        chunking: same generator, prompts and ``batch_size``, same texts)."""
+        texts, _ = self.sample_with_flags(prompts, n, temperature=temperature,
+                                          generator=generator, max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size)
+        return texts
+
+    def sample_with_flags(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4096,
+    ) -> tuple[list[list[str]], list[list[bool]]]:
+        """Like :meth:`sample_texts`, plus ``truncated[i][j]``: sample ``j`` of prompt ``i``
+        reached ``max_new_tokens`` without an EOS token."""
+        validate_sampling_args(n, temperature)
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single string")
+        T = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        seqs = [self.encode_prompt(p) for p in prompts]
+        self._check_lengths(seqs, [repr(p) for p in prompts], T)
+        per = max(1, batch_size // n)
+        texts: list[list[str]] = []
+        flags: list[list[bool]] = []
+        for start in range(0, len(seqs), per):
+            out = self._sample(seqs[start:start + per], n, temperature, generator, T)
+            rows = self._decode_rows(out["actions"], out["mask"])
+            trunc = out["truncated"].tolist()
+            for j in range(len(rows) // n):
+                texts.append(rows[j * n:(j + 1) * n])
+                flags.append(trunc[j * n:(j + 1) * n])
+        return texts, flags
+
+    def _decode_rows(self, actions: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        lengths = mask.sum(1).tolist()
+        rows = actions.tolist()
+        return self.tokenizer.batch_decode([r[:k] for r, k in zip(rows, lengths)],
+                                           skip_special_tokens=True)
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        """The completions of a rollout as text (special tokens removed)."""
+        if "completions" in rollout.extra:
+            return list(rollout.extra["completions"])
+        return self._decode_rows(rollout.actions, rollout.mask)
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """Uniform noise on the model's device from ``generator`` (a CPU generator drives a
+        device generator seeded from it, so results depend on the generator alone)."""
+        if self.device.type == "cpu" or generator is None:
+            return torch.rand(shape, generator=generator, device=self.device)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return torch.rand(shape, generator=g, device=self.device)
+
+    def _sample(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
+                generator: torch.Generator | None, T: int) -> dict[str, Any]:
+        # A tiny model's token-by-token loop is many small ops: on CPU one thread runs it
+        # faster than several (which mostly wait on each other, and collapse when another
+        # process holds a core). Same rule as the trainer's: under a million parameters.
+        single = self.device.type == "cpu" and self._num_params < 1_000_000
+        threads_before = torch.get_num_threads()
+        if single and threads_before != 1:
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                out = self._sample_loop(seqs, n, temperature, generator, T)
+            # Inference tensors cannot enter autograd later (log_probs embeds input_ids):
+            # hand out ordinary copies.
+            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        finally:
+            if single and threads_before != 1:
+                torch.set_num_threads(threads_before)
+
+    def _sample_loop(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
+                     generator: torch.Generator | None, T: int) -> dict[str, Any]:
+        P = len(seqs)
+        N = P * n
+        dev = self.device
+        prompt_ids, prompt_mask = _left_pad(seqs, self.pad_id)  # (P, Lp)
+        prompt_ids, prompt_mask = prompt_ids.to(dev), prompt_mask.to(dev)
+        Lp = prompt_ids.shape[1]
+        V = self.model.get_output_embeddings().weight.shape[0]
+        predraw = N * T * V <= _PREDRAW_LIMIT
+        noise = _gumbel(self._noise((T, N, V), generator)) if predraw else None
+
+        actions = torch.full((N, T), self.pad_id, dtype=torch.long, device=dev)
+        logps = torch.zeros((N, T), dtype=torch.float32, device=dev)
+        mask = torch.zeros((N, T), dtype=torch.bool, device=dev)
+        finished = torch.zeros(N, dtype=torch.bool, device=dev)
+        step = self._stepper(prompt_ids, prompt_mask, n, T)
+        logits = next(step)  # (N, V)
+        steps = 0
+        for t in range(T):
+            # --- sample token t of every row ---
+            logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
+            scores = _top_p_filter(logp_all, self.top_p) if self.top_p < 1.0 else logp_all
+            g = noise[t] if noise is not None else _gumbel(self._noise((N, V), generator))
+            tok = torch.argmax(scores + g, dim=-1)  # (N,)  Gumbel-max
+            lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)
+            tok = tok.masked_fill(finished, self.pad_id)
+            actions[:, t] = tok
+            logps[:, t] = lp.masked_fill(finished, 0.0)
+            mask[:, t] = ~finished
+            finished = finished | torch.isin(tok, self._eos_t)
+            steps = t + 1
+            if t == T - 1 or bool(finished.all()):
+                break
+            logits = step.send(tok)
+        step.close()
+        actions, logps, mask = actions[:, :steps], logps[:, :steps], mask[:, :steps]
+        rep_ids = prompt_ids.repeat_interleave(n, 0)
+        rep_mask = prompt_mask.repeat_interleave(n, 0)
+        return {
+            "actions": actions.cpu(),
+            "mask": mask.cpu(),
+            "logp": logps.cpu(),
+            "input_ids": torch.cat([rep_ids, actions], 1).cpu(),
+            "attention_mask": torch.cat([rep_mask, mask.long()], 1).cpu(),
+            "prompt_length": Lp,
+            "truncated": (~finished).cpu(),
+        }
+
+    def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int):
+        """A generator: yields the next-token logits ``(N, V)`` and receives the sampled
+        tokens ``(N,)``. One implementation per engine; all must yield the same logits."""
+        if self.engine == "fast":
+            return self._step_fast(prompt_ids, prompt_mask, n, T)
+        if self.engine == "hf":
+            return self._step_hf(prompt_ids, prompt_mask, n)
+        return self._step_hf_nocache(prompt_ids, prompt_mask, n)
+
+    def _step_fast(self, prompt_ids, prompt_mask, n, T):
+        fast = _Fast(self.model, self._rope_cache)
+        P, Lp = prompt_ids.shape
+        N = P * n
+        # The prompt once per group, then its keys/values copied to the group's n rows.
+        h, kvs = fast.forward(prompt_ids, positions(prompt_mask), prompt_mask.bool(),
+                              return_kv=True)
+        cache = []
+        for k, v in kvs:  # (P, KV, Lp, hd)
+            c = k.new_empty((2, N, k.shape[1], Lp + T, k.shape[3]))
+            c[0, :, :, :Lp] = k.repeat_interleave(n, 0)
+            c[1, :, :, :Lp] = v.repeat_interleave(n, 0)
+            cache.append(c)
+        key_valid = torch.ones((N, Lp + T), dtype=torch.bool, device=prompt_ids.device)
+        key_valid[:, :Lp] = prompt_mask.bool().repeat_interleave(n, 0)
+        bias_all = torch.zeros((N, 1, 1, Lp + T), dtype=h.dtype, device=h.device)
+        bias_all.masked_fill_(~key_valid[:, None, None], float("-inf"))
+        # Completion token t sits at position (real prompt length + t).
+        pos_all = prompt_mask.sum(1).repeat_interleave(n)[:, None] + torch.arange(
+            T, device=prompt_ids.device)  # (N, T)
+        rope_all = fast.rope(pos_all)
+        tok = yield fast.final(h[:, -1]).repeat_interleave(n, 0)
+        for t in range(T - 1):
+            rope = None if rope_all is None else (
+                rope_all[0][:, t:t + 1], rope_all[1][:, t:t + 1], rope_all[2])
+            at = Lp + t
+            tok = yield fast.decode_step(tok[:, None], pos_all[:, t:t + 1], rope, cache, at,
+                                         bias_all[..., : at + 1])
+
+    def _step_hf(self, prompt_ids, prompt_mask, n):
+        from transformers import DynamicCache
+
+        ids = prompt_ids.repeat_interleave(n, 0)
+        am = prompt_mask.repeat_interleave(n, 0)
+        lengths = am.sum(1)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=am, position_ids=positions(am),
+                         past_key_values=cache, use_cache=True)
+        t = 0
+        while True:
+            tok = yield out.logits[:, -1]
+            am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+            out = self.model(input_ids=tok[:, None], attention_mask=am,
+                             position_ids=(lengths + t)[:, None], past_key_values=out.past_key_values,
+                             use_cache=True)
+            t += 1
+
+    def _step_hf_nocache(self, prompt_ids, prompt_mask, n):
+        ids = prompt_ids.repeat_interleave(n, 0)
+        am = prompt_mask.repeat_interleave(n, 0)
+        while True:
+            logits = self.model(input_ids=ids, attention_mask=am, position_ids=positions(am),
+                                use_cache=False).logits
+            tok = yield logits[:, -1]
+            ids = torch.cat([ids, tok[:, None]], 1)
+            am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+
+    # --- scoring --------------------------------------------------------------------------
+    def completion_logits(self, rollout: Rollout) -> torch.Tensor:
+        """Logits ``(N, T, V)`` that score each completion token (position ``Lp - 1 + t``
+        predicts completion token ``t``), with gradients."""
+        ids = rollout.extra["input_ids"].to(self.device)  # (N, Lp + T)
+        Lp = int(rollout.extra["prompt_length"])
+        T = rollout.actions.shape[1]
+        prompt_mask = rollout.extra["attention_mask"][:, :Lp].to(self.device)
+        lengths = prompt_mask.sum(1)
+        # Positions: the prompt's from its mask, then the completion's continue from the
+        # real prompt length (tokens after EOS get positions too; they are masked out).
+        pos = torch.cat([positions(prompt_mask),
+                         lengths[:, None] + torch.arange(T, device=self.device)], 1)
+        key_valid = torch.cat([prompt_mask.bool(),
+                               torch.ones((ids.shape[0], T), dtype=torch.bool, device=self.device)], 1)
+        if self.engine != "fast":
+            # The last completion token predicts nothing we score: drop it.
+            out = self.model(input_ids=ids[:, :-1], attention_mask=key_valid[:, :-1].long(),
+                             position_ids=pos[:, :-1], use_cache=False)
+            return out.logits[:, Lp - 1:]
+        fast = _Fast(self.model, self._rope_cache)
+        n = rollout.group_size
+        N = ids.shape[0]
+        shared = n > 1 and N % n == 0 and torch.equal(
+            ids[:, :Lp].view(N // n, n, Lp), ids[::n, None, :Lp].expand(N // n, n, Lp))
+        if not shared:
+            h, _ = fast.forward(ids[:, :-1], pos[:, :-1], key_valid[:, :-1])
+            return fast.final(h[:, Lp - 1:])
+        # The prompt once per group (P rows), the completions (N rows) attending to it.
+        P = N // n
+        hp, kvs = fast.forward(ids[::n, :Lp], pos[::n, :Lp], key_valid[::n, :Lp], return_kv=True)
+        h_last = hp[:, -1:].repeat_interleave(n, 0)  # (N, 1, d) predicts token 0
+        if T == 1:
+            return fast.final(h_last)
+        past = [(k[:, None].expand(P, n, *k.shape[1:]).reshape(N, *k.shape[1:]),
+                 v[:, None].expand(P, n, *v.shape[1:]).reshape(N, *v.shape[1:])) for k, v in kvs]
+        hc, _ = fast.forward(ids[:, Lp:-1], pos[:, Lp:-1], key_valid[:, :-1], past)
+        return fast.final(torch.cat([h_last, hc], 1))  # (N, T, V)
+
+    def log_probs(
+        self, rollout: Rollout, *, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(logp, entropy)``, each ``(N, T)`` float32, of ``rollout.actions``
+        under the current parameters at ``temperature``, with gradients; 0 outside
+        ``rollout.mask``, on the rollout's device. Equals ``rollout.logp`` (same weights and
+        temperature; with ``top_p < 1`` too, since neither applies the cut)."""
+        validate_sampling_args(1, temperature)
+        logits = self.completion_logits(rollout).float() / temperature  # (N, T, V)
+        logp_all = torch.log_softmax(logits, dim=-1)
+        actions = rollout.actions.to(self.device)
+        logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)  # (N, T)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T)
+        # Returned on the rollout's device (the CPU: rollouts live there, next to rewards
+        # and advantages); the copy is differentiable, so gradients reach a GPU model.
+        out = rollout.actions.device
+        mask = rollout.mask.to(out)
+        logp, entropy = logp.to(out), entropy.to(out)
+        zero = torch.zeros((), dtype=logp.dtype, device=out)
+        return torch.where(mask, logp, zero), torch.where(mask, entropy, zero)
+
+    # --- internals ------------------------------------------------------------------------
+    @torch.no_grad()
+    def hidden_states(
+        self,
+        source: Rollout | Sequence[str],
+        layers: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named hidden states of a rollout (prompt + completion, ``extra["input_ids"]``)
+        or of a list of texts (left-padded), detached, on the CPU:
+
+        * ``"embed"`` ``(N, L, d)``: the token (+ position) embeddings, input of layer 0;
+        * ``"layers.{i}.resid_post"`` ``(N, L, d)``: the residual stream after layer ``i``;
+        * ``"final_norm"`` ``(N, L, d)``: the last layer's output after the final norm
+          (what the LM head reads);
+        * ``"attention_mask"`` ``(N, L)``: 1 on real tokens.
+
+        Footgun: positions run over the whole left-padded sequence. For the completion
+        only, take ``[:, Lp:]`` and weight by ``rollout.mask``; padding rows hold garbage.
+        """
+        if isinstance(source, Rollout):
+            ids = source.extra["input_ids"]
+            am = source.extra["attention_mask"]
+        else:
+            if isinstance(source, str):
+                raise TypeError("pass a list of texts, not a single string")
+            ids, am = _left_pad([self.encode_prompt(t) for t in source], self.pad_id)
+        ids, am = ids.to(self.device), am.to(self.device)
+        n_layers = self.model.config.num_hidden_layers
+        wanted = range(n_layers) if layers is None else [i % n_layers for i in layers]
+        out = self.model(input_ids=ids, attention_mask=am, position_ids=positions(am),
+                         output_hidden_states=True, use_cache=False)
+        hs = out.hidden_states  # embed, layer 0 .. L-2 outputs, final norm (of layer L-1)
+        states = {"embed": hs[0]}
+        for i in wanted:
+            if i < n_layers - 1:
+                states[f"layers.{i}.resid_post"] = hs[i + 1]
+        if n_layers - 1 in wanted:
+            # Hugging Face returns the last layer *after* the final norm; recover the raw
+            # residual stream with a hook on the last layer.
+            states[f"layers.{n_layers - 1}.resid_post"] = self._last_layer_output(ids, am)
+        states["final_norm"] = hs[-1]
+        result = {k: v.detach().float().cpu() for k, v in states.items()}
+        result["attention_mask"] = am.cpu()
+        return result
+
+    def _last_layer_output(self, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        blocks = None
+        for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+            obj = self.model
+            try:
+                for attr in path.split("."):
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                continue
+            blocks = obj
+            break
+        if blocks is None:
+            raise ValueError(f"cannot find the decoder layers of {type(self.model).__name__}")
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(module, args, output):
+            captured["h"] = output[0] if isinstance(output, tuple) else output
+
+        handle = blocks[-1].register_forward_hook(hook)
+        try:
+            self.model(input_ids=ids, attention_mask=am, position_ids=positions(am),
+                       use_cache=False)
+        finally:
+            handle.remove()
+        return captured["h"]
+
+    def extra_repr(self) -> str:
+        return (f"model={self.model_ref!r}, engine={self.engine!r}, "
+                f"max_new_tokens={self.max_new_tokens}, top_p={self.top_p}")

@@ -1,0 +1,470 @@
+"""LMPolicy: batched KV-cached sampling, log-probs under left padding, engines, errors."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from rlnb.policies.lm import LMPolicy, positions
+from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+from rlnb.serialization import atomic_save_safetensors, build_component
+
+try:  # the real text tasks; a small stand-in keeps these tests independent of them
+    from rlnb.envs.text import ExactMatchTask
+    from rlnb.envs.text_tasks import make_task
+except ImportError:  # pragma: no cover - only while rlnb.envs.text is missing
+    ExactMatchTask = make_task = None
+
+ALPHABET = "+0123456789="
+
+
+@pytest.fixture(autouse=True)
+def _offline_hf(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+class Prompts:
+    """The smallest env ``rollout`` needs: ``prompt(i) -> str``."""
+
+    def __init__(self, prompts):
+        self.prompts = list(prompts)
+        self.num_prompts = len(self.prompts)
+
+    def prompt(self, i):
+        return self.prompts[int(i)]
+
+
+# Prompts of different lengths: every batch is left-padded.
+MIXED = Prompts(["1+2=", "12+34=", "5=", "99+99+1="])
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _tok():
+    return char_tokenizer(ALPHABET)
+
+
+def _model(arch="llama", *, seed=0, init=0.3, **kw):
+    """A random tiny model with peaked next-token distributions (init std 0.3), so that an
+    off-by-one or a wrong position changes the log-probs visibly."""
+    tok = _tok()
+    cfg = tiny_config(arch, len(tok), **kw)
+    cfg.initializer_range = init
+    return tiny_model(cfg, seed=seed), tok
+
+
+def _policy(arch="llama", *, engine="auto", max_new_tokens=8, seed=0, init=0.3, **kw):
+    model, tok = _model(arch, seed=seed, init=init)
+    return LMPolicy.from_model(model, tok, engine=engine, max_new_tokens=max_new_tokens, **kw)
+
+
+def _eos_friendly(policy, scale=0.05):
+    """Shrink the LM head so every token, EOS included, has probability ~1/V: some rows
+    stop early and others run to max_new_tokens."""
+    with torch.no_grad():
+        policy.model.get_output_embeddings().weight.mul_(scale)
+    return policy
+
+
+# --- rollout ---------------------------------------------------------------------------
+def test_rollout_shapes_groups_and_masks():
+    pi = _eos_friendly(_policy(max_new_tokens=12))
+    prompts = torch.tensor([2, 0, 3])
+    n = 4
+    r = pi.rollout(MIXED, prompts, n, generator=_gen(1))
+    N, T = 12, r.actions.shape[1]
+    Lp = r.extra["prompt_length"]
+    assert r.actions.shape == r.mask.shape == r.logp.shape == (N, T) and T <= 12
+    assert r.group_size == n and len(r) == N
+    assert torch.equal(r.prompts, prompts.repeat_interleave(n))
+    assert r.extra["input_ids"].shape == r.extra["attention_mask"].shape == (N, Lp + T)
+    assert Lp == max(len(pi.encode_prompt(p)) for p in MIXED.prompts)
+    # groups are contiguous: the n rows of a group share one (left-padded) prompt
+    ids = r.extra["input_ids"]
+    for g, i in enumerate(prompts.tolist()):
+        want = pi.encode_prompt(MIXED.prompt(i))
+        for row in range(g * n, (g + 1) * n):
+            assert ids[row, Lp - len(want):Lp].tolist() == want
+            assert ids[row, : Lp - len(want)].eq(pi.pad_id).all()
+            assert r.extra["attention_mask"][row, :Lp].sum() == len(want)
+    assert torch.equal(ids[:, Lp:], r.actions)
+    assert torch.equal(r.extra["attention_mask"][:, Lp:].bool(), r.mask)
+    eos = pi.tokenizer.eos_token_id
+    stopped = ~r.extra["truncated"]
+    assert stopped.any() and (~stopped).any(), "pick a seed with both kinds of rows"
+    for row in range(N):
+        k = int(r.mask[row].sum())
+        assert r.mask[row, :k].all() and not r.mask[row, k:].any()  # a prefix
+        if stopped[row]:  # the EOS is the last masked token, padding after it
+            assert r.actions[row, k - 1] == eos and (r.actions[row, :k - 1] != eos).all()
+            assert r.actions[row, k:].eq(pi.pad_id).all()
+        else:  # truncated: no EOS, the whole budget used
+            assert k == 12 and (r.actions[row] != eos).all()
+    assert (r.logp[r.mask] < 0).all() and (r.logp[~r.mask] == 0).all()
+    texts = pi.tokenizer.batch_decode(
+        [a[m].tolist() for a, m in zip(r.actions, r.mask)], skip_special_tokens=True)
+    assert r.extra["completions"] == texts == pi.decode(r)
+    assert all(set(t) <= set(ALPHABET) for t in texts)
+
+
+def test_same_generator_same_completions_different_generator_different():
+    pi = _policy()
+    prompts = torch.tensor([0, 1, 2, 3])
+    a = pi.rollout(MIXED, prompts, 8, generator=_gen(5))
+    b = pi.rollout(MIXED, prompts, 8, generator=_gen(5))
+    c = pi.rollout(MIXED, prompts, 8, generator=_gen(6))
+    assert torch.equal(a.actions, b.actions) and torch.equal(a.logp, b.logp)
+    assert a.extra["completions"] == b.extra["completions"]
+    assert a.extra["completions"] != c.extra["completions"]
+    # the generator advances: a second rollout from the same generator differs
+    g = _gen(5)
+    first = pi.rollout(MIXED, prompts, 8, generator=g)
+    second = pi.rollout(MIXED, prompts, 8, generator=g)
+    assert torch.equal(first.actions, a.actions) and not torch.equal(second.actions, a.actions)
+
+
+def test_sampling_frequencies_match_the_model():
+    """The first completion token of 4000 samples follows softmax(logits / T)."""
+    pi = _policy(init=0.1, max_new_tokens=1)
+    for temperature in (1.0, 0.7):
+        r = pi.rollout(MIXED, torch.tensor([1]), 4000, temperature=temperature, generator=_gen(2))
+        with torch.no_grad():
+            ids = torch.tensor([pi.encode_prompt(MIXED.prompt(1))])
+            logits = pi.model(input_ids=ids).logits[0, -1] / temperature
+        p = torch.softmax(logits, -1)
+        freq = torch.bincount(r.actions[:, 0], minlength=p.numel()).float() / 4000
+        se = (p * (1 - p) / 4000).sqrt()
+        assert ((freq - p).abs() <= 4.5 * se + 1e-3).all()
+
+
+def test_temperature_scales_logp_and_entropy():
+    pi = _policy()
+    prompts = torch.tensor([0, 1])
+    cold = pi.rollout(MIXED, prompts, 6, temperature=0.5, generator=_gen(0))
+    lp_cold, h_cold = pi.log_probs(cold, temperature=0.5)
+    assert torch.allclose(lp_cold, cold.logp, atol=1e-5)
+    lp_other, _ = pi.log_probs(cold, temperature=1.0)
+    assert not torch.allclose(lp_other, cold.logp, atol=1e-3)  # temperature is not ignored
+    _, h_hot = pi.log_probs(cold, temperature=2.0)
+    m = cold.mask
+    assert h_cold[m].mean() < h_hot[m].mean() <= math.log(len(pi.tokenizer)) + 1e-5
+    hot = pi.rollout(MIXED, prompts, 6, temperature=5.0, generator=_gen(0))
+    assert len(set(hot.extra["completions"])) >= len(set(cold.extra["completions"]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_log_probs_equal_rollout_logp_under_left_padding(arch, engine):
+    """The off-by-one test: prompts of different lengths (left padding), scored by
+    log_probs, by the rollout, and by the model run on each unpadded row alone."""
+    pi = _policy(arch, engine=engine, max_new_tokens=6)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 3, temperature=0.8, generator=_gen(3))
+    logp, entropy = pi.log_probs(r, temperature=0.8)
+    assert logp.requires_grad and logp.dtype == torch.float32
+    assert torch.allclose(logp, r.logp, atol=1e-5), (logp - r.logp).abs().max()
+    assert (logp[~r.mask] == 0).all() and (entropy[~r.mask] == 0).all()
+    assert (entropy[r.mask] > 0).all()
+    # Oracle: each row without any padding, positions 0..L-1, no attention mask.
+    Lp = r.extra["prompt_length"]
+    with torch.no_grad():
+        for row in range(len(r)):
+            prompt = pi.encode_prompt(MIXED.prompt(r.prompts[row]))
+            comp = r.actions[row][r.mask[row]].tolist()
+            ids = torch.tensor([prompt + comp])
+            logits = pi.model(input_ids=ids).logits[0, len(prompt) - 1:-1] / 0.8
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(comp)[:, None])[:, 0]
+            assert torch.allclose(logp[row, :len(comp)], want, atol=1e-5)
+    assert Lp > min(len(pi.encode_prompt(p)) for p in MIXED.prompts)  # padding was exercised
+    # and gradients reach the model
+    (logp.sum()).backward()
+    assert pi.model.get_output_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_log_probs_without_shared_prompts_and_single_row_groups():
+    """Rows that do not share their group's prompt are scored row by row (no prompt
+    sharing); n=1 as well."""
+    pi = _policy(max_new_tokens=5)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 1, generator=_gen(4))
+    assert torch.allclose(pi.log_probs(r)[0], r.logp, atol=1e-5)
+    r2 = pi.rollout(MIXED, torch.tensor([0, 3]), 2, generator=_gen(4))
+    r2.group_size = 4  # a group of 4 rows holding two different prompts
+    assert torch.allclose(pi.log_probs(r2)[0], r2.logp, atol=1e-5)
+
+
+def test_uniform_model_entropy_is_log_vocab():
+    pi = _policy()
+    with torch.no_grad():
+        pi.model.get_output_embeddings().weight.zero_()
+    r = pi.rollout(MIXED, torch.tensor([0, 1]), 4, generator=_gen(0))
+    logp, entropy = pi.log_probs(r)
+    V = pi.model.config.vocab_size
+    assert torch.allclose(entropy[r.mask], torch.full_like(entropy[r.mask], math.log(V)), atol=1e-5)
+    assert torch.allclose(r.logp[r.mask], torch.full_like(r.logp[r.mask], -math.log(V)), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_kv_cache_sampling_equals_no_cache_sampling(arch):
+    """Same generator -> the same tokens whether the cache is ours, Hugging Face's, or none
+    (the whole sequence re-run every token): proves the caches and position ids."""
+    out = {}
+    for engine in ("fast", "hf", "hf-nocache"):
+        pi = _policy(arch, engine=engine, max_new_tokens=8)
+        r = pi.rollout(MIXED, torch.tensor([3, 0, 2, 1]), 4, temperature=0.9, generator=_gen(7))
+        out[engine] = r
+    for engine in ("hf", "hf-nocache"):
+        assert torch.equal(out[engine].actions, out["fast"].actions)
+        assert torch.equal(out[engine].mask, out["fast"].mask)
+        assert torch.allclose(out[engine].logp, out["fast"].logp, atol=1e-5)
+
+
+def test_top_p_samples_inside_the_nucleus_and_logp_is_unfiltered():
+    pi = _policy(top_p=1e-6)  # the nucleus is the single most likely token: greedy
+    r = pi.rollout(MIXED, torch.tensor([1]), 4, generator=_gen(0))
+    assert all(c == r.extra["completions"][0] for c in r.extra["completions"])
+    logp, _ = pi.log_probs(r)
+    assert torch.allclose(logp, r.logp, atol=1e-5)  # untruncated distribution
+    greedy = _policy(max_new_tokens=8)
+    g = greedy.rollout(MIXED, torch.tensor([1]), 1, temperature=1e-4, generator=_gen(1))
+    assert g.extra["completions"][0] == r.extra["completions"][0]
+
+
+def test_sample_texts_and_hidden_states_option():
+    pi = _policy(max_new_tokens=5)
+    texts = pi.sample_texts(["1+2=", "12+34="], 3, generator=_gen(0))
+    assert len(texts) == 2 and all(len(t) == 3 for t in texts)
+    assert texts == pi.sample_texts(["1+2=", "12+34="], 3, generator=_gen(0))
+    with pytest.raises(TypeError, match="list of strings"):
+        pi.sample_texts("1+2=", 2)
+    pi2 = _policy(max_new_tokens=5, hidden_states=True)
+    r = pi2.rollout(MIXED, torch.tensor([0, 1]), 2, generator=_gen(0))
+    assert r.extra["hidden_states"]["layers.1.resid_post"].shape[:2] == r.extra["input_ids"].shape
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_hidden_states_names_shapes_and_last_layer(arch):
+    pi = _policy(arch, max_new_tokens=4)
+    r = pi.rollout(MIXED, torch.tensor([0, 2]), 2, generator=_gen(0))
+    hs = pi.hidden_states(r)
+    N, L = r.extra["input_ids"].shape
+    assert set(hs) == {"embed", "layers.0.resid_post", "layers.1.resid_post", "final_norm",
+                       "attention_mask"}
+    for name in ("embed", "layers.0.resid_post", "layers.1.resid_post", "final_norm"):
+        assert hs[name].shape == (N, L, 64) and not hs[name].requires_grad
+    # final_norm is the last residual stream after the final norm, and the LM head reads it
+    norm = pi.model.model.norm if arch == "llama" else pi.model.transformer.ln_f
+    with torch.no_grad():
+        assert torch.allclose(norm(hs["layers.1.resid_post"]), hs["final_norm"], atol=1e-5)
+        logits = pi.model.get_output_embeddings()(hs["final_norm"])
+    Lp = r.extra["prompt_length"]
+    lp = torch.log_softmax(logits[:, Lp - 1:-1], -1).gather(-1, r.actions[..., None])[..., 0]
+    assert torch.allclose(lp[r.mask], r.logp[r.mask], atol=1e-5)
+    only = pi.hidden_states(["1+2=", "99+1="], layers=[-1])
+    assert set(only) == {"embed", "layers.1.resid_post", "final_norm", "attention_mask"}
+    assert only["attention_mask"].tolist() == [[0, 1, 1, 1, 1, 1], [1] * 6]  # left padding
+
+
+# --- persistence -----------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_save_and_reload_gives_identical_log_probs(arch, tmp_path):
+    pi = _policy(arch, max_new_tokens=6)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 3]), 2, generator=_gen(0))
+    pi.save_pretrained(tmp_path / "m")
+    back = LMPolicy(tmp_path / "m", device="cpu", max_new_tokens=6)
+    assert back.engine == "fast" and back.model.config.model_type == arch
+    with torch.no_grad():
+        assert torch.equal(back.log_probs(r)[0], pi.log_probs(r)[0])
+    again = back.rollout(MIXED, torch.tensor([0, 1, 3]), 2, generator=_gen(0))
+    assert torch.equal(again.actions, r.actions)
+    # the run-directory spec rebuilds it too (the trainer's path)
+    rebuilt = build_component(back.spec())
+    assert rebuilt.get_config() == back.get_config()
+    assert torch.equal(rebuilt.rollout(MIXED, torch.tensor([0]), 2, generator=_gen(0)).actions,
+                       back.rollout(MIXED, torch.tensor([0]), 2, generator=_gen(0)).actions)
+
+
+def test_state_dict_without_tied_duplicates_round_trips_through_safetensors(tmp_path):
+    model, tok = _model("gpt2")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    pi = LMPolicy.from_model(model, tok)
+    sd = pi.state_dict()
+    assert "model.lm_head.weight" not in sd and "model.transformer.wte.weight" in sd
+    atomic_save_safetensors(sd, tmp_path / "ckpt.safetensors")  # refuses shared tensors
+    other = LMPolicy.from_model(tiny_model(model.config, seed=1), _tok())
+    other.load_state_dict(sd)
+    assert torch.equal(other.model.lm_head.weight, model.lm_head.weight)
+    with pytest.raises(RuntimeError, match="missing keys"):
+        other.load_state_dict({k: v for k, v in sd.items() if "wpe" not in k})
+
+
+def test_policy_stays_in_eval_mode_under_train():
+    pi = _policy("gpt2")
+    pi.train()
+    assert pi.training and not pi.model.training
+    assert not any(m.training for m in pi.model.modules())
+
+
+# --- errors ----------------------------------------------------------------------------
+def test_missing_dir_and_dir_without_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*save_pretrained"):
+        LMPolicy(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json"):
+        LMPolicy(tmp_path / "empty")
+
+
+def test_prompt_too_long_names_the_prompt_and_lengths():
+    model, tok = _model(max_len=16)
+    pi = LMPolicy.from_model(model, tok, max_new_tokens=8)
+    env = Prompts(["1+2=", "12345678+1="])  # 12 tokens with BOS; 12 + 8 > 16
+    pi.rollout(env, torch.tensor([0]), 2, generator=_gen(0))  # 5 + 8 fits
+    with pytest.raises(ValueError, match=r"prompt 1 .*12 tokens.*max_new_tokens=8.*20.*16"):
+        pi.rollout(env, torch.tensor([0, 1]), 2, generator=_gen(0))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        pi.sample_texts(["12345678+1="], 1)
+
+
+def test_tokenizer_without_pad_token():
+    model, tok = _model()
+    tok.pad_token = None
+    with pytest.warns(UserWarning, match="no pad token.*EOS"):
+        pi = LMPolicy.from_model(model, tok)
+    assert pi.pad_id == tok.eos_token_id
+    r = pi.rollout(MIXED, torch.tensor([0, 2]), 2, generator=_gen(0))
+    assert torch.allclose(pi.log_probs(r)[0], r.logp, atol=1e-5)
+    tok2 = _tok()
+    tok2.pad_token = None
+    tok2.eos_token = None
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS.*add_special_tokens"):
+        LMPolicy.from_model(model, tok2)
+
+
+def test_bad_options():
+    model, tok = _model()
+    with pytest.raises(ValueError, match="engine must be one of"):
+        LMPolicy.from_model(model, tok, engine="vllm")
+    with pytest.raises(ValueError, match="top_p"):
+        LMPolicy.from_model(model, tok, top_p=0.0)
+    pi = LMPolicy.from_model(model, tok)
+    with pytest.raises(ValueError, match="in-memory model.*save_pretrained"):
+        pi.get_config()
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        pi.rollout(MIXED, torch.tensor([0]), 2, temperature=0.0)
+
+
+def test_positions_under_left_padding():
+    am = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert positions(am).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+# --- training --------------------------------------------------------------------------
+@pytest.mark.skipif(make_task is None, reason="rlnb.envs.text_tasks is not available")
+def test_grpo_through_the_trainer_end_to_end(tmp_path):
+    from rlnb.train import TrainConfig, Trainer, load_run
+
+    task = make_task("addition", num_prompts=32, digits=2, seed=0)
+    model, _ = _model()
+    tok = char_tokenizer(task.alphabet)
+    model.resize_token_embeddings(len(tok))
+    LMPolicy.from_model(model, tok).save_pretrained(tmp_path / "base")
+    pi = LMPolicy(tmp_path / "base", max_new_tokens=6)
+    cfg = TrainConfig(num_prompts_per_step=4, num_generations=4, max_steps=3,
+                      learning_rate=1e-3, progress_bar=False, log_rollouts_steps=1)
+    trainer = Trainer(pi, task, cfg, run_dir=tmp_path / "run")
+    history = trainer.train()
+    trainer.close()
+    assert len(history) == 3 and history["reward"].between(0, 1).all()
+    assert history["entropy"].gt(0).all() and history["loss"].notna().all()
+    assert "completion" in (tmp_path / "run" / "rollouts.jsonl").read_text()
+    # the run directory rebuilds the trained policy
+    policy, env, _ = load_run(tmp_path / "run")
+    r = pi.rollout(task, torch.tensor([0, 1]), 2, generator=_gen(0))
+    with torch.no_grad():
+        assert torch.allclose(policy.log_probs(r)[0], pi.log_probs(r)[0], atol=1e-6)
+
+
+@pytest.mark.skipif(ExactMatchTask is None, reason="rlnb.envs.text is not available")
+def test_grpo_in_memory_learns_with_reference_and_mixed_prompt_lengths():
+    from rlnb.train import TrainConfig, Trainer
+
+    class EvenLength(ExactMatchTask):
+        """Reward 1 for a completion of even length: rewards vary within every group."""
+
+        def score(self, prompt, completion):
+            return float(len(completion) % 2 == 0)
+
+    task = EvenLength(prompts=MIXED.prompts, answers=["3", "46", "5", "199"],
+                      alphabet=ALPHABET)
+    pi = _eos_friendly(_policy(max_new_tokens=4), scale=0.3)
+    before = {k: v.clone() for k, v in pi.state_dict().items()}
+    cfg = TrainConfig(num_prompts_per_step=4, num_generations=4, max_steps=3,
+                      learning_rate=1e-3, beta=0.05, progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings from the policy during training
+        history = Trainer(pi, task, cfg).train()
+    assert len(history) == 3 and "kl" in history
+    assert history["frac_reward_zero_std"].lt(1).all()
+    after = pi.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_doctests():
+    import doctest
+
+    import rlnb.policies.lm as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_fused_attention_kernel_matches_the_cpu_one():
+    """The GPU path (PyTorch's fused attention) computes what the CPU path computes,
+    grouped-query heads and left padding included."""
+    from rlnb.policies.lm import _attend, _attend_sdpa, _attention_bias
+
+    g = _gen(0)
+    q = torch.randn(3, 5, 4, 8, generator=g)
+    k, v = torch.randn(3, 2, 7, 8, generator=g), torch.randn(3, 2, 7, 8, generator=g)
+    key_valid = torch.ones(3, 7, dtype=torch.bool)
+    key_valid[0, :3] = False
+    bias = _attention_bias(key_valid, 5, torch.float32)
+    assert torch.allclose(_attend(q, k, v, bias), _attend_sdpa(q, k, v, bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["mistral", "llama-bias-rope-scaling", "llama-head-dim"])
+def test_fast_engine_matches_the_model_on_llama_variants(variant):
+    """Attention/MLP biases, RoPE scaling, a head_dim other than d/H, 4:1 grouped-query
+    heads: the fast engine reads them from the model and agrees with its own forward."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
+
+    tok = _tok()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, initializer_range=0.3)
+    cfg = {
+        "mistral": lambda: MistralConfig(num_attention_heads=4, num_key_value_heads=1,
+                                         sliding_window=None, **common),
+        "llama-bias-rope-scaling": lambda: LlamaConfig(
+            num_attention_heads=4, num_key_value_heads=4, attention_bias=True, mlp_bias=True,
+            rope_scaling={"rope_type": "linear", "factor": 2.0}, **common),
+        "llama-head-dim": lambda: LlamaConfig(num_attention_heads=2, num_key_value_heads=1,
+                                              head_dim=16, **common),
+    }[variant]()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.normal_(0, 0.3)  # biases and norm weights away from 0 and 1
+    fast = LMPolicy.from_model(model, tok, engine="fast", max_new_tokens=6)
+    ref = LMPolicy.from_model(model, tok, engine="hf", max_new_tokens=6)
+    rf = fast.rollout(MIXED, torch.arange(4), 3, temperature=0.9, generator=_gen(0))
+    rh = ref.rollout(MIXED, torch.arange(4), 3, temperature=0.9, generator=_gen(0))
+    assert torch.equal(rf.actions, rh.actions)
+    assert torch.allclose(rf.logp, rh.logp, atol=1e-5)
+    assert torch.allclose(fast.log_probs(rh)[0], ref.log_probs(rh)[0], atol=1e-5)
