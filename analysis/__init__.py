@@ -6,4 +6,8 @@ Each module follows the protocol in :mod:`analysis.base` (``TITLE``, ``CARD``, `
 """
 
 #: Module names inside this package that the report runs, in report order.
-REPRODUCTIONS: tuple[str, ...] = ("kl_bayes", "passk_crossover_bandit")
+REPRODUCTIONS: tuple[str, ...] = (
+    "kl_bayes",
+    "passk_crossover_bandit",
+    "effective_horizon",
+)

@@ -22,13 +22,20 @@ _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt
 
 @dataclass(frozen=True)
 class Check:
-    """One named pass/fail criterion: ``value <op> threshold``."""
+    """One named pass/fail criterion: ``value <op> threshold``.
+
+    ``required=False`` marks a criterion the paper card calls *unvalidated*: a proposal
+    nobody had run. It is reported (as "not reproduced" when it fails) but does not fail
+    the report or the tests, because the honest outcome of an unvalidated criterion may be
+    that the toy does not show the effect.
+    """
 
     name: str
     value: float
     op: str
     threshold: float
     description: str = ""
+    required: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -40,7 +47,14 @@ class Check:
 
     @property
     def verdict(self) -> str:
-        return "pass" if self.passed else "FAIL"
+        if self.passed:
+            return "pass"
+        return "FAIL" if self.required else "not reproduced"
+
+    @property
+    def ok(self) -> bool:
+        """Passed, or an unvalidated criterion (which may honestly fail)."""
+        return self.passed or not self.required
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed, "verdict": self.verdict}

@@ -256,7 +256,11 @@ def _run_one(
 def _finish(record: dict) -> dict:
     record["status"] = "error" if record["errors"] else "ok"
     record["n_checks"] = len(record["checks"])
-    record["n_failed"] = sum(not c["passed"] for c in record["checks"])
+    # an unvalidated criterion (required=False) that fails is reported, not counted
+    record["n_failed"] = sum(not c["passed"] and c.get("required", True)
+                             for c in record["checks"])
+    record["n_not_reproduced"] = sum(not c["passed"] and not c.get("required", True)
+                                     for c in record["checks"])
     record["all_passed"] = record["status"] == "ok" and record["n_failed"] == 0
     return record
 
@@ -312,6 +316,7 @@ def run_report(
         "n_reproductions": len(records),
         "n_checks": sum(r["n_checks"] for r in records.values()),
         "n_failed": sum(r["n_failed"] for r in records.values()),
+        "n_not_reproduced": sum(r.get("n_not_reproduced", 0) for r in records.values()),
         "n_errors": sum(r["status"] == "error" for r in records.values()),
         "all_passed": all(r["all_passed"] for r in records.values()),
         "versions": _versions(),
@@ -376,6 +381,7 @@ table { border-collapse: collapse; margin: 0.8em 0; width: 100%; font-size: 0.93
 th, td { border-bottom: 1px solid #e4e4e4; padding: 0.35em 0.6em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .pass { color: #0a7d38; font-weight: 600; } .FAIL, .error { color: #b3261e; font-weight: 700; }
+.not-reproduced { color: #8a5a00; font-weight: 600; }
 .badge { padding: 0.1em 0.5em; border-radius: 0.6em; font-size: 0.85em; }
 .badge.pass { background: #e3f4e8; } .badge.FAIL, .badge.error { background: #fbe4e2; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -395,7 +401,13 @@ def render_index(summary: dict) -> str:
     """The report page: a header with the overall verdict, then one section per reproduction."""
     e = html.escape
     recs = summary["reproductions"]
-    if summary["all_passed"]:
+    unvalidated = summary.get("n_not_reproduced", 0)
+    if summary["all_passed"] and unvalidated:
+        verdict = (
+            f'<p class="pass">Every required check passed; {unvalidated} unvalidated '
+            'criterion(s) of the paper cards did not reproduce (marked "not reproduced").</p>'
+        )
+    elif summary["all_passed"]:
         verdict = f'<p class="pass">All {summary["n_checks"]} checks passed.</p>'
     else:
         verdict = (
@@ -445,7 +457,7 @@ def render_index(summary: dict) -> str:
                 parts.append(
                     f"<tr><td>{e(c['name'])}</td><td class=num>{e(_fmt(c['value']))}</td>"
                     f"<td>{e(c['op'])}</td><td class=num>{e(_fmt(c['threshold']))}</td>"
-                    f'<td class="{e(c["verdict"])}">{e(c["verdict"])}</td>'
+                    f'<td class="{e(c["verdict"].replace(" ", "-"))}">{e(c["verdict"])}</td>'
                     f"<td>{e(c.get('description', ''))}</td></tr>"
                 )
             parts.append("</tbody></table>")

@@ -225,3 +225,25 @@ def test_report_without_chromium_still_reports(fake_package, tmp_path, monkeypat
     assert "figure_png" not in good["files"]
     assert "No PNG" in (tmp_path / "index.html").read_text()
 
+
+
+def test_unvalidated_failure_is_reported_but_not_counted(tmp_path):
+    import types
+
+    from analysis.base import Check
+    from analysis.report import exit_code, run_report
+
+    module = types.ModuleType("unvalidated_repro")
+    module.TITLE, module.CARD = "unvalidated", 0
+    module.run = lambda quick=False, seed=0: {"x": 1.0}
+    module.figure = lambda results: __import__("plotly.graph_objects").graph_objects.Figure()
+    module.checks = lambda results: [Check("required", 1.0, ">=", 0.5),
+                                     Check("proposal", 0.1, ">=", 0.5, required=False)]
+    summary = run_report([module], tmp_path, quick=True, png=False, log=lambda *_: None)
+    assert exit_code(summary) == 0
+    assert summary["n_failed"] == 0 and summary["n_not_reproduced"] == 1
+    page = (tmp_path / "index.html").read_text()
+    assert "not reproduced" in page
+    module.checks = lambda results: [Check("required", 0.1, ">=", 0.5)]
+    assert exit_code(run_report([module], tmp_path / "b", quick=True, png=False,
+                                log=lambda *_: None)) == 1

@@ -1,8 +1,10 @@
 """Sandboxes: batched, generator-seeded toys with exact answers (bandits, strategy bandit,
-tree MDP), and verifiable text tasks for language-model policies."""
+tree MDP, gridworlds), and verifiable text tasks for language-model policies."""
 
 from rlnb.envs.bandit import Bandit
 from rlnb.envs.base import Sandbox
+from rlnb.envs.gridworld import Gridworld
+from rlnb.envs.layouts import LAYOUTS, parse_layout
 from rlnb.envs.reasoning_gym import ReasoningGymTask
 from rlnb.envs.strategy_bandit import StrategyBandit
 from rlnb.envs.text import ExactMatchTask, TextTask, strip_completion
@@ -23,6 +25,9 @@ from rlnb.envs.text_tasks import (
 from rlnb.envs.tree_mdp import TreeMDP
 
 __all__ = [
+    "LAYOUTS",
+    "Gridworld",
+    "parse_layout",
     "TASKS",
     "AdditionTask",
     "Bandit",

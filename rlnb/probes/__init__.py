@@ -7,6 +7,8 @@
   entropy change and the entropy-reward fit (card 3).
 - :mod:`rlnb.probes.rank` -- effective rank of hidden states and ER/ERV/ERA (card 7).
 - :mod:`rlnb.probes.activations` -- named hidden states of any module in a cache.
+- :mod:`rlnb.probes.horizon` -- exact finite-horizon MDP analysis: value iteration, Q of
+  the random policy, k-QVI-solvability and the effective horizon (card 9).
 - :mod:`rlnb.probes.linear` -- linear probes, PCA, linear CKA (card 16).
 """
 
@@ -37,11 +39,31 @@ from rlnb.probes.entropy import (
     predicted_entropy_change,
     token_entropy,
 )
+from rlnb.probes.horizon import (
+    EffectiveHorizon,
+    FiniteMDP,
+    effective_horizon,
+    is_k_qvi_solvable,
+    min_qvi_k,
+    policy_evaluation,
+    q_k,
+    random_policy_q,
+    value_iteration,
+)
 from rlnb.probes.linear import ProbeResult, cka_by_layer, linear_cka, linear_probe, pca
 from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_from_probs
 from rlnb.probes.rank import RankDynamics, effective_rank, rank_by_layer, rank_dynamics
 
 __all__ = [
+    "EffectiveHorizon",
+    "FiniteMDP",
+    "effective_horizon",
+    "is_k_qvi_solvable",
+    "min_qvi_k",
+    "policy_evaluation",
+    "q_k",
+    "random_policy_q",
+    "value_iteration",
     "BOUNDARY_CATEGORIES",
     "ActivationCache",
     "BoundaryResult",

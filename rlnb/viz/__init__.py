@@ -8,6 +8,7 @@
 """
 
 from rlnb.viz.export import find_chromium, write_html, write_png
+from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
 from rlnb.viz.passk import passk_curves
 from rlnb.viz.probes import boundary_table, entropy_heatstrip, rank_trajectory
 from rlnb.viz.training import (
@@ -25,12 +26,14 @@ __all__ = [
     "add_line_with_band",
     "boundary_table",
     "color_map",
+    "effective_horizon_bars",
     "entropy_heatstrip",
     "find_chromium",
     "passk_curves",
     "rank_trajectory",
     "style_figure",
     "training_curves",
+    "value_heatmap",
     "write_html",
     "write_png",
 ]

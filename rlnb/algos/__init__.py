@@ -1,0 +1,22 @@
+"""Algorithms that are not policy gradients: they explore at random and plan.
+
+- :func:`sqirl` -- SQIRL (Laidlaw et al., arXiv:2312.08369): random rollouts, regress
+  ``Q^1``, ``k - 1`` fitted-Q steps, act greedily; tabular or small-MLP regression.
+- :func:`gorp` -- GORP (Laidlaw et al., arXiv:2304.09853): greedy over the random policy's
+  ``k``-step look-ahead, open loop.
+
+Both return a :class:`PlanResult` with the episodes they used and the exact return of the
+policy they found, so samples-to-optimal can be compared with PPO's (card 9), which
+:class:`StopWhenOptimal` measures as a Trainer callback.
+"""
+
+from rlnb.algos.gorp import gorp
+from rlnb.algos.sqirl import (
+    PlanResult,
+    StopWhenOptimal,
+    evaluate_policy,
+    sqirl,
+    tie_break_greedy,
+)
+
+__all__ = ["PlanResult", "StopWhenOptimal", "evaluate_policy", "gorp", "sqirl", "tie_break_greedy"]
