@@ -214,3 +214,23 @@ def test_load_runs_keeps_runs_whose_sweep_value_is_none(tmp_path):
     wide = load_runs(tmp_path, wide=True)
     assert len(wide) == 6 and wide.run.nunique() == 2
     assert "config/learning_rate" not in wide  # not varying, so not a column at all
+
+
+def test_update_config_between_steps():
+    env = _sandbox("strategy")
+    trainer = Trainer(TabularPolicy.for_env(env, shared=True), env,
+                      _cfg(policy_loss="ppo_clip", num_iterations=2))
+    trainer.train(max_steps=2)
+    trainer.update_config(learning_rate=0.5, epsilon_high=0.28, temperature=0.7)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.5
+    assert trainer._loss_options["epsilon_high"] == 0.28
+    assert trainer.config.temperature == 0.7
+    trainer.train(max_steps=3)
+    assert trainer.step == 3
+    with pytest.raises(ValueError, match=r"cannot change during a run"):
+        trainer.update_config(num_generations=8)
+    with pytest.raises(ValueError, match="no reference policy"):
+        trainer.update_config(beta=0.1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        trainer.update_config(temperature=0.0)
+    assert trainer.config.temperature == 0.7  # a refused change leaves the config as it was

@@ -162,6 +162,43 @@ class Trainer:
         """Ask the loop to stop after the step in flight (safe from a callback or widget)."""
         self._stop = True
 
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` was called and the loop has not restarted since."""
+        return self._stop
+
+    #: Options that may change between two steps of a run; the others define what a step
+    #: is (estimator, group size, optimiser, seed, ...) and need a new run.
+    LIVE_OPTIONS = frozenset({
+        "learning_rate", "temperature", "beta", "epsilon", "epsilon_high", "delta",
+        "entropy_coef", "max_steps", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub",
+        "kl_cov_ratio", "kl_cov_coef", "max_grad_norm", "progress_bar",
+    })
+
+    def update_config(self, **changes: Any) -> None:
+        """Change options between steps (dashboards call this from their worker thread).
+
+        Applied at the next step: ``LIVE_OPTIONS`` (the learning rate goes straight into
+        the optimiser). Anything else raises, as does turning a KL penalty on in a run
+        that started without a reference policy (``beta`` from 0).
+        """
+        unknown = sorted(set(changes) - self.LIVE_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"options {unknown} cannot change during a run (they define what a step is); "
+                f"start a new run. Live options: {sorted(self.LIVE_OPTIONS)}"
+            )
+        if changes.get("beta", 0) > 0 and self.reference is None:
+            raise ValueError("this run started with beta = 0 and has no reference policy; "
+                             "start a new run with beta > 0 to add a KL penalty")
+        candidate = TrainConfig.from_dict({**self.config.to_dict(), **changes})  # validates
+        for name in changes:
+            setattr(self.config, name, getattr(candidate, name))
+        if "learning_rate" in changes:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.learning_rate
+        self._loss_options = self._select_loss_options()
+
     def metrics_frame(self, *, wide: bool = True) -> pd.DataFrame:
         """The metrics so far: wide (one column per metric) or tidy (step, metric, value)."""
         df = pd.DataFrame(self.history)
@@ -178,7 +215,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
                    desc="training", unit="step", leave=True)
         threads_before = torch.get_num_threads()
-        torch.set_num_threads(self._threads())
+        torch.set_num_threads(self.threads())
         try:
             while self.step < total and not self._stop:
                 metrics = self.train_step()
@@ -190,7 +227,8 @@ class Trainer:
             bar.close()
         return self.metrics_frame()
 
-    def _threads(self) -> int:
+    def threads(self) -> int:
+        """The CPU thread count training uses (``TrainConfig.torch_threads``, resolved)."""
         if self.config.torch_threads is not None:
             return self.config.torch_threads
         n_params = sum(p.numel() for p in self.policy.parameters())
