@@ -9,5 +9,6 @@ Each module follows the protocol in :mod:`analysis.base` (``TITLE``, ``CARD``, `
 REPRODUCTIONS: tuple[str, ...] = (
     "kl_bayes",
     "passk_crossover_bandit",
+    "passk_crossover_lm",
     "effective_horizon",
 )

@@ -9,6 +9,8 @@
 - :mod:`rlnb.probes.activations` -- named hidden states of any module in a cache.
 - :mod:`rlnb.probes.horizon` -- exact finite-horizon MDP analysis: value iteration, Q of
   the random policy, k-QVI-solvability and the effective horizon (card 9).
+- :mod:`rlnb.probes.evaluate` -- sample n completions per problem and count the correct
+  ones (the input of pass@k and boundary analysis for language models).
 - :mod:`rlnb.probes.linear` -- linear probes, PCA, linear CKA (card 16).
 """
 
@@ -39,6 +41,7 @@ from rlnb.probes.entropy import (
     predicted_entropy_change,
     token_entropy,
 )
+from rlnb.probes.evaluate import compare_completions, sample_counts
 from rlnb.probes.horizon import (
     EffectiveHorizon,
     FiniteMDP,
@@ -55,6 +58,8 @@ from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_
 from rlnb.probes.rank import RankDynamics, effective_rank, rank_by_layer, rank_dynamics
 
 __all__ = [
+    "compare_completions",
+    "sample_counts",
     "EffectiveHorizon",
     "FiniteMDP",
     "effective_horizon",

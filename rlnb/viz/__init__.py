@@ -9,6 +9,7 @@
 
 from rlnb.viz.export import find_chromium, write_html, write_png
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
+from rlnb.viz.live import LivePlot
 from rlnb.viz.passk import passk_curves
 from rlnb.viz.probes import boundary_table, entropy_heatstrip, rank_trajectory
 from rlnb.viz.training import (
@@ -21,6 +22,7 @@ from rlnb.viz.training import (
 )
 
 __all__ = [
+    "LivePlot",
     "PALETTE",
     "TEMPLATE",
     "add_line_with_band",
