@@ -23,6 +23,7 @@ from rlnb.envs.text_tasks import (
     register_task,
 )
 from rlnb.envs.tree_mdp import TreeMDP
+from rlnb.envs.variable_tree import VariableLengthTree
 
 __all__ = [
     "LAYOUTS",
@@ -40,6 +41,7 @@ __all__ = [
     "StrategyBandit",
     "TextTask",
     "TreeMDP",
+    "VariableLengthTree",
     "addition",
     "countdown",
     "factor",

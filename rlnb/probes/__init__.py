@@ -1,6 +1,8 @@
 """Probes: measurements of a policy that take tensors or DataFrames, never trainers.
 
 - :mod:`rlnb.probes.passk` -- the unbiased pass@k estimator and pass@k curves.
+- :mod:`rlnb.probes.bon` -- best-of-n exact distribution and KL, the KL-optimal tilt,
+  reward over-optimisation (cards 11, 12).
 - :mod:`rlnb.probes.boundary` -- problems solved by base only / RL only / both / neither,
   correct answers lost and gained, answer-level entropy (cards 1, 2).
 - :mod:`rlnb.probes.entropy` -- per-token entropy, its summaries, the covariance law of
@@ -21,6 +23,19 @@ from rlnb.probes.activations import (
     find_layers,
     from_hidden_states,
     pool_states,
+)
+from rlnb.probes.bon import (
+    OveroptimisationFit,
+    best_of_n_kl,
+    best_of_n_probs,
+    fit_overoptimisation,
+    goodhart_rewards,
+    kl_bound,
+    kl_divergence,
+    overoptimisation_curve,
+    tilt,
+    tilt_kl,
+    tilt_with_kl,
 )
 from rlnb.probes.boundary import (
     BOUNDARY_CATEGORIES,
@@ -58,6 +73,17 @@ from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_
 from rlnb.probes.rank import RankDynamics, effective_rank, rank_by_layer, rank_dynamics
 
 __all__ = [
+    "OveroptimisationFit",
+    "best_of_n_kl",
+    "best_of_n_probs",
+    "fit_overoptimisation",
+    "goodhart_rewards",
+    "kl_bound",
+    "kl_divergence",
+    "overoptimisation_curve",
+    "tilt",
+    "tilt_kl",
+    "tilt_with_kl",
     "compare_completions",
     "sample_counts",
     "EffectiveHorizon",
