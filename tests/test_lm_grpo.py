@@ -4,7 +4,6 @@
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -35,7 +34,6 @@ def test_grpo_raises_held_out_pass_at_1_of_a_pretrained_addition_model(tmp_path)
     pre-training seeds 0, 1, 2 (paired standard error of the gain ~0.02), 16-30 s in all
     on a shared 2-core machine. The test asserts a gain of 0.08, four standard errors
     under the smallest of them."""
-    t0 = time.perf_counter()
     task = addition(2000, digits=2, seed=0)
     train, held_out = task.split(200, seed=0)
     cache = None if os.environ.get("RLNB_CACHE") else tmp_path / "base_models"
@@ -57,7 +55,6 @@ def test_grpo_raises_held_out_pass_at_1_of_a_pretrained_addition_model(tmp_path)
     assert gain.mean() >= 0.08, (before["pass_at_1"].mean(), after["pass_at_1"].mean())
     assert gain.mean() >= 4 * se
     assert history["reward"].tail(20).mean() > history["reward"].head(20).mean()
-    assert time.perf_counter() - t0 < 120  # ~20 s measured; generous for a loaded machine
 
 
 # --- sample_counts: known answers from a scripted policy ------------------------------------

@@ -1,0 +1,77 @@
+"""The Trainer with a language-model policy: overlong masking, KL against the frozen
+reference, checkpoints that resume, TRL-named metrics."""
+
+import pytest
+import torch
+
+from rlnb.envs import addition
+from rlnb.policies import LMPolicy, char_tokenizer, tiny_config, tiny_model
+from rlnb.train import TrainConfig, Trainer, load_run, resume
+from rlnb.train.rundir import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def _offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    task = addition(64, digits=2, seed=0)
+    tok = char_tokenizer(task.alphabet)
+    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=32, n_head=2,
+                                   n_kv_head=1), seed=0)
+    d = tmp_path / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _cfg(**kw):
+    base = dict(max_steps=3, num_prompts_per_step=4, num_generations=4, learning_rate=1e-3,
+                optimizer="adamw", progress_bar=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_truncated_completions_are_masked_out_of_the_loss(model_dir):
+    task = addition(64, digits=2, seed=0)
+    policy = LMPolicy(model_dir, max_new_tokens=2)  # an untrained model rarely stops in 2
+    seen = []
+    sample = policy.rollout
+
+    def recording_rollout(*args, **kwargs):
+        seen.append(sample(*args, **kwargs))
+        return seen[-1]
+
+    policy.rollout = recording_rollout
+    history = Trainer(policy, task, _cfg(max_steps=1, mask_truncated_completions=True)).train()
+    rollout = seen[0]
+    truncated = rollout.extra["truncated"]
+    assert truncated.any()
+    assert not rollout.mask[truncated].any(), "a truncated completion still counts in the loss"
+    assert history["completions/clipped_ratio"].iloc[0] == pytest.approx(truncated.float().mean())
+    # lengths are logged before masking
+    assert history["completions/mean_length"].iloc[0] > 0
+
+
+def test_kl_reference_run_directory_and_resume(model_dir, tmp_path):
+    task = addition(64, digits=2, seed=0)
+    run = tmp_path / "run"
+    Trainer(LMPolicy(model_dir, max_new_tokens=4), task,
+            _cfg(beta=0.04, kl_estimator="k3", max_steps=2), run_dir=run).train()
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for name in ("reward", "reward_std", "frac_reward_zero_std", "entropy", "kl",
+                 "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                 "completions/mean_length", "completions/min_length",
+                 "completions/max_length", "completions/clipped_ratio"):
+        assert name in rows[-1], name
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples the reference itself
+    trainer = resume(run, max_steps=4, progress_bar=False)
+    assert trainer.step == 4
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    policy, _, _ = load_run(run)
+    for (name, a), b in zip(policy.state_dict().items(), trainer.policy.state_dict().values()):
+        assert torch.equal(a, b), name
