@@ -17,14 +17,10 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 
 from analysis.base import Check
-from rlnb.envs import StrategyBandit
-from rlnb.envs.strategy_bandit import card_base_logits
-from rlnb.policies import TabularPolicy
-from rlnb.train import ExactSuccess, TrainConfig, Trainer
+from rlnb.recipes import grpo_on_strategy_bandit
 from rlnb.viz import PALETTE, add_line_with_band, style_figure
 
 TITLE = "Pass@k crossover on the strategy bandit (Yue et al. 2025, card 1)"
@@ -33,36 +29,19 @@ CARD = 1
 KS = [int(k) for k in np.unique(np.round(np.logspace(0, 8, 33, base=2)).astype(int))]
 
 
-def config(seed: int, *, steps: int = 100) -> TrainConfig:
-    """The card's protocol: GRPO, G=4, 16 prompts per step, SGD lr 1.0."""
-    return TrainConfig(
-        seed=seed, max_steps=steps, num_prompts_per_step=16, num_generations=4,
-        advantage="grpo", scale_rewards="group", policy_loss="vanilla_pg",
-        loss_agg_mode="token-mean", optimizer="sgd", learning_rate=1.0, progress_bar=False,
-    )
-
-
 def run_seed(seed: int, *, steps: int = 100, shared: bool = True) -> dict[str, Any]:
-    """Train one seed; return base and RL pass@k curves and the training history."""
-    env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(seed))
-    logits = card_base_logits(env.num_strategies,
-                              generator=torch.Generator().manual_seed(10_000 + seed))
-    if not shared:
-        logits = logits.expand(env.num_states, -1)
-    pi = TabularPolicy.for_env(env, shared=shared, logits=logits)
-    base = env.pass_at_k_exact(pi.probs(), KS)
-    history = Trainer(pi, env, config(seed, steps=steps),
-                      callbacks=[ExactSuccess(ks=(1, 256))]).train()
-    rl = env.pass_at_k_exact(pi.probs(), KS)
+    """Train one seed (``rlnb.recipes.grpo_on_strategy_bandit``, the card's protocol);
+    return base and RL exact pass@k curves and the training history."""
+    r = grpo_on_strategy_bandit(seed, steps, shared=shared)
     return {
         "seed": seed,
-        "base": [float(v) for v in base],
-        "rl": [float(v) for v in rl],
+        "base": [float(v) for v in r.env.pass_at_k_exact(r.base_probs, KS)],
+        "rl": [float(v) for v in r.env.pass_at_k_exact(r.rl_probs, KS)],
         "history": {
-            "step": history["step"].tolist(),
-            "pass@1": history["exact/pass@1"].tolist(),
-            "pass@256": history["exact/pass@256"].tolist(),
-            "entropy": history["exact/policy_entropy"].tolist(),
+            "step": r.history["step"].tolist(),
+            "pass@1": r.history["exact/pass@1"].tolist(),
+            "pass@256": r.history["exact/pass@256"].tolist(),
+            "entropy": r.history["exact/policy_entropy"].tolist(),
         },
     }
 

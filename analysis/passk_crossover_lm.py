@@ -82,49 +82,24 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.base import Check
-from rlnb.envs.text_tasks import factor
 from rlnb.policies import LMPolicy, pretrain_base
 from rlnb.probes import boundary, default_ks, pass_at_k_curve
 from rlnb.probes.evaluate import sample_counts
-from rlnb.train import TrainConfig, Trainer
+from rlnb.recipes import FACTOR_PRETRAIN, factor_grpo_config, factor_split
+from rlnb.train import Trainer
 from rlnb.viz import PALETTE, add_line_with_band, style_figure
 from rlnb.viz.probes import CATEGORY_COLORS
 
 TITLE = "Pass@k crossover of a tiny LM after GRPO on factoring (Yue et al. 2025, card 1)"
 CARD = 1
 
-NUM_TRAIN = 10_000
-"""Pre-training and RL problems."""
-NUM_HELD_OUT = 128
-"""Held-out problems every pass@k is measured on (card 1: 128)."""
 MAX_NEW_TOKENS = 8
 """Completion budget: a 6-digit divisor and the EOS token fit in 7."""
-PRETRAIN: dict[str, Any] = {"arch": "llama", "n_layer": 2, "d_model": 64, "n_head": 4,
-                            "n_kv_head": 2, "batch_size": 512, "lr": 3e-3}
+PRETRAIN = FACTOR_PRETRAIN
 """Base model: 2 Llama layers, d=64 (125k parameters), AdamW 3e-3, batch 512."""
 
 FULL = {"seeds": 3, "steps": 300, "learning_rate": 3e-4, "n": 256}
 QUICK = {"seeds": 1, "steps": 100, "learning_rate": 3e-4, "n": 64}
-
-
-def split(task_seed: int = 0) -> tuple[Any, Any]:
-    """``(train, held_out)``: 10,000 and 128 distinct factor problems."""
-    task = factor(NUM_TRAIN + NUM_HELD_OUT, seed=task_seed)
-    return task.split(NUM_HELD_OUT, seed=task_seed)
-
-
-def config(seed: int, *, steps: int, learning_rate: float) -> TrainConfig:
-    """Card 1's GRPO: 32 prompts x 8, T=1, group mean/std advantages, token-mean, Adam.
-
-    One update per rollout batch (``num_iterations=1``): on-policy, so PPO's clip would be
-    inactive and ``vanilla_pg`` is the same gradient, written plainly.
-    """
-    return TrainConfig(
-        seed=seed, max_steps=steps, num_prompts_per_step=32, num_generations=8,
-        temperature=1.0, advantage="grpo", scale_rewards="group", policy_loss="vanilla_pg",
-        loss_agg_mode="token-mean", optimizer="adam", learning_rate=learning_rate,
-        progress_bar=False,
-    )
 
 
 def _answer_shares(samples: Any, top: int = 10) -> dict[str, float]:
@@ -162,7 +137,7 @@ def run_seed(seed: int, *, steps: int, learning_rate: float, n: int,
              progress: bool = False) -> dict[str, Any]:
     """Pre-train (or load) the base of ``seed``, evaluate it, train GRPO, evaluate again."""
     t_start = time.perf_counter()
-    train, held_out = split()
+    train, held_out = factor_split()  # 10,000 and 128 distinct problems
 
     # --- BASE MODEL (cached) ---
     t0 = time.perf_counter()
@@ -180,7 +155,7 @@ def run_seed(seed: int, *, steps: int, learning_rate: float, n: int,
     before = evaluate()
     eval_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    history = Trainer(policy, train, config(seed, steps=steps,
+    history = Trainer(policy, train, factor_grpo_config(seed, steps=steps,
                                             learning_rate=learning_rate)).train()
     grpo_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -270,7 +245,7 @@ def figure(results: dict) -> go.Figure:
     ks = seeds[0]["ks"]
     fig = make_subplots(
         rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.22,
-        subplot_titles=(f"pass@k against k, {NUM_HELD_OUT} held-out problems (range over seeds)",
+        subplot_titles=(f"pass@k against k, {len(results['seeds'][0]['c_base'])} held-out problems (range over seeds)",
                         "during GRPO, against the step (mean, range over seeds)",
                         "answers sampled over all held-out problems (seed 0)",
                         f"problems solved within {n} samples (mean over seeds)"))

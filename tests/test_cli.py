@@ -1,0 +1,122 @@
+"""``rlnb probe passk``: files, columns and error messages, in-process and as a process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlnb.cli import main, parse_task_args
+from rlnb.envs.text_tasks import factor
+from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _save_tiny(directory: Path, seed: int = 0) -> Path:
+    tok = char_tokenizer(factor(2, seed=0).alphabet)
+    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=16, n_head=2,
+                                   n_kv_head=1), seed=seed)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return _save_tiny(root / "base", 0), _save_tiny(root / "rl", 1)
+
+
+def _args(model, out, *extra):
+    return ["probe", "passk", "--model", str(model), "--task", "factor", "--num-problems", "4",
+            "--n", "8", "--max-new-tokens", "4", "--bootstrap", "20", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_passk_writes_counts_curve_and_figure(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args(models[0], out)) == 0
+    counts = pd.read_csv(out / "counts.csv")
+    assert len(counts) == 4 and (counts["model"] == "base").all()
+    assert {"problem", "prompt", "n", "c", "pass_at_1", "distinct_correct"} <= set(counts)
+    assert counts["c"].between(0, 8).all() and (counts["n"] == 8).all()
+    curve = pd.read_csv(out / "passk.csv")
+    assert list(curve.columns) == ["model", "k", "pass_at_k", "lo", "hi"]
+    assert curve["k"].tolist() == [1, 2, 4, 8]
+    assert curve["pass_at_k"].is_monotonic_increasing
+    html = (out / "passk.html").read_text()
+    assert "<html>" in html and "plotly" in html
+    assert not (out / "boundary.csv").exists()
+    printed = capsys.readouterr().out
+    assert "base: pass@1 = " in printed and "pass@8 = " in printed
+
+
+def test_compare_adds_a_second_curve_and_the_boundary(models, tmp_path):
+    out = tmp_path / "out"
+    assert main(_args(models[0], out, "--compare", str(models[1]),
+                      "--task-arg", "digits=4")) == 0
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["model"].tolist() == ["base"] * 4 + ["rl"] * 4
+    assert counts["prompt"].str.len().eq(5).all()  # digits=4 reached the generator: "NNNN="
+    assert sorted(pd.read_csv(out / "passk.csv")["model"].unique()) == ["base", "rl"]
+    bnd = pd.read_csv(out / "boundary.csv")
+    assert list(bnd.columns) == ["k", "category", "count", "fraction"]
+    assert sorted(bnd["k"].unique()) == [1, 8]
+    assert set(bnd["category"]) == {"both", "base only", "rl only", "neither"}
+    assert (bnd.groupby("k")["count"].sum() == 4).all()
+
+
+def test_same_seed_same_counts(models, tmp_path):
+    main(_args(models[0], tmp_path / "a"))
+    main(_args(models[0], tmp_path / "b"))
+    a, b = (pd.read_csv(tmp_path / d / "counts.csv") for d in "ab")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--model": "/nonexistent/model"}, "does not exist"),
+    ({"--task": "factr"}, "unknown text task 'factr'; valid: addition"),
+    ({"--task-arg": "digits"}, "must look like key=value"),
+    ({"--task-arg": "colour=3"}, "rejected its arguments"),
+])
+def test_user_errors_exit_2_with_one_line(models, tmp_path, capsys, change, message):
+    args = _args(models[0], tmp_path / "out")
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlnb: error: ") and message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_directory_without_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(_args(tmp_path / "empty", tmp_path / "out")) == 2
+    assert "holds no model" in capsys.readouterr().err
+
+
+def test_parse_task_args():
+    assert parse_task_args(["digits=3", "allow_even_and_5=True", "name=x y"]) == {
+        "digits": 3, "allow_even_and_5": True, "name": "x y"}
+
+
+@pytest.mark.slow
+def test_runs_as_a_command(models, tmp_path):
+    exe = Path(sys.executable).parent / "rlnb"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rlnb.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run(cmd + _args(models[0], tmp_path / "out"), capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "pass@1 = " in ok.stdout and (tmp_path / "out" / "passk.html").exists()
+    bad = subprocess.run([sys.executable, "-m", "rlnb.cli"] +
+                         _args(tmp_path / "missing", tmp_path / "out2"),
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "does not exist" in bad.stderr
