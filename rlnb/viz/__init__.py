@@ -2,6 +2,7 @@
 
 - :func:`training_curves` -- metrics over steps, one row per metric, mean and band over seeds.
 - :func:`passk_curves` -- pass@k against k on a log2 axis, from ``pass_at_k_curve``.
+- :func:`capability_radar` -- several runs compared on several final metrics.
 - :func:`boundary_table`, :func:`entropy_heatstrip`, :func:`rank_trajectory` -- probe views.
 - :func:`write_png`, :func:`write_html` -- export (PNG via kaleido and the system Chromium).
 - :data:`PALETTE`, :data:`TEMPLATE`, :func:`style_figure` -- the shared look.
@@ -12,6 +13,7 @@ from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
 from rlnb.viz.live import LivePlot
 from rlnb.viz.passk import passk_curves
 from rlnb.viz.probes import boundary_table, entropy_heatstrip, rank_trajectory
+from rlnb.viz.radar import capability_radar
 from rlnb.viz.training import (
     PALETTE,
     TEMPLATE,
@@ -27,6 +29,7 @@ __all__ = [
     "TEMPLATE",
     "add_line_with_band",
     "boundary_table",
+    "capability_radar",
     "color_map",
     "effective_horizon_bars",
     "entropy_heatstrip",
