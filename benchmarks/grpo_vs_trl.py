@@ -3,24 +3,40 @@
 Both train the same tiny Llama (same initial weights, loaded from the same directory) on
 the same addition prompts with the same settings: 8 prompts x 8 generations, completions
 of at most 16 tokens, temperature 1, learning rate 1e-6, AdamW, token-mean loss (TRL's
-``loss_type="dapo"``), no KL term, one update per batch. TRL runs on the CPU with
-``use_cpu=True, bf16=False`` and without gradient checkpointing.
+``loss_type="dapo"``), no KL term and no reference model, one update per batch. TRL runs
+on the CPU with ``use_cpu=True, bf16=False`` and without gradient checkpointing.
 
     python benchmarks/grpo_vs_trl.py                           # 2 layers, hidden 64
     python benchmarks/grpo_vs_trl.py --layers 4 --hidden 256   # the larger check
 
-The first ``--warmup`` steps of each side are excluded from the timing. TRL is timed with
-both 1 and 2 torch threads and its faster setting is the one compared (rlnb picks its
-thread count itself). The last line is ``speedup: <rlnb steps/s / TRL steps/s>``.
-Needs the ``scale`` extra (``pip install -e ".[scale]"``).
+How it is timed, so that a busy machine hurts neither side more than the other:
+
+* each side trains ``--warmup`` steps first (excluded), then ``--steps`` timed steps;
+* the runs are interleaved -- rlnb, TRL on 1 thread, TRL on 2 threads, then again --
+  ``--repeats`` times, and the table reports the median of each (all runs are printed);
+* TRL is timed with both 1 and 2 torch threads and its faster median is compared with
+  rlnb as configured by default (it picks its thread count itself: 1 below a million
+  parameters, all cores above); ``--rlnb-threads 1 2`` adds rows for rlnb with a fixed
+  count;
+* TRL's progress bar and log printing are off; both sides' mean completion length is
+  printed, to show they generated the same amount of text;
+* the load average before and after is printed: numbers taken on a loaded machine
+  compare the two sides fairly but are not the machine's best.
+
+The last line is ``speedup: <rlnb steps/s / TRL steps/s>`` (medians). Needs the
+``scale`` extra (``pip install -e ".[scale]"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +54,9 @@ def build_model(directory: Path, task, *, layers: int, hidden: int, heads: int,
     return sum(p.numel() for p in model.parameters())
 
 
-def time_rlnb(model_dir: Path, task, args) -> float:
+def time_rlnb(model_dir: Path, task, args, threads: int | None = None) -> dict:
+    """One rlnb run: steps/s over the timed steps, their mean completion length, threads
+    (``threads=None``: rlnb's own choice, ``TrainConfig.torch_threads=None``)."""
     from rlnb.policies.lm import LMPolicy
     from rlnb.train import TrainConfig, Trainer
 
@@ -47,19 +65,25 @@ def time_rlnb(model_dir: Path, task, args) -> float:
         max_steps=args.steps + args.warmup, num_prompts_per_step=args.prompts,
         num_generations=args.generations, learning_rate=args.lr, optimizer="adamw",
         weight_decay=0.0, max_grad_norm=1.0, advantage="grpo", scale_rewards="group",
-        policy_loss="ppo_clip", loss_agg_mode="token-mean", temperature=1.0,
-        progress_bar=False, seed=args.seed,
+        policy_loss="ppo_clip", loss_agg_mode="token-mean", temperature=1.0, beta=0.0,
+        num_iterations=1, progress_bar=False, seed=args.seed, torch_threads=threads,
     )
     trainer = Trainer(policy, task, config)
     trainer.train(max_steps=args.warmup)
     start = time.perf_counter()
-    trainer.train()
-    return args.steps / (time.perf_counter() - start)
+    history = trainer.train()
+    seconds = time.perf_counter() - start
+    timed = history.iloc[args.warmup:]
+    return {"steps_per_s": args.steps / seconds, "threads": trainer.threads(),
+            "mean_length": float(timed["completions/mean_length"].mean())}
 
 
-def time_trl(model_dir: Path, task, args, threads: int) -> float:
+def time_trl(model_dir: Path, task, args, threads: int) -> dict:
+    """One TRL run on ``threads`` torch threads: steps/s over the timed steps, and their
+    mean completion length."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(threads)
@@ -72,11 +96,16 @@ def time_trl(model_dir: Path, task, args, threads: int) -> float:
         return [task.score(p, c) for p, c in zip(prompts, completions)]
 
     class Clock(TrainerCallback):
+        """Time and mean completion length at the end of every step."""
+
         def __init__(self):
-            self.times = []
+            self.times, self.lengths, self.threads = [], [], set()
 
         def on_step_end(self, targs, state, control, **kwargs):
             self.times.append(time.perf_counter())
+            self.threads.add(torch.get_num_threads())
+            lengths = trainer._metrics["train"].get("completions/mean_length") or [float("nan")]
+            self.lengths.append(lengths[-1])
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
@@ -84,16 +113,23 @@ def time_trl(model_dir: Path, task, args, threads: int) -> float:
             output_dir=out, per_device_train_batch_size=args.prompts * args.generations,
             num_generations=args.generations, max_completion_length=args.max_completion_length,
             learning_rate=args.lr, max_steps=args.steps + args.warmup, temperature=1.0,
-            beta=0.0, loss_type="dapo", scale_rewards="group", max_grad_norm=1.0,
-            use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
-            save_strategy="no", logging_steps=10_000, disable_dropout=True, seed=args.seed,
-            lr_scheduler_type="constant", warmup_steps=0,
+            top_p=1.0, top_k=0, beta=0.0, num_iterations=1, gradient_accumulation_steps=1,
+            loss_type="dapo", scale_rewards="group", max_grad_norm=1.0, weight_decay=0.0,
+            use_cpu=True, bf16=False, activation_checkpointing=False, report_to="none",
+            save_strategy="no", logging_steps=10_000, disable_tqdm=True, disable_dropout=True,
+            seed=args.seed, lr_scheduler_type="constant", warmup_steps=0,
         )
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
                               train_dataset=dataset, processing_class=tok, callbacks=[clock])
-        trainer.train()
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        with contextlib.redirect_stdout(io.StringIO()):  # the end-of-training summary
+            trainer.train()
+    if clock.threads != {threads}:
+        raise RuntimeError(f"TRL ran on {sorted(clock.threads)} threads, asked for {threads}")
     timed = clock.times[args.warmup - 1:]
-    return (len(timed) - 1) / (timed[-1] - timed[0])
+    return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "threads": threads,
+            "mean_length": statistics.fmean(clock.lengths[args.warmup:])}
 
 
 def main() -> None:
@@ -107,35 +143,65 @@ def main() -> None:
     p.add_argument("--max-completion-length", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rlnb-threads", type=int, nargs="*", default=[],
+                   help="also time rlnb with these TrainConfig.torch_threads (extra rows)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (TRL's clock starts at the end of a step)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars
+    hf_logging.set_verbosity_error()
 
     from rlnb.envs import addition
 
     task = addition(256, digits=2, seed=args.seed)
     threads_before = torch.get_num_threads()
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         n_params = build_model(model_dir, task, layers=args.layers, hidden=args.hidden,
                                heads=args.heads, kv_heads=args.kv_heads, seed=args.seed)
-        rlnb_sps = time_rlnb(model_dir, task, args)
-        trl_sps = {}
-        for threads in (1, 2):
-            trl_sps[threads] = time_trl(model_dir, task, args, threads)
-            torch.set_num_threads(threads_before)
-    best = max(trl_sps, key=trl_sps.get)
+        for _ in range(args.repeats):
+            runs.setdefault("rlnb", []).append(time_rlnb(model_dir, task, args))
+            for threads in args.rlnb_threads:
+                runs.setdefault(f"rlnb{threads}", []).append(
+                    time_rlnb(model_dir, task, args, threads))
+            for threads in args.trl_threads:
+                runs.setdefault(f"trl{threads}", []).append(time_trl(model_dir, task, args, threads))
+                torch.set_num_threads(threads_before)
+    load_after = os.getloadavg()
+
+    def median(key: str) -> float:
+        return statistics.median(r["steps_per_s"] for r in runs[key])
+
     print(f"model: llama, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
-          f"{args.kv_heads} KV heads; {args.prompts} prompts x {args.generations} generations, "
-          f"max completion {args.max_completion_length}; {args.steps} timed steps; "
-          f"{n_params:,} parameters")
-    print(f"{'trainer':<28}{'steps/s':>10}")
-    print(f"{'rlnb Trainer + LMPolicy':<28}{rlnb_sps:>10.2f}")
-    for threads, sps in trl_sps.items():
-        print(f"{f'TRL GRPOTrainer ({threads} thread' + ('s)' if threads > 1 else ')'):<28}"
-              f"{sps:>10.2f}")
-    print(f"speedup: {rlnb_sps / trl_sps[best]:.2f}")
+          f"{args.kv_heads} KV heads, {n_params:,} parameters; {args.prompts} prompts x "
+          f"{args.generations} generations, max completion {args.max_completion_length}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} interleaved "
+          f"repeats; {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
+    print(f"{'trainer':<26}{'threads':>8}{'steps/s':>10}{'mean length':>13}  runs (steps/s)")
+    names = {"rlnb": "rlnb Trainer + LMPolicy"}
+    names.update({f"rlnb{t}": f"rlnb, torch_threads={t}" for t in args.rlnb_threads})
+    names.update({f"trl{t}": "TRL GRPOTrainer" for t in args.trl_threads})
+    for key, rs in runs.items():
+        each = " ".join(f"{r['steps_per_s']:.2f}" for r in rs)
+        threads = "/".join(str(t) for t in sorted({r["threads"] for r in rs}))
+        length = statistics.fmean(r["mean_length"] for r in rs)
+        print(f"{names[key]:<26}{threads:>8}{median(key):>10.2f}{length:>13.2f}  {each}")
+    best = max((k for k in runs if k.startswith("trl")), key=median)
+    if args.rlnb_threads:
+        best_rlnb = max((k for k in runs if k.startswith("rlnb")), key=median)
+        print(f"best rlnb setting / best TRL setting: {median(best_rlnb) / median(best):.2f}")
+    print(f"speedup: {median('rlnb') / median(best):.2f}")
 
 
 if __name__ == "__main__":

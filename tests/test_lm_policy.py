@@ -468,3 +468,153 @@ def test_fast_engine_matches_the_model_on_llama_variants(variant):
     assert torch.equal(rf.actions, rh.actions)
     assert torch.allclose(rf.logp, rh.logp, atol=1e-5)
     assert torch.allclose(fast.log_probs(rh)[0], ref.log_probs(rh)[0], atol=1e-5)
+
+
+# --- only the needed work: packed scoring, trimmed columns, rows leaving the batch ---------
+def _plain_scores(pi, r, temperature=1.0):
+    """The oracle: the model's own forward over every prompt + completion position (no
+    shared prompt, no packing, no trimming), then log-softmax at every position."""
+    ids = r.extra["input_ids"]
+    Lp = r.extra["prompt_length"]
+    N, T = r.actions.shape
+    prompt_mask = r.extra["attention_mask"][:, :Lp]
+    am = torch.cat([prompt_mask, torch.ones(N, T, dtype=torch.long)], 1)
+    pos = torch.cat([positions(prompt_mask), prompt_mask.sum(1, keepdim=True) + torch.arange(T)], 1)
+    logits = pi.model(input_ids=ids[:, :-1], attention_mask=am[:, :-1],
+                      position_ids=pos[:, :-1], use_cache=False).logits[:, Lp - 1:]
+    logp_all = torch.log_softmax(logits.float() / temperature, -1)
+    logp = logp_all.gather(-1, r.actions[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    zero = torch.zeros(())
+    return torch.where(r.mask, logp, zero), torch.where(r.mask, entropy, zero)
+
+
+def _grads(pi, logp, entropy, seed=0):
+    """Gradients of a random mix of every log-prob and entropy."""
+    g = _gen(seed)
+    w1, w2 = torch.randn(logp.shape, generator=g), torch.randn(logp.shape, generator=g)
+    pi.model.zero_grad(set_to_none=True)
+    ((w1 * logp).sum() + 0.3 * (w2 * entropy).sum()).backward()
+    grads = {k: p.grad.clone() for k, p in pi.model.named_parameters() if p.grad is not None}
+    pi.model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _assert_same_scores(pi, r, temperature=1.0):
+    want_lp, want_h = _plain_scores(pi, r, temperature)
+    want_g = _grads(pi, want_lp, want_h)
+    lp, h = pi.log_probs(r, temperature=temperature)
+    assert torch.allclose(lp, want_lp, atol=1e-5), (lp - want_lp).abs().max()
+    assert torch.allclose(h, want_h, atol=1e-5), (h - want_h).abs().max()
+    assert (lp[~r.mask] == 0).all() and (h[~r.mask] == 0).all()
+    got_g = _grads(pi, lp, h)
+    assert got_g.keys() == want_g.keys()
+    for k in want_g:
+        assert torch.allclose(got_g[k], want_g[k], rtol=1e-4, atol=1e-5), (
+            k, (got_g[k] - want_g[k]).abs().max())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_scoring_equals_the_plain_forward_in_log_probs_and_gradients(arch, engine):
+    """The shared-prompt, packed forward (fast) and the trimmed one (hf) give the
+    log-probs, entropies and gradients of one plain forward over whole sequences: left
+    padding, rows of different lengths, masks with holes, rows masked out entirely."""
+    pi = _eos_friendly(_policy(arch, engine=engine, max_new_tokens=10), scale=0.2)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 3, temperature=0.9, generator=_gen(5))
+    lengths = r.mask.sum(1)
+    assert lengths.min() < lengths.max() and r.extra["prompt_length"] > 3
+    _assert_same_scores(pi, r, temperature=0.9)
+    holes = r.mask & (torch.rand(r.mask.shape, generator=_gen(6)) > 0.3)
+    holes[2] = False  # a row with nothing to score
+    r.mask = holes
+    _assert_same_scores(pi, r, temperature=0.9)
+
+
+def test_scoring_without_shared_prompts_equals_the_plain_forward():
+    """Groups that do not share a prompt run each row's prompt on its own."""
+    pi = _eos_friendly(_policy(max_new_tokens=6), scale=0.2)
+    r = pi.rollout(MIXED, torch.tensor([0, 3]), 2, generator=_gen(4))
+    r.group_size = 4  # a group of 4 rows holding two different prompts
+    _assert_same_scores(pi, r)
+    r1 = pi.rollout(MIXED, torch.tensor([1, 2, 3]), 1, generator=_gen(4))
+    _assert_same_scores(pi, r1)
+
+
+def test_trailing_masked_columns_give_the_same_losses():
+    """Columns after every row's last masked token (the trainer masking truncated
+    completions, or a mask cut short) are dropped before the forward; the losses and
+    gradients are those of the whole sequence."""
+    from rlnb.rl import agg_loss, get_policy_loss_fn
+
+    pi = _eos_friendly(_policy(max_new_tokens=12), scale=0.2)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 4, generator=_gen(2))
+    assert r.extra["truncated"].any()
+    r.mask = r.mask & ~r.extra["truncated"][:, None]  # mask_truncated_completions
+    r.mask[:, 6:] = False
+    assert r.mask[:, 5].any() and r.mask.shape[1] == 12  # 6 trailing columns to drop
+    _assert_same_scores(pi, r)
+    adv = torch.randn(len(r), generator=_gen(3))
+    loss_fn = get_policy_loss_fn("ppo_clip")
+    for agg in ("token-mean", "seq-mean-token-sum"):
+        want, _ = loss_fn(_plain_scores(pi, r)[0], r.logp, adv, r.mask, agg=agg)
+        got, _ = loss_fn(pi.log_probs(r)[0], r.logp, adv, r.mask, agg=agg)
+        assert torch.allclose(got, want, atol=1e-6)
+    h_want = agg_loss(_plain_scores(pi, r)[1], r.mask, "token-mean")
+    assert torch.allclose(agg_loss(pi.log_probs(r)[1], r.mask, "token-mean"), h_want, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_finished_rows_leave_the_batch_without_changing_the_samples(arch, monkeypatch):
+    """Rows past their EOS are dropped from the fast engine's batch; the tokens and
+    log-probs are those of the engine that computes every row to the end."""
+    sent = []
+    stepper = LMPolicy._stepper
+
+    def spy(self, *args):
+        gen = stepper(self, *args)
+        logits = next(gen)
+        while True:
+            msg = yield logits
+            sent.append(msg[1])
+            logits = gen.send(msg)
+
+    monkeypatch.setattr(LMPolicy, "_stepper", spy)
+    out = {}
+    for engine in ("fast", "hf-nocache"):
+        pi = _eos_friendly(_policy(arch, engine=engine, max_new_tokens=14), scale=0.3)
+        out[engine] = pi.rollout(MIXED, torch.tensor([3, 0, 2, 1]), 8, temperature=0.9,
+                                 generator=_gen(11))
+    assert any(k is not None for k in sent)  # some rows did leave the batch
+    fast, ref = out["fast"], out["hf-nocache"]
+    assert torch.equal(fast.actions, ref.actions) and torch.equal(fast.mask, ref.mask)
+    assert torch.equal(fast.extra["truncated"], ref.extra["truncated"])
+    assert torch.allclose(fast.logp, ref.logp, atol=1e-5)
+    assert fast.extra["completions"] == ref.extra["completions"]
+    lengths = fast.mask.sum(1)
+    assert lengths.min() < lengths.max() and fast.extra["truncated"].any()
+
+
+def test_one_step_attention_kernels_agree():
+    """The decoding step's attention (batched matmuls on the CPU, the fused kernel
+    elsewhere) equals the general one, with grouped-query heads and masked keys."""
+    from rlnb.policies.lm import _attend, _attend_step
+
+    g = _gen(0)
+    B, H, KV, L, hd = 3, 4, 2, 9, 8
+    q = torch.randn(B, H, hd, generator=g)
+    k, v = torch.randn(B, KV, L, hd, generator=g), torch.randn(B, KV, L, hd, generator=g)
+    bias = torch.zeros(B, 1, 1, L)
+    bias[0, ..., :3] = float("-inf")  # left padding
+    bias[..., 7:] = float("-inf")  # keys not written yet
+    want = _attend(q[:, None], k, v, bias)[:, 0]
+    per_kv = bias[:, 0].repeat_interleave(KV, 0)  # (B * KV, 1, L)
+    for fused in (False, True):
+        assert torch.allclose(_attend_step(q, k, v, per_kv, fused=fused), want, atol=1e-5)
+
+
+def test_decoded_texts_match_the_tokenizer():
+    pi = _eos_friendly(_policy(max_new_tokens=8), scale=0.3)
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 4, generator=_gen(1))
+    rows = [a[m].tolist() for a, m in zip(r.actions, r.mask)]
+    assert r.extra["completions"] == pi.tokenizer.batch_decode(rows, skip_special_tokens=True)

@@ -34,11 +34,19 @@ Speed: for Llama-family (llama, qwen2, mistral) and GPT-2 models, ``engine="auto
 functional re-implementation of the forward pass on the model's own parameters (fused
 projections, a pre-allocated KV cache, the prompt computed once per group). The model's
 own ``forward`` (``engine="hf"``, with Hugging Face's KV cache) is the reference it is
-tested against, and what other architectures use.
+tested against, and what other architectures use. Only needed work is done:
+
+* sampling drops rows that have emitted EOS from the batch (:meth:`_Fast.decoder`) and
+  stops when every row has;
+* ``log_probs`` computes only what the masked tokens depend on: each group's prompt once,
+  the completion tokens up to each row's last masked one, packed (no padding rows through
+  the projections and MLP), and the LM head on the scored positions alone
+  (:meth:`_Fast.score`). ``completion_logits`` keeps the plain whole-sequence version.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -189,6 +197,22 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     return out.view(B, KV, rep, Lq, hd).permute(0, 3, 1, 2, 4).reshape(B, Lq, H * hd)
 
 
+def _attend_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                 fused: bool | None = None) -> torch.Tensor:
+    """:func:`_attend` for one query per row (a decoding step). q ``(B, H, hd)``
+    (pre-scaled); k, v ``(B, KV, L, hd)`` (a slice of the cache); bias ``(B * KV, 1, L)``
+    -> ``(B, H * hd)``. ``fused`` (default: off the CPU) uses PyTorch's fused kernel;
+    otherwise two batched matmuls, the bias added inside the first."""
+    B, H, hd = q.shape
+    KV, L = k.shape[1], k.shape[2]
+    if fused if fused is not None else q.device.type != "cpu":
+        return _attend_sdpa(q[:, None], k, v, bias.view(B, KV, 1, L)[:, :1])[:, 0]
+    s = torch.baddbmm(bias, q.reshape(B * KV, H // KV, hd),
+                      k.reshape(B * KV, L, hd).transpose(1, 2))  # (B * KV, rep, L)
+    probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(s.dtype)
+    return torch.bmm(probs, v.reshape(B * KV, L, hd)).view(B, H * hd)
+
+
 def _attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  bias: torch.Tensor) -> torch.Tensor:
     """:func:`_attend` through ``F.scaled_dot_product_attention`` (same arguments)."""
@@ -216,6 +240,8 @@ class _Fast:
         if self.kind == "llama":
             inner = model.model
             self.embed = inner.embed_tokens.weight
+            # As nn.Embedding: the padding row gets no gradient (even where it is sampled).
+            self.padding_idx = inner.embed_tokens.padding_idx
             for layer in inner.layers:
                 a, m = layer.self_attn, layer.mlp
                 s = a.scaling
@@ -241,6 +267,7 @@ class _Fast:
         else:
             tr = model.transformer
             self.embed = tr.wte.weight
+            self.padding_idx = tr.wte.padding_idx
             self.wpe = tr.wpe.weight
             self.H = self.KV = cfg.n_head
             self.hd = self.d // self.H
@@ -272,61 +299,88 @@ class _Fast:
             return F.rms_norm(x, (self.d,), ln.weight, ln.variance_epsilon)
         return ln(x)  # half precision: the module's own fp32 upcast
 
-    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """cos, sin ``(B, L, 1, hd)`` at positions ``pos (B, L)`` from the model's own
-        rotary module (so every RoPE variant it implements is honoured), and the
-        rotate-half matrix ``(hd, hd)``. None for GPT-2 (learned positions)."""
-        if self.kind == "gpt2":
-            return None
+    def _rope_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin ``(max_pos, hd)`` from the model's own rotary module (so
+        every RoPE variant it implements is honoured), built once per policy. The sin's
+        first half is negated, so that rotate-half is a swap of the halves (:meth:`_rotate`)."""
         dtype = self.embed.dtype
-        key = (self.max_pos, pos.device, dtype)
+        key = (self.max_pos, device, dtype)
         if key not in self._rope_cache:
             # Ordinary tensors even when first built under inference mode (sampling): the
             # cache is reused by log_probs, under autograd.
             with torch.inference_mode(False), torch.no_grad():
-                like = torch.empty((), dtype=dtype, device=pos.device)
-                cos, sin = self.rotary(like, torch.arange(self.max_pos, device=pos.device)[None])
-                half = self.hd // 2
-                rot = torch.zeros(self.hd, self.hd, dtype=dtype, device=pos.device)
-                idx = torch.arange(half, device=pos.device)
-                rot[idx + half, idx] = -1.0  # (x @ rot)[:half] = -x[half:]
-                rot[idx, idx + half] = 1.0  # (x @ rot)[half:] = x[:half]
-                self._rope_cache[key] = (cos[0].clone(), sin[0].clone(), rot)
-        cos, sin, rot = self._rope_cache[key]
-        return cos[pos][:, :, None], sin[pos][:, :, None], rot
+                like = torch.empty((), dtype=dtype, device=device)
+                cos, sin = self.rotary(like, torch.arange(self.max_pos, device=device)[None])
+                sin = sin[0].clone()
+                sin[:, : self.hd // 2].neg_()
+                self._rope_cache[key] = (cos[0].clone(), sin)
+        return self._rope_cache[key]
+
+    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos and signed sin ``(*pos.shape, 1, hd)`` at positions ``pos`` (broadcast over
+        heads); None for GPT-2 (learned positions)."""
+        if self.kind == "gpt2":
+            return None
+        cos, sin = self._rope_table(pos.device)
+        return cos[pos].unsqueeze(-2), sin[pos].unsqueeze(-2)
+
+    def _rope_qkv(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`rope` for all ``H + 2 KV`` heads of a fused projection at ``pos (L,)``:
+        ``(L, H + 2 KV, hd)``, with cos 1 and sin 0 on the value heads, so that one
+        rotation leaves the values unchanged, bit for bit."""
+        rope = self.rope(pos)
+        if rope is None:
+            return None
+        L, heads, values = pos.shape[0], self.H + self.KV, self.KV
+        cos, sin = rope  # (L, 1, hd)
+        return (torch.cat([cos.expand(L, heads, self.hd), cos.new_ones(L, values, self.hd)], 1),
+                torch.cat([sin.expand(L, heads, self.hd), sin.new_zeros(L, values, self.hd)], 1))
+
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """RoPE on ``x (..., heads, hd)``: ``x cos + rotate_half(x) sin`` with
+        ``rotate_half(x) = [-x2, x1]``, computed as ``[x2, x1] * [-sin1, sin2]`` (the same
+        numbers, bit for bit: only signs move)."""
+        cos, sin = rope
+        return torch.addcmul(x * cos, x.roll(self.hd // 2, -1), sin)
+
+    def _split_qkv(self, qkv: torch.Tensor, rope: Any):
+        """Split a fused projection ``(..., (H + 2 KV) * hd)`` into q ``(..., H, hd)``
+        (pre-scaled), k and v ``(..., KV, hd)``, RoPE applied to q and k."""
+        H, KV, hd = self.H, self.KV, self.hd
+        qk, v = qkv.split([(H + KV) * hd, KV * hd], dim=-1)
+        qk = qk.unflatten(-1, (H + KV, hd))
+        if rope is not None:
+            qk = self._rotate(qk, rope)  # q and k at once
+        q, k = qk.split([H, KV], dim=-2)
+        return q, k, v.unflatten(-1, (KV, hd))
 
     def _qkv(self, i: int, h: torch.Tensor, rope: Any):
         """q ``(B, L, H, hd)`` (pre-scaled), k, v ``(B, KV, L, hd)`` of layer ``i``."""
         p = self.layers[i]
-        B, L, _ = h.shape
-        H, KV, hd = self.H, self.KV, self.hd
-        qkv = F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"])  # (B, L, (H+2KV)*hd)
-        if rope is None:
-            qkv = qkv.view(B, L, 3, H, hd)
-            return qkv[:, :, 0], qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-        cos, sin, rot = rope
-        qk = qkv[..., : (H + KV) * hd].reshape(B, L, H + KV, hd)
-        qk = torch.addcmul(qk * cos, torch.matmul(qk, rot), sin)  # RoPE on q and k at once
-        v = qkv[..., (H + KV) * hd:].reshape(B, L, KV, hd)
-        return qk[:, :, :H], qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+        q, k, v = self._split_qkv(F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"]), rope)
+        return q, k.transpose(1, 2), v.transpose(1, 2)
 
     def _post(self, i: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Output projection, residual, MLP, residual."""
         p = self.layers[i]
-        h = h + F.linear(attn, p["w_o"], p["b_o"])
+        h = _add_linear(h, attn, p["w_o"], p["b_o"])
         x = self._norm(h, p["ln2"])
         if self.kind == "llama":
             gate, up = F.linear(x, p["w_gu"], p["b_gu"]).chunk(2, dim=-1)
-            return h + F.linear(p["act"](gate) * up, p["w_down"], p["b_down"])
-        return h + F.linear(p["act"](F.linear(x, p["w_fc"], p["b_fc"])), p["w_proj"], p["b_proj"])
+            return _add_linear(h, p["act"](gate) * up, p["w_down"], p["b_down"])
+        return _add_linear(h, p["act"](F.linear(x, p["w_fc"], p["b_fc"])), p["w_proj"],
+                           p["b_proj"])
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        h = F.embedding(ids, self.embed)
+        h = F.embedding(ids, self.embed, self.padding_idx)
         return h + F.embedding(pos, self.wpe) if self.kind == "gpt2" else h
 
     def final(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm then the LM head: ``(..., d) -> (..., V)`` logits."""
-        return self.lm_head(self._norm(h, self.norm))
+        x = self._norm(h, self.norm)
+        if type(self.lm_head) is torch.nn.Linear:  # skip the module call's overhead
+            return F.linear(x, self.lm_head.weight, self.lm_head.bias)
+        return self.lm_head(x)
 
     # --- whole passes -----------------------------------------------------------------
     def forward(
@@ -337,15 +391,18 @@ class _Fast:
         past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         *,
         return_kv: bool = False,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run ``ids (B, L)`` at positions ``pos (B, L)`` after optional ``past`` keys and
         values (per layer ``(B, KV, Lpast, hd)``). ``key_valid (B, Lpast + L)`` marks the
         keys that are not padding. Returns the last hidden states ``(B, L, d)`` (before the
-        final norm) and, if asked, each layer's new keys and values."""
+        final norm; ``(B, 1, d)``, the last position's, with ``last_only``) and, if asked,
+        each layer's new keys and values."""
         h = self._embed(ids, pos)
         rope = self.rope(pos)
         bias = _attention_bias(key_valid, ids.shape[1], h.dtype)
         kvs = []
+        last = len(self.layers) - 1
         for i in range(len(self.layers)):
             q, k, v = self._qkv(i, h, rope)
             if return_kv:
@@ -353,23 +410,153 @@ class _Fast:
             if past is not None:
                 k = torch.cat([past[i][0], k], dim=2)
                 v = torch.cat([past[i][1], v], dim=2)
+            if last_only and i == last:  # the other positions' outputs are not needed
+                q, bias, h = q[:, -1:], bias[:, :, -1:], h[:, -1:]
             h = self._post(i, h, _attend(q, k, v, bias))
         return h, kvs
 
-    def decode_step(self, ids: torch.Tensor, pos: torch.Tensor, rope: Any,
-                    cache: list[torch.Tensor], at: int, bias: torch.Tensor) -> torch.Tensor:
-        """One token per row: ``ids (B, 1)`` at ``pos (B, 1)`` (``rope`` its cos/sin);
-        writes its keys/values at index ``at`` of the pre-allocated ``cache`` (per layer
-        ``(2, B, KV, Lmax, hd)``) and attends to ``[0, at]`` with ``bias (B, 1, 1, at + 1)``.
-        Returns the next-token logits ``(B, V)``."""
-        h = self._embed(ids, pos)
-        for i in range(len(self.layers)):
-            q, k, v = self._qkv(i, h, rope)
-            c = cache[i]
-            c[0, :, :, at] = k[:, :, 0]
-            c[1, :, :, at] = v[:, :, 0]
-            h = self._post(i, h, _attend(q, c[0, :, :, : at + 1], c[1, :, :, : at + 1], bias))
-        return self.final(h[:, 0])
+    def score(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_valid: torch.Tensor,
+        n: int,
+        comp_ids: torch.Tensor,
+        comp_pos: torch.Tensor,
+        slots: torch.Tensor,
+        num_cols: int,
+        src: torch.Tensor,
+    ) -> torch.Tensor:
+        """Hidden states ``(S, d)`` (before the final norm) that predict ``S`` scored
+        completion tokens, with gradients, computing only what they depend on.
+
+        * ``prompt_ids (G, Lp)`` (left-padded; ``prompt_valid`` its mask) run once each;
+          completion rows ``g*n .. g*n+n-1`` (``R = G * n`` rows) continue prompt ``g`` and
+          attend to its keys and values (expanded to the rows, with gradients).
+        * ``comp_ids, comp_pos (M,)``: the completion tokens that are inputs of a scored
+          token, packed row after row; ``slots (M,)`` their cells in the ``(R, num_cols)``
+          grid (row ``r`` holds a prefix of its completion, columns ``0 .. c_r - 1``).
+        * ``src (S,)`` picks, from ``[last prompt position of each prompt (G) ; the M
+          packed tokens]``, the state that predicts each scored token.
+
+        The ``G * Lp + M`` prompt and completion tokens go through every position-wise
+        step (norms, projections, RoPE, MLP) together, packed; attention runs on the
+        ``(G, Lp)`` prompt grid and on the ``(R, num_cols)`` completion grid (padding cells
+        are computed and dropped: causality keeps them out of the real cells). The last
+        layer runs its MLP on the ``G + M`` rows that predict something.
+        """
+        G, Lp = prompt_ids.shape
+        R, Tc, M = G * n, num_cols, comp_ids.shape[0]
+        Np = G * Lp
+        H, KV, hd = self.H, self.KV, self.hd
+        W = H + 2 * KV  # heads of the fused projection
+        dev = prompt_ids.device
+        prompt_valid = prompt_valid.bool()
+        pos = torch.cat([positions(prompt_valid).reshape(-1), comp_pos])  # (Np + M,)
+        h = self._embed(torch.cat([prompt_ids.reshape(-1), comp_ids]), pos)  # (Np + M, d)
+        rope = self._rope_qkv(pos)
+        bias_p = _attention_bias(prompt_valid, Lp, h.dtype)  # (G, 1, Lp, Lp)
+        if Tc:
+            # Completion keys: [the prompt's (Lp) ; the row's own completion (Tc), causal].
+            t = torch.arange(Tc, device=dev)
+            key_ok = torch.cat([prompt_valid[:, None, None].expand(G, n, Tc, Lp),
+                                (t[None, :] <= t[:, None]).expand(G, n, Tc, Tc)], dim=3)
+            bias_c = torch.zeros(key_ok.shape, dtype=h.dtype, device=dev)
+            bias_c = bias_c.masked_fill_(~key_ok, float("-inf")).view(R, 1, Tc, Lp + Tc)
+        last = len(self.layers) - 1
+        for i, p in enumerate(self.layers):
+            qkv = F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"]).unflatten(-1, (W, hd))
+            if rope is not None:
+                qkv = self._rotate(qkv, rope)  # (Np + M, W, hd)
+            qp, kp, vp = qkv[:Np].view(G, Lp, W, hd).split([H, KV, KV], dim=2)
+            kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # (G, KV, Lp, hd)
+            if i == last:  # the prompt's last position is the only one still needed
+                attn = [_attend(qp[:, -1:], kp, vp, bias_p[:, :, -1:]).view(G, H * hd)]
+            else:
+                attn = [_attend(qp, kp, vp, bias_p).view(Np, H * hd)]
+            if Tc:
+                grid = qkv.new_zeros((R * Tc, W, hd)).index_copy(0, slots, qkv[Np:])
+                qc, kc, vc = grid.view(R, Tc, W, hd).split([H, KV, KV], dim=2)
+                # The prompt's keys and values, one copy per row, made inside the cat.
+                k = torch.cat([kp[:, None].expand(G, n, KV, Lp, hd),
+                               kc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
+                v = torch.cat([vp[:, None].expand(G, n, KV, Lp, hd),
+                               vc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
+                out = _attend(qc, k, v, bias_c).view(R * Tc, H * hd)
+                attn.append(out.index_select(0, slots))  # (M, H * hd)
+            if i == last:
+                rows = torch.cat([torch.arange(Lp - 1, Np, Lp, device=dev),
+                                  torch.arange(Np, Np + M, device=dev)])
+                h = h.index_select(0, rows)  # (G + M, d)
+            h = self._post(i, h, torch.cat(attn) if len(attn) > 1 else attn[0])
+        return h.index_select(0, src)
+
+    def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int):
+        """Incremental decoding, as a generator: yields the next-token logits ``(B, V)``
+        of the ``B`` rows still computed and receives ``(tokens (B,), keep)``: the sampled
+        tokens, and None or the indices (into the ``B`` rows) of the rows to go on with
+        (finished rows are dropped from the batch, which shrinks every later step).
+
+        The prompts ``(P, Lp)`` run once; their keys and values are copied to the group's
+        ``n`` rows of a pre-allocated cache (per layer ``(2, B, KV, Lp + T, hd)``)."""
+        P, Lp = prompt_ids.shape
+        N = P * n
+        dev = prompt_ids.device
+        KV, hd = self.KV, self.hd
+        # The prompt once per group, then its keys/values copied to the group's n rows.
+        h, kvs = self.forward(prompt_ids, positions(prompt_mask), prompt_mask.bool(),
+                              return_kv=True, last_only=True)
+        caches = []
+        for k, v in kvs:  # (P, KV, Lp, hd)
+            c = k.new_zeros((2, N, KV, Lp + T, hd))  # zeros: unwritten keys are read, at 0 weight
+            c[0, :, :, :Lp] = k.repeat_interleave(n, 0)
+            c[1, :, :, :Lp] = v.repeat_interleave(n, 0)
+            caches.append(c)
+        # Additive key bias, per KV head as bmm wants it: -inf on the prompts' left padding
+        # and on the completion keys not written yet (0 from the step that writes them).
+        key_valid = torch.zeros((N, Lp + T), dtype=torch.bool, device=dev)
+        key_valid[:, :Lp] = prompt_mask.bool().repeat_interleave(n, 0)
+        bias = torch.zeros((N, 1, Lp + T), dtype=h.dtype, device=dev)
+        bias.masked_fill_(~key_valid[:, None], float("-inf"))
+        bias = bias.repeat_interleave(KV, 0)  # (N * KV, 1, Lp + T)
+        # Attend to at least 16 keys (future ones weigh 0): PyTorch's CPU softmax is several
+        # times slower on rows shorter than its vector width (16 floats).
+        min_keys = min(16, Lp + T)
+        # Completion token t sits at position (real prompt length + t).
+        pos = prompt_mask.sum(1).repeat_interleave(n)[:, None] + torch.arange(T, device=dev)
+        rope = self.rope(pos)  # (N, T, 1, hd) each, or None
+        norm, layers = self._norm, self.layers
+        tok, keep = yield self.final(h[:, -1]).repeat_interleave(n, 0)
+        for t in range(T - 1):
+            if keep is not None:  # drop the finished rows from every per-row state
+                caches = [c.index_select(1, keep) for c in caches]
+                bias = bias.view(-1, KV, 1, Lp + T).index_select(0, keep).view(-1, 1, Lp + T)
+                pos = pos.index_select(0, keep)
+                rope = None if rope is None else (rope[0].index_select(0, keep),
+                                                  rope[1].index_select(0, keep))
+            at = Lp + t
+            bias[:, :, at] = 0.0
+            w = max(at + 1, min_keys)  # keys read this step
+            x = self._embed(tok, pos[:, t])  # (B, d)
+            r_t = None if rope is None else (rope[0][:, t], rope[1][:, t])  # (B, 1, hd)
+            for i, (c, p) in enumerate(zip(caches, layers)):
+                q, k, v = self._split_qkv(F.linear(norm(x, p["ln1"]), p["w_qkv"], p["b_qkv"]),
+                                          r_t)  # (B, H | KV, hd)
+                c[0, :, :, at] = k
+                c[1, :, :, at] = v
+                attn = _attend_step(q, c[0, :, :, :w], c[1, :, :, :w], bias[:, :, :w])
+                x = self._post(i, x, attn)
+            tok, keep = yield self.final(x)
+
+
+def _add_linear(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None) -> torch.Tensor:
+    """``h + x @ w.T (+ b)``: the residual add fused into the matmul when there is no
+    bias (one op, and one backward node, instead of two)."""
+    if b is None:
+        if h.dim() == 2:
+            return torch.addmm(h, x, w.t())
+        return torch.addmm(h.flatten(0, -2), x.flatten(0, -2), w.t()).view(h.shape)
+    return h + F.linear(x, w, b)
 
 
 # ======================================================================================
@@ -399,6 +586,20 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
             ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, L - len(s):] = 1
     return ids, mask
+
+
+def _plain_fast_tokenizer(tokenizer: Any) -> Any:
+    """The ``tokenizers`` object behind a Hugging Face fast tokenizer whose decoding is
+    exactly ``backend.decode`` (the stock ``_decode``, no clean-up of spaces), else None."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # pragma: no cover - older transformers
+        return None
+    if (isinstance(tokenizer, TokenizersBackend)
+            and type(tokenizer)._decode is TokenizersBackend._decode
+            and not tokenizer.clean_up_tokenization_spaces):
+        return tokenizer._tokenizer
+    return None
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -551,6 +752,11 @@ class LMPolicy(Policy):
         self._prompt_cache: dict[str, list[int]] = {}
         self._rope_cache: dict = {}
         self._num_params = sum(p.numel() for p in model.parameters())
+        try:
+            self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(
+                model.forward).parameters
+        except (TypeError, ValueError):
+            self._takes_logits_to_keep = False
 
     # --- Serializable ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -738,9 +944,11 @@ class LMPolicy(Policy):
 
     def _decode_rows(self, actions: torch.Tensor, mask: torch.Tensor) -> list[str]:
         lengths = mask.sum(1).tolist()
-        rows = actions.tolist()
-        return self.tokenizer.batch_decode([r[:k] for r, k in zip(rows, lengths)],
-                                           skip_special_tokens=True)
+        rows = [r[:k] for r, k in zip(actions.tolist(), lengths)]
+        backend = _plain_fast_tokenizer(self.tokenizer)
+        if backend is not None:  # what batch_decode does, without its per-id type checks
+            return [backend.decode(r, skip_special_tokens=True) for r in rows]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     def decode(self, rollout: Rollout) -> list[str]:
         """The completions of a rollout as text (special tokens removed)."""
@@ -788,31 +996,59 @@ class LMPolicy(Policy):
         predraw = N * T * V <= _PREDRAW_LIMIT
         noise = _gumbel(self._noise((T, N, V), generator)) if predraw else None
 
-        actions = torch.full((N, T), self.pad_id, dtype=torch.long, device=dev)
-        logps = torch.zeros((N, T), dtype=torch.float32, device=dev)
-        mask = torch.zeros((N, T), dtype=torch.bool, device=dev)
-        finished = torch.zeros(N, dtype=torch.bool, device=dev)
+        compact = self.engine == "fast"
+        rows = torch.arange(N, device=dev)  # the rows the model still computes (B of them)
+        raw_tok = torch.full((N, T), self.pad_id, dtype=torch.long, device=dev)
+        raw_lp = torch.zeros((N, T), dtype=torch.float32, device=dev)
+        toks, lps, start = [], [], 0  # this stretch's samples, (B,) and (B, 1) a step
+        done = torch.zeros(N, dtype=torch.bool, device=dev)  # computed rows past their EOS
         step = self._stepper(prompt_ids, prompt_mask, n, T)
-        logits = next(step)  # (N, V)
-        steps = 0
+        logits = next(step)  # (B, V)
         for t in range(T):
-            # --- sample token t of every row ---
-            logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
+            # --- sample token t of every computed row ---
+            logits = logits.float()
+            if temperature != 1.0:  # x / 1.0 == x: skipping it changes no bit
+                logits = logits / temperature
+            logp_all = torch.log_softmax(logits, dim=-1)  # (B, V)
             scores = _top_p_filter(logp_all, self.top_p) if self.top_p < 1.0 else logp_all
-            g = noise[t] if noise is not None else _gumbel(self._noise((N, V), generator))
-            tok = torch.argmax(scores + g, dim=-1)  # (N,)  Gumbel-max
-            lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)
-            tok = tok.masked_fill(finished, self.pad_id)
-            actions[:, t] = tok
-            logps[:, t] = lp.masked_fill(finished, 0.0)
-            mask[:, t] = ~finished
-            finished = finished | torch.isin(tok, self._eos_t)
-            steps = t + 1
-            if t == T - 1 or bool(finished.all()):
+            if noise is not None:
+                g = noise[t]
+            else:  # all N rows draw, so that every row keeps its own noise
+                g = _gumbel(self._noise((N, V), generator))
+                g = g if len(rows) == N else g.index_select(0, rows)
+            tok = torch.argmax(scores + g, dim=-1)  # (B,)  Gumbel-max
+            toks.append(tok)
+            lps.append(logp_all.gather(-1, tok[:, None]))
+            done = done | self._is_eos(tok)
+            n_done = int(done.sum())
+            last = t == T - 1 or n_done == len(rows)
+            # Rows past their EOS leave the batch once they are an eighth of it (each
+            # drop copies the cache); until then they are fed their own ignored samples:
+            # every row is computed on its own, so this changes nothing in the others.
+            drop = compact and not last and n_done >= max(1, len(rows) // 8)
+            if last or drop:  # write this stretch of steps into the (N, T) tables
+                raw_tok[rows, start:t + 1] = torch.stack(toks, 1)
+                raw_lp[rows, start:t + 1] = torch.cat(lps, 1)
+                toks, lps, start = [], [], t + 1
+            if last:
                 break
-            logits = step.send(tok)
+            keep = None
+            if drop:
+                keep = (~done).nonzero().squeeze(1)
+                rows, tok, done = rows[keep], tok[keep], done[keep]
+                if noise is not None:
+                    noise = noise.index_select(1, keep)
+            logits = step.send((tok, keep))
         step.close()
-        actions, logps, mask = actions[:, :steps], logps[:, :steps], mask[:, :steps]
+        steps = start
+        raw_tok, raw_lp = raw_tok[:, :steps], raw_lp[:, :steps]
+        # A token counts up to and including the row's first EOS.
+        is_eos = self._is_eos(raw_tok)  # (N, T')
+        done_before = (is_eos.cumsum(1) - is_eos.long()) > 0
+        mask = ~done_before
+        actions = raw_tok.masked_fill_(done_before, self.pad_id)
+        logps = raw_lp.masked_fill_(done_before, 0.0)
+        finished = is_eos.any(1)
         rep_ids = prompt_ids.repeat_interleave(n, 0)
         rep_mask = prompt_mask.repeat_interleave(n, 0)
         return {
@@ -825,43 +1061,21 @@ class LMPolicy(Policy):
             "truncated": (~finished).cpu(),
         }
 
+    def _is_eos(self, tok: torch.Tensor) -> torch.Tensor:
+        if len(self.eos_ids) == 1:
+            return tok == self.eos_ids[0]
+        return torch.isin(tok, self._eos_t)
+
     def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int):
-        """A generator: yields the next-token logits ``(N, V)`` and receives the sampled
-        tokens ``(N,)``. One implementation per engine; all must yield the same logits."""
+        """A generator: yields the next-token logits ``(B, V)`` of the rows it computes
+        and receives ``(tokens (B,), keep)``. One implementation per engine; all must yield
+        the same logits. ``keep`` (indices into the ``B`` rows, or None) drops finished rows
+        from the batch; only the fast engine is sent one (:meth:`_Fast.decoder`)."""
         if self.engine == "fast":
-            return self._step_fast(prompt_ids, prompt_mask, n, T)
+            return _Fast(self.model, self._rope_cache).decoder(prompt_ids, prompt_mask, n, T)
         if self.engine == "hf":
             return self._step_hf(prompt_ids, prompt_mask, n)
         return self._step_hf_nocache(prompt_ids, prompt_mask, n)
-
-    def _step_fast(self, prompt_ids, prompt_mask, n, T):
-        fast = _Fast(self.model, self._rope_cache)
-        P, Lp = prompt_ids.shape
-        N = P * n
-        # The prompt once per group, then its keys/values copied to the group's n rows.
-        h, kvs = fast.forward(prompt_ids, positions(prompt_mask), prompt_mask.bool(),
-                              return_kv=True)
-        cache = []
-        for k, v in kvs:  # (P, KV, Lp, hd)
-            c = k.new_empty((2, N, k.shape[1], Lp + T, k.shape[3]))
-            c[0, :, :, :Lp] = k.repeat_interleave(n, 0)
-            c[1, :, :, :Lp] = v.repeat_interleave(n, 0)
-            cache.append(c)
-        key_valid = torch.ones((N, Lp + T), dtype=torch.bool, device=prompt_ids.device)
-        key_valid[:, :Lp] = prompt_mask.bool().repeat_interleave(n, 0)
-        bias_all = torch.zeros((N, 1, 1, Lp + T), dtype=h.dtype, device=h.device)
-        bias_all.masked_fill_(~key_valid[:, None, None], float("-inf"))
-        # Completion token t sits at position (real prompt length + t).
-        pos_all = prompt_mask.sum(1).repeat_interleave(n)[:, None] + torch.arange(
-            T, device=prompt_ids.device)  # (N, T)
-        rope_all = fast.rope(pos_all)
-        tok = yield fast.final(h[:, -1]).repeat_interleave(n, 0)
-        for t in range(T - 1):
-            rope = None if rope_all is None else (
-                rope_all[0][:, t:t + 1], rope_all[1][:, t:t + 1], rope_all[2])
-            at = Lp + t
-            tok = yield fast.decode_step(tok[:, None], pos_all[:, t:t + 1], rope, cache, at,
-                                         bias_all[..., : at + 1])
 
     def _step_hf(self, prompt_ids, prompt_mask, n):
         from transformers import DynamicCache
@@ -874,7 +1088,7 @@ class LMPolicy(Policy):
                          past_key_values=cache, use_cache=True)
         t = 0
         while True:
-            tok = yield out.logits[:, -1]
+            tok, _ = yield out.logits[:, -1]
             am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
             out = self.model(input_ids=tok[:, None], attention_mask=am,
                              position_ids=(lengths + t)[:, None], past_key_values=out.past_key_values,
@@ -887,7 +1101,7 @@ class LMPolicy(Policy):
         while True:
             logits = self.model(input_ids=ids, attention_mask=am, position_ids=positions(am),
                                 use_cache=False).logits
-            tok = yield logits[:, -1]
+            tok, _ = yield logits[:, -1]
             ids = torch.cat([ids, tok[:, None]], 1)
             am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
 
@@ -907,10 +1121,12 @@ class LMPolicy(Policy):
         key_valid = torch.cat([prompt_mask.bool(),
                                torch.ones((ids.shape[0], T), dtype=torch.bool, device=self.device)], 1)
         if self.engine != "fast":
-            # The last completion token predicts nothing we score: drop it.
+            # The last completion token predicts nothing we score: drop it. The LM head runs
+            # on the last T positions only where the model can be told so.
+            keep = {"logits_to_keep": T} if self._takes_logits_to_keep else {}
             out = self.model(input_ids=ids[:, :-1], attention_mask=key_valid[:, :-1].long(),
-                             position_ids=pos[:, :-1], use_cache=False)
-            return out.logits[:, Lp - 1:]
+                             position_ids=pos[:, :-1], use_cache=False, **keep)
+            return out.logits[:, -T:]
         fast = _Fast(self.model, self._rope_cache)
         n = rollout.group_size
         N = ids.shape[0]
@@ -936,20 +1152,95 @@ class LMPolicy(Policy):
         """Per-token ``(logp, entropy)``, each ``(N, T)`` float32, of ``rollout.actions``
         under the current parameters at ``temperature``, with gradients; 0 outside
         ``rollout.mask``, on the rollout's device. Equals ``rollout.logp`` (same weights and
-        temperature; with ``top_p < 1`` too, since neither applies the cut)."""
+        temperature; with ``top_p < 1`` too, since neither applies the cut).
+
+        Only what the masked tokens depend on is computed: the completion columns after
+        the last masked token of every row are dropped and the LM head runs on the scored
+        positions alone; the fast engine also runs each group's shared prompt once and
+        packs the completion tokens (:meth:`_Fast.score`)."""
         validate_sampling_args(1, temperature)
-        logits = self.completion_logits(rollout).float() / temperature  # (N, T, V)
-        logp_all = torch.log_softmax(logits, dim=-1)
-        actions = rollout.actions.to(self.device)
-        logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)  # (N, T)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T)
-        # Returned on the rollout's device (the CPU: rollouts live there, next to rewards
-        # and advantages); the copy is differentiable, so gradients reach a GPU model.
         out = rollout.actions.device
-        mask = rollout.mask.to(out)
-        logp, entropy = logp.to(out), entropy.to(out)
-        zero = torch.zeros((), dtype=logp.dtype, device=out)
-        return torch.where(mask, logp, zero), torch.where(mask, entropy, zero)
+        mask = rollout.mask.to(out)  # (N, T)
+        N, T = mask.shape
+        if self.engine == "fast":
+            logp_s, ent_s = self._score_fast(rollout, mask, temperature)  # (S,) each
+        else:
+            logp_s, ent_s = self._score_hf(rollout, mask, temperature)
+        # Scatter the scored tokens back; the copies are differentiable, so gradients reach
+        # a GPU model from the rollout's device (the CPU, next to rewards and advantages).
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        zeros = torch.zeros(N * T, dtype=torch.float32, device=out)
+        logp = zeros.index_copy(0, flat, logp_s.to(out)).view(N, T)
+        entropy = zeros.index_copy(0, flat, ent_s.to(out)).view(N, T)
+        return logp, entropy
+
+    def _token_stats(self, logits: torch.Tensor, actions: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logits (S, V)`` -> log-prob of ``actions (S,)`` and entropy, float32 ``(S,)``."""
+        logits = logits.float()
+        if temperature != 1.0:  # x / 1.0 == x: skipping it changes no bit
+            logits = logits / temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, actions[:, None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy
+
+    def _score_fast(self, rollout: Rollout, mask: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob and entropy ``(S,)`` of the masked tokens (row-major), fast engine."""
+        # Index bookkeeping on the CPU (where rollouts live), one copy each to the device.
+        ids = rollout.extra["input_ids"].cpu()  # (N, Lp + T)
+        Lp = int(rollout.extra["prompt_length"])
+        actions = rollout.actions.cpu()
+        N, T = actions.shape
+        mask = mask.cpu()
+        prompt_ids = ids[:, :Lp]
+        prompt_mask = rollout.extra["attention_mask"][:, :Lp].cpu()
+        n = rollout.group_size
+        shared = n > 1 and N % n == 0 and torch.equal(
+            prompt_ids.reshape(N // n, n, Lp), prompt_ids[::n, None].expand(N // n, n, Lp))
+        if shared:
+            prompt_ids, prompt_mask = prompt_ids[::n], prompt_mask[::n]
+        else:
+            n = 1
+        G = N // n
+        # Completion token t (t >= 1) is predicted from completion input t - 1: row r needs
+        # its inputs 0 .. last_r - 1, last_r its last masked column; token 0 is predicted
+        # from the prompt's last position.
+        cols = torch.arange(T)
+        need = torch.where(mask, cols, -1).amax(1).clamp_(min=0) if T else cols[:0]  # (N,)
+        Tc = int(need.max()) if need.numel() else 0
+        grid = cols[:Tc][None, :] < need[:, None]  # (N, Tc): packed cells
+        slots = grid.reshape(-1).nonzero().squeeze(1)  # (M,)
+        comp_ids = ids[:, Lp:Lp + Tc].reshape(-1)[slots]
+        comp_pos = (prompt_mask.sum(1).repeat_interleave(n)[:, None] + cols[:Tc]).reshape(-1)[slots]
+        # Source of each scored (row, t): the prompt (t == 0) or packed input t - 1.
+        start = need.cumsum(0) - need  # (N,) first packed index of each row
+        r, t = mask.nonzero(as_tuple=True)
+        src = torch.where(t == 0, r // n, G + start[r] + t - 1)
+        dev = self.device
+        fast = _Fast(self.model, self._rope_cache)
+        h = fast.score(prompt_ids.to(dev), prompt_mask.to(dev), n, comp_ids.to(dev),
+                       comp_pos.to(dev), slots.to(dev), Tc, src.to(dev))  # (S, d)
+        return self._token_stats(fast.final(h), actions[r, t].to(dev), temperature)
+
+    def _score_hf(self, rollout: Rollout, mask: torch.Tensor,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob and entropy ``(S,)`` of the masked tokens (row-major), the model's own
+        forward over the columns up to the last masked one."""
+        T = rollout.actions.shape[1]
+        cols = torch.arange(T, device=mask.device)
+        # At least one column, so that even an empty result is attached to the parameters.
+        Te = max(1, int(torch.where(mask, cols, -1).max()) + 1) if mask.numel() else 1
+        Lp = int(rollout.extra["prompt_length"])
+        trimmed = Rollout(prompts=rollout.prompts, actions=rollout.actions[:, :Te],
+                          mask=mask[:, :Te], logp=rollout.logp[:, :Te],
+                          group_size=rollout.group_size,
+                          extra={**rollout.extra,
+                                 "input_ids": rollout.extra["input_ids"][:, :Lp + Te]})
+        logits = self.completion_logits(trimmed)  # (N, Te, V)
+        m = trimmed.mask.to(logits.device)
+        return self._token_stats(logits[m], trimmed.actions.to(logits.device)[m], temperature)
 
     # --- internals ------------------------------------------------------------------------
     @torch.no_grad()
