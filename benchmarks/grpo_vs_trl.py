@@ -34,6 +34,7 @@ import contextlib
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -169,14 +170,18 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         n_params = build_model(model_dir, task, layers=args.layers, hidden=args.hidden,
                                heads=args.heads, kv_heads=args.kv_heads, seed=args.seed)
-        for _ in range(args.repeats):
-            runs.setdefault("rlnb", []).append(time_rlnb(model_dir, task, args))
-            for threads in args.rlnb_threads:
-                runs.setdefault(f"rlnb{threads}", []).append(
-                    time_rlnb(model_dir, task, args, threads))
-            for threads in args.trl_threads:
-                runs.setdefault(f"trl{threads}", []).append(time_trl(model_dir, task, args, threads))
+        for rep in range(args.repeats):
+            todo = [("rlnb", lambda: time_rlnb(model_dir, task, args))]
+            todo += [(f"rlnb{t}", lambda t=t: time_rlnb(model_dir, task, args, t))
+                     for t in args.rlnb_threads]
+            todo += [(f"trl{t}", lambda t=t: time_trl(model_dir, task, args, t))
+                     for t in args.trl_threads]
+            for key, run in todo:
+                result = run()
                 torch.set_num_threads(threads_before)
+                runs.setdefault(key, []).append(result)
+                print(f"repeat {rep + 1}/{args.repeats}: {key} {result['steps_per_s']:.2f} steps/s "
+                      f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
     def median(key: str) -> float:
