@@ -470,7 +470,13 @@ class Gridworld(Sandbox):
         R = factor[:, None, None] * R0.reshape(C, A)[None]
         init = torch.zeros(C, dtype=torch.float64)
         init[int(self.decode(self.initial_states(torch.tensor([prompt])))["core"])] = 1.0
-        return FiniteMDP(P.reshape(C, A, C), R, init)
+        # An episode earns at most one goal's value: with no time penalty the possible
+        # returns are 0 and the values of this map's goals (exact GORP analysis for 0/1).
+        HW = self.height * self.width
+        values = self._value[prompt * HW:(prompt + 1) * HW]
+        returns = ((0.0, 1.0) if reward == "success" else
+                   (0.0, *values[values > 0].tolist()) if self.time_penalty == 0 else None)
+        return FiniteMDP(P.reshape(C, A, C), R, init, returns=returns)
 
     def policy_table(self, policy_probs: torch.Tensor) -> torch.Tensor:
         """A tabular policy's probabilities ``(num_states, 4)`` (``TabularPolicy.probs()``,
@@ -505,9 +511,17 @@ class Gridworld(Sandbox):
         from rlnb.probes.horizon import expected_return
         return self._per_prompt(lambda m, _: expected_return(m, torch.full((m.num_states, 4), 0.25)))
 
-    def effective_horizon(self, prompt: int = 0, **kwargs: Any) -> EffectiveHorizon:
-        """:func:`rlnb.probes.horizon.effective_horizon` of one map."""
-        return effective_horizon(self.mdp(prompt), **kwargs)
+    def effective_horizon(self, prompt: int = 0, method: str = "bound", **kwargs: Any) -> EffectiveHorizon:
+        """The effective horizon of one map. ``method="bound"``: card 9's closed form
+        (:func:`rlnb.probes.horizon.effective_horizon`); ``"gorp"``: the paper's definition,
+        how many rollouts GORP needs (:func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`,
+        exact here when the map has no time penalty and no decoy)."""
+        if method == "bound":
+            return effective_horizon(self.mdp(prompt), **kwargs)
+        if method == "gorp":
+            from rlnb.probes.gorp_horizon import gorp_effective_horizon
+            return gorp_effective_horizon(self.mdp(prompt), **kwargs)
+        raise ValueError(f"method must be 'bound' (card 9's formula) or 'gorp' (the definition), got {method!r}")
 
     def table_to_states(self, x: torch.Tensor, prompt: int = 0) -> torch.Tensor:
         """Scatter a time-indexed ``(T, C, ...)`` tensor of one map into global state order
@@ -532,10 +546,12 @@ class Gridworld(Sandbox):
         return x[t][self.cell_cores(key, prev)]
 
 
-def effective_horizon_table(names: Sequence[str] | None = None, **env_kwargs: Any) -> pd.DataFrame:
-    """Exact analysis of named maps, one row each: ``map, T, H, k`` (attaining ``H``),
-    ``min_k`` (smallest k-QVI-solvable k), ``v_star``, ``v_rand``, ``states``.
-    ``env_kwargs`` go to :meth:`Gridworld.from_name` (slip, sticky, ...).
+def effective_horizon_table(names: Sequence[str] | None = None, gorp: bool = False,
+                            **env_kwargs: Any) -> pd.DataFrame:
+    """Exact analysis of named maps, one row each: ``map, T, H, k`` (attaining ``H``, card
+    9's formula), ``min_k`` (smallest k-QVI-solvable k), ``v_star``, ``v_rand``, ``states``;
+    with ``gorp=True`` also ``H_gorp, k_gorp`` (the definition: rollouts GORP needs, ties
+    broken at random). ``env_kwargs`` go to :meth:`Gridworld.from_name` (slip, sticky, ...).
 
     >>> effective_horizon_table(["lock4", "open3"])[["map", "T", "H", "min_k"]]
          map  T    H  min_k
@@ -548,9 +564,13 @@ def effective_horizon_table(names: Sequence[str] | None = None, **env_kwargs: An
     for name in names if names is not None else LAYOUTS:
         env = Gridworld.from_name(name, **env_kwargs)
         eh = env.effective_horizon()
-        rows.append({"map": name, "T": env.horizon, "H": eh.value, "k": eh.k, "min_k": eh.min_k,
-                     "v_star": float(env.optimal_value()[0]),
-                     "v_rand": float(env.random_value()[0]), "states": env.num_states})
+        row = {"map": name, "T": env.horizon, "H": eh.value, "k": eh.k, "min_k": eh.min_k,
+               "v_star": float(env.optimal_value()[0]),
+               "v_rand": float(env.random_value()[0]), "states": env.num_states}
+        if gorp:
+            eg = env.effective_horizon(method="gorp")
+            row.update(H_gorp=eg.value, k_gorp=eg.k)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

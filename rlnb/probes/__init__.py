@@ -57,6 +57,7 @@ from rlnb.probes.entropy import (
     token_entropy,
 )
 from rlnb.probes.evaluate import compare_completions, sample_counts
+from rlnb.probes.gorp_horizon import gorp_effective_horizon, gorp_failure_probability
 from rlnb.probes.horizon import (
     EffectiveHorizon,
     FiniteMDP,
@@ -89,6 +90,8 @@ __all__ = [
     "EffectiveHorizon",
     "FiniteMDP",
     "effective_horizon",
+    "gorp_effective_horizon",
+    "gorp_failure_probability",
     "is_k_qvi_solvable",
     "min_qvi_k",
     "policy_evaluation",

@@ -108,12 +108,16 @@ class FiniteMDP:
             reward at every step and needs ``horizon``.
         initial: initial-state distribution ``(S,)``.
         horizon: ``T``, only when ``rewards`` is ``(S, A)``.
+        returns: the values an episode's return can take, when known (e.g. ``(0.0, 1.0)``
+            for "reach the goal"). Only :func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`
+            reads it: with 0/1 returns it computes GORP's failure probability exactly.
     """
 
     transitions: torch.Tensor
     rewards: torch.Tensor
     initial: torch.Tensor
     horizon: int = field(default=0)
+    returns: tuple[float, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         P = torch.as_tensor(self.transitions, dtype=torch.float64)
@@ -143,6 +147,8 @@ class FiniteMDP:
         object.__setattr__(self, "rewards", R.contiguous())
         object.__setattr__(self, "initial", mu)
         object.__setattr__(self, "horizon", R.shape[0])
+        if self.returns is not None:
+            object.__setattr__(self, "returns", tuple(sorted({float(r) for r in self.returns})))
 
     @property
     def num_states(self) -> int:
