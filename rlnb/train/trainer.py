@@ -97,7 +97,12 @@ class Trainer:
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=c.learning_rate, betas=c.adam_betas, weight_decay=c.weight_decay)
+        # The fused kernel: one op for all parameters instead of ~10 per tensor (several
+        # times faster for small models), where every parameter allows it.
+        fused = all(p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+                    and p.device.type in ("cpu", "cuda") for p in params)
+        return cls(params, lr=c.learning_rate, betas=c.adam_betas, weight_decay=c.weight_decay,
+                   fused=fused or None)
 
     def _build_reference(self) -> Policy:
         ref = copy.deepcopy(self.policy)
