@@ -52,6 +52,33 @@ def test_one_step_failure_by_hand():
     assert eh.per_k[0]["m"] == 1 and eh.value == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("ties", ["uniform", "worst"])
+def test_failure_against_brute_force_enumeration(ties):
+    """Three arms, m = 40: enumerate every triple of success counts."""
+    import itertools
+
+    from scipy.stats import binom
+    ps, m = (0.30, 0.22, 0.27), 40
+    pmf = [binom.pmf(range(m + 1), m, p) for p in ps]
+    fail = 0.0
+    for counts in itertools.product(range(m + 1), repeat=3):
+        prob = pmf[0][counts[0]] * pmf[1][counts[1]] * pmf[2][counts[2]]
+        best = [a for a in range(3) if counts[a] == max(counts)]
+        wrong = sum(a != 0 for a in best)
+        fail += prob * (min(wrong, 1) if ties == "worst" else wrong / len(best))
+    assert gorp_failure_probability(bandit(*ps), 1, m, ties) == pytest.approx(fail, abs=1e-10)
+
+
+def test_unlimited_rollouts_that_still_fail_give_an_infinite_horizon():
+    """With slip 0.3 and sticky 0.25 on the open 5x5 map, GORP's open-loop sequences of
+    k <= 4 actions point the wrong way too often even when their values are known exactly:
+    H is infinite (decided without searching m)."""
+    mdp = Gridworld.from_name("open5", slip=0.3, sticky=0.25).mdp()
+    assert gorp_failure_probability(mdp, 1, math.inf) > 0.5
+    eh = gorp_effective_horizon(mdp)
+    assert math.isinf(eh.value) and all(r["m"] == math.inf for r in eh.per_k)
+
+
 def test_worst_ties_need_more_rollouts():
     mdp = bandit(0.05, 0.04, 0.04, 0.04)
     uni = gorp_effective_horizon(mdp)

@@ -48,6 +48,11 @@ def test_gridworld_explorer_recomputes_on_every_change():
     assert explorer.horizon.value == pytest.approx(expected)
     assert f"H = {expected:.3f}" in explorer.status.value
     assert len(explorer._figures.children) == 2 and h_lock > 0
+    assert explorer.horizon_gorp is None and "definition" not in explorer.status.value
+    explorer.definition.value = True  # adds H by its definition
+    gorp = Gridworld.from_name("open5", sticky=0.25).effective_horizon(method="gorp").value
+    assert explorer.horizon_gorp.value == pytest.approx(gorp) and gorp <= 4
+    assert f"H = {gorp:.3f}" in explorer.status.value
     with pytest.raises(ValueError, match="name must be one of"):
         GridworldExplorer(name="nowhere")
 

@@ -31,6 +31,12 @@ This module does the same:
   gives an upper bound on the failure probability (the reference code's ``:bernstein``
   method; its ``m`` is an upper bound on ``m_k``).
 
+As in the reference code, which first tries ``m = 10^100``: a ``k`` for which GORP fails
+more than half the time even with unlimited rollouts (it knows every sequence's value and
+the best one starts with a suboptimal action too often) has ``H_k = inf``. Otherwise the
+smallest ``m`` is found by doubling and bisection, which assumes the failure probability
+falls as ``m`` grows.
+
 Stochastic transitions (slip, sticky actions): GORP acts on the state it actually reaches,
 and fails if it ever takes a suboptimal action; the failure probability averages over the
 next states. With sticky actions the random continuation is the MDP's own (the previous
@@ -48,7 +54,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import special
+from tqdm.auto import tqdm
 
 from rlnb.probes.horizon import (
     TOL,
@@ -125,16 +132,31 @@ def _step_failure_binary(p: torch.Tensor, fail: torch.Tensor, m: int, ties: str)
     hi = np.clip(np.ceil(top + _SIGMAS * spread + 1), 0, m).astype(np.int64)
     out = np.empty(B)
     chunk = max(1, 2_000_000 // max(1, n * int((hi - lo).max() + 1)))
+    with np.errstate(divide="ignore"):
+        log_p, log_q = np.log(p), np.log1p(-p)
     for b0 in range(0, B, chunk):
         sl = slice(b0, b0 + chunk)
         W = int((hi[sl] - lo[sl]).max()) + 1
         x = lo[sl, None] + np.arange(W)[None, :]  # (b, W) counts
         valid = x <= hi[sl, None]
-        xs = np.minimum(x, m)[:, :, None]  # (b, W, 1)
-        pp = p[sl, None, :]  # (b, 1, n)
-        with np.errstate(divide="ignore"):
-            log_le = stats.binom.logcdf(xs, m, pp).reshape(*xs.shape[:2], A, -1).sum(-1)
-            log_lt = stats.binom.logcdf(xs - 1, m, pp).reshape(*xs.shape[:2], A, -1).sum(-1)
+        xv = np.where(valid, x, lo[sl, None])
+        # log P(X = x) for every sequence: the binomial coefficient is shared by all of
+        # them; 0 * log 0 = 0 keeps p = 0 and p = 1 exact
+        log_coef = special.gammaln(m + 1) - special.gammaln(xv + 1) - special.gammaln(m - xv + 1)
+        xx, rest = xv[:, :, None].astype(float), (m - xv)[:, :, None].astype(float)
+        with np.errstate(invalid="ignore"):
+            log_eq = (log_coef[:, :, None] + np.where(xx > 0, xx * log_p[sl, None, :], 0.0)
+                      + np.where(rest > 0, rest * log_q[sl, None, :], 0.0))
+        log_eq = np.where(valid[:, :, None], log_eq, -np.inf)  # (b, W, n)
+        # P(X < lo) once per sequence, then the CDF by a running sum over the window
+        below = np.where(lo[sl, None] > 0,
+                         special.bdtr(np.maximum(lo[sl, None] - 1, 0), m, p[sl]), 0.0)  # (b, n)
+        cdf = below[:, None, :] + np.cumsum(np.exp(log_eq), axis=1)  # P(X <= x)
+        cdf_lt = np.concatenate([below[:, None, :], cdf[:, :-1]], axis=1)  # P(X < x)
+        rows = cdf.shape[0]
+        with np.errstate(divide="ignore"):  # group by first action: log G_a = sum log F_j
+            log_le = np.log(np.minimum(cdf, 1.0)).reshape(rows, W, A, -1).sum(-1)
+            log_lt = np.log(np.minimum(cdf_lt, 1.0)).reshape(rows, W, A, -1).sum(-1)
         G_le, G_lt = np.exp(log_le), np.exp(log_lt)  # (b, W, A): P(Y_a <= x), P(Y_a < x)
         g = np.clip(G_le - G_lt, 0.0, None) * valid[:, :, None]  # P(Y_a = x)
         f = fail[sl]
@@ -159,6 +181,18 @@ def _step_failure_binary(p: torch.Tensor, fail: torch.Tensor, m: int, ties: str)
                 picked[:, :, a] = g[:, :, a] * (others * w).sum(-1)
             out[sl] = (picked.sum(1) * f).sum(1)
     return torch.from_numpy(np.clip(out, 0.0, 1.0))
+
+
+def _step_failure_limit(p: torch.Tensor, fail: torch.Tensor, ties: str) -> torch.Tensor:
+    """One GORP step with infinitely many rollouts: the first actions whose best sequence
+    has the largest exact value are tied; ``"uniform"`` averages their ``fail``,
+    ``"worst"`` takes the largest."""
+    A = fail.shape[1]
+    best = p.view(p.shape[0], A, -1).amax(-1)  # (B, A)
+    tied = best >= best.amax(-1, keepdim=True) - 1e-12
+    if ties == "worst":
+        return torch.where(tied, fail, torch.zeros_like(fail)).amax(-1)
+    return (tied * fail).sum(-1) / tied.sum(-1)
 
 
 def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
@@ -225,7 +259,8 @@ def gorp_failure_probability(mdp: FiniteMDP, k: int, m: int, ties: str = "unifor
                              tol: float = TOL, _cache: dict | None = None) -> float:
     """Probability that GORP with sequences of ``k`` actions and ``m`` rollouts each takes
     a suboptimal action at some step, from the initial distribution (exact for 0/1
-    returns, a Bernstein upper bound otherwise). ``ties``: ``"uniform"`` (GORP picks
+    returns, a Bernstein upper bound otherwise; ``m = math.inf``: the limit, where GORP
+    knows every sequence's value exactly). ``ties``: ``"uniform"`` (GORP picks
     among the tied best first actions at random, as :func:`rlnb.algos.gorp` does) or
     ``"worst"`` (against GORP: the reference code's bound, valid for any tie rule).
 
@@ -234,7 +269,7 @@ def gorp_failure_probability(mdp: FiniteMDP, k: int, m: int, ties: str = "unifor
     >>> gorp_failure_probability(mdp, k=3, m=1)   # one rollout per sequence suffices
     0.0
     """
-    if int(k) < 1 or int(m) < 1:
+    if int(k) < 1 or not m >= 1:
         raise ValueError(f"k and m must be >= 1 (actions per sequence, rollouts per sequence), got k={k}, m={m}")
     if ties not in ("uniform", "worst"):
         raise ValueError(f"ties must be 'uniform' or 'worst', got {ties!r}")
@@ -247,7 +282,9 @@ def gorp_failure_probability(mdp: FiniteMDP, k: int, m: int, ties: str = "unifor
         if states.numel():
             af = torch.where(ctx["opt"][t, states], (mdp.transitions[states] @ f_next), 1.0)  # (B, A)
             kk = min(int(k), T - t)  # GORP's sequences stop at the horizon
-            if ctx["scale"] is not None:
+            if math.isinf(m):
+                f[states] = _step_failure_limit(ctx["q"][kk][t, states], af, ties)
+            elif ctx["scale"] is not None:
                 f[states] = _step_failure_binary(ctx["q"][kk][t, states] / ctx["scale"], af,
                                                  int(m), ties)
             else:
@@ -277,9 +314,10 @@ def _context(mdp: FiniteMDP, k: int, tol: float) -> dict[str, Any]:
 
 
 def _smallest_m(mdp: FiniteMDP, k: int, failure: float, ties: str, tol: float,
-                m_max: int) -> tuple[int | None, float]:
-    """Smallest ``m <= m_max`` with failure ``<= failure`` (doubling, then bisection), and
-    the failure probability there; ``(None, failure at m_max)`` when none."""
+                m_max: int, m_stop: float = math.inf) -> tuple[int | None, float, int]:
+    """Smallest ``m <= m_max`` with failure ``<= failure`` (doubling, then bisection).
+    Returns ``(m, failure there, largest m known to fail)``; ``m`` is None when even
+    ``m_max`` fails, or when some ``m >= m_stop`` fails (the caller no longer cares)."""
     ctx = _context(mdp, k, tol)
     fail = {}
 
@@ -288,13 +326,17 @@ def _smallest_m(mdp: FiniteMDP, k: int, failure: float, ties: str, tol: float,
             fail[m] = gorp_failure_probability(mdp, k, m, ties, tol, _cache=ctx)
         return fail[m]
 
+    # With infinitely many rollouts GORP still fails this often: when that is already too
+    # much (greedy on the sequences' values is not optimal often enough), no m helps.
+    limit = gorp_failure_probability(mdp, k, math.inf, ties, tol, _cache=ctx)
+    if limit > failure:
+        return None, limit, m_max
     if ctx["scale"] is None and f(m_max) > failure:  # the bound is slow: rule out first
-        return None, fail[m_max]
-
+        return None, fail[m_max], m_max
     lo, hi = 0, 1
     while f(hi) > failure:
-        if hi >= m_max:
-            return None, fail[hi]
+        if hi >= m_max or hi >= m_stop:
+            return None, fail[hi], hi
         lo, hi = hi, min(2 * hi, m_max)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -302,13 +344,13 @@ def _smallest_m(mdp: FiniteMDP, k: int, failure: float, ties: str, tol: float,
             hi = mid
         else:
             lo = mid
-    return hi, fail[hi]
+    return hi, fail[hi], lo
 
 
 @one_thread()
 def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: float = 0.5,
                            ties: str = "uniform", tol: float = TOL,
-                           m_max: int = M_MAX) -> EffectiveHorizon:
+                           m_max: int = M_MAX, progress: bool = True) -> EffectiveHorizon:
     """The effective horizon by the paper's definition: ``H = min_k k + log_A m_k`` with
     ``m_k`` the smallest number of rollouts per action sequence for which GORP acts
     optimally with probability ``>= 1 - failure`` (1/2 in the paper).
@@ -323,11 +365,15 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
             random (:func:`rlnb.algos.gorp`), ``"worst"`` against itself (the reference
             code's linear program; its ``m`` holds for any tie rule, and is larger).
         m_max: the largest ``m`` searched; ``H_k`` needing more is infinite.
+        progress: a progress bar over ``k`` when the search takes more than 2 seconds
+            (slippery maps need up to millions of rollouts per sequence).
 
     Returns:
         :class:`rlnb.probes.horizon.EffectiveHorizon` with one ``per_k`` row per ``k``:
-        ``k, works, m, log_m, H_k, failure`` (the failure probability at that ``m``) and
-        ``exact`` (True for 0/1 returns). On a deterministic MDP ``H <= T`` (``k = T``,
+        ``k, works, m, log_m, H_k, failure`` (the failure probability at that ``m``),
+        ``exact`` (True for 0/1 returns) and ``pruned``: a ``k`` whose ``H_k`` already
+        exceeds the best ``H`` found is not searched to the end (``H_k`` is NaN and
+        ``H_k_above`` a lower bound on it). On a deterministic MDP ``H <= T`` (``k = T``,
         ``m = 1`` is exhaustive search), so ``H`` is capped at ``T`` there, as
         :func:`rlnb.probes.horizon.effective_horizon` does.
     """
@@ -344,15 +390,23 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
     deterministic = bool(((mdp.transitions == 0) | (mdp.transitions == 1)).all())
     H, best_k = (float(T), None) if deterministic else (math.inf, None)
     rows: list[dict[str, Any]] = []
-    for k in range(1, max_k + 1):
-        m, fail = _smallest_m(mdp, k, failure, ties, tol, m_max)
+    ks = tqdm(range(1, max_k + 1), desc="effective horizon (GORP)", unit="k", delay=2,
+              disable=not progress, leave=False)
+    for k in ks:
+        # a k that cannot beat the best H so far is searched no further than that
+        m_stop = A ** (H - k) if math.isfinite(H) else math.inf
+        m, fail, m_fails = _smallest_m(mdp, k, failure, ties, tol, m_max, m_stop)
         row: dict[str, Any] = {"k": k, "works": m is not None, "failure": fail, "exact": exact,
-                               "ties": ties}
+                               "ties": ties, "pruned": False}
         if m is None:
-            row.update(m=math.inf, log_m=math.inf, H_k=math.inf)
+            pruned = m_fails < m_max
+            row.update(works=pruned, pruned=pruned, m=math.inf if not pruned else math.nan,
+                       log_m=math.inf if not pruned else math.nan,
+                       H_k=math.inf if not pruned else math.nan,
+                       H_k_above=k + math.log(m_fails) / math.log(A))
         else:
             log_m = math.log(m) / math.log(A)
-            row.update(m=float(m), log_m=log_m, H_k=k + log_m)
+            row.update(m=float(m), log_m=log_m, H_k=k + log_m, H_k_above=math.nan)
             if k + log_m < H:
                 H, best_k = k + log_m, k
         rows.append(row)

@@ -20,13 +20,17 @@ class GridworldExplorer:
     the bars of ``H_k = k + log_A m_k`` per k, and a status line (H, the k that attains it,
     the smallest k-QVI-solvable k, V*). Everything is exact: each change rebuilds the
     transition tensors and recomputes value iteration and the effective horizon (well
-    under a second on the named maps).
+    under a second on the named maps). The bars are card 9's closed form; tick
+    "definition" to add ``H`` by its definition, the rollouts GORP needs
+    (:func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`: a fraction of a second on
+    most maps, up to a minute and a half on the maze with slip).
 
     Args:
         names: the maps offered (default: every named layout).
         name: the map shown first.
         slip: initial slip probability (the agent moves to a random neighbour).
         sticky: initial sticky-action probability (the paper uses 0.25).
+        definition: also compute ``H`` by its definition at every change.
 
     >>> explorer = GridworldExplorer(name="lock3", sticky=0.0)
     >>> explorer.slip.value = 0.1   # recomputes H and both figures
@@ -38,7 +42,7 @@ class GridworldExplorer:
     """
 
     def __init__(self, names: Sequence[str] | None = None, *, name: str = "open5",
-                 slip: float = 0.0, sticky: float = 0.25) -> None:
+                 slip: float = 0.0, sticky: float = 0.25, definition: bool = False) -> None:
         options = sorted(names if names is not None else LAYOUTS)
         if name not in options:
             raise ValueError(f"name must be one of {options}, got {name!r}")
@@ -47,13 +51,16 @@ class GridworldExplorer:
                                   continuous_update=False)
         self.sticky = W.FloatSlider(value=sticky, min=0.0, max=0.5, step=0.05,
                                     description="sticky", continuous_update=False)
+        self.definition = W.Checkbox(value=definition, description="definition (GORP)",
+                                     indent=False)
         self.status = W.HTML()
         self._figures = W.HBox()
-        self.widget = W.VBox([W.HBox([self.map, self.slip, self.sticky]), self.status,
-                              self._figures])
+        self.widget = W.VBox([W.HBox([self.map, self.slip, self.sticky, self.definition]),
+                              self.status, self._figures])
         self.env: Gridworld
         self.horizon: object = None
-        for control in (self.map, self.slip, self.sticky):
+        self.horizon_gorp: object = None
+        for control in (self.map, self.slip, self.sticky, self.definition):
             control.observe(lambda _change: self.update(), names="value")
         self.update()
 
@@ -78,6 +85,15 @@ class GridworldExplorer:
             f"T = {eh.horizon} (attained at k = {eh.k}; smallest solvable k = {eh.min_k}) · "
             f"V* = {float(self.env.optimal_value()[0]):.3f}"
         )
+        self.horizon_gorp = None
+        if self.definition.value:
+            self.status.value += " · <i>computing H by its definition…</i>"
+            eg = self.env.effective_horizon(method="gorp", progress=False)
+            self.horizon_gorp = eg
+            self.status.value = self.status.value.replace(
+                " · <i>computing H by its definition…</i>",
+                f" · by its definition (rollouts GORP needs) <b>H = {eg.value:.3f}</b>"
+                + (f" (k = {eg.k})" if eg.k is not None else ""))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
