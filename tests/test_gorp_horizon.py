@@ -154,6 +154,12 @@ def test_bad_arguments():
         gorp_effective_horizon(mdp, failure=1.0)
     with pytest.raises(ValueError, match="k and m must be >= 1"):
         gorp_failure_probability(mdp, 0, 4)
+    with pytest.raises(ValueError, match="m_max must be"):
+        gorp_effective_horizon(mdp, m_max=0)
+    one = FiniteMDP(torch.ones(2, 1, 2) / 2, torch.zeros(3, 2, 1), torch.tensor([1.0, 0.0]))
+    for fn in (gorp_effective_horizon, effective_horizon):
+        with pytest.raises(ValueError, match="at least 2 actions"):
+            fn(one)
     with pytest.raises(ValueError, match="method must be"):
         Gridworld.from_name("open3").effective_horizon(method="exact")
     assert effective_horizon(mdp).value == Gridworld.from_name("open3").effective_horizon().value

@@ -381,9 +381,14 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
         raise ValueError(f"ties must be 'uniform' or 'worst', got {ties!r}")
     if not 0 < failure < 1:
         raise ValueError(f"failure must lie in (0, 1) (the paper uses 1/2), got {failure}")
+    if int(m_max) < 1:
+        raise ValueError(f"m_max must be >= 1 (rollouts per action sequence), got {m_max}")
     T, A = mdp.horizon, mdp.num_actions
+    if A < 2:
+        raise ValueError("the effective horizon needs at least 2 actions (H is measured in "
+                         f"log_A units; with one action every policy is optimal), got A = {A}")
     if max_k is None:
-        max_k = max(1, int(math.floor(math.log(1000) / math.log(A) + 1e-9))) if A > 1 else T
+        max_k = max(1, int(math.floor(math.log(1000) / math.log(A) + 1e-9)))
     max_k = max(1, min(int(max_k), T))
     Vs = value_iteration(mdp)[1]
     exact = _binary_scale(mdp, Vs) is not None

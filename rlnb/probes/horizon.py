@@ -374,6 +374,9 @@ def effective_horizon(mdp: FiniteMDP, max_k: int | None = None, tol: float = TOL
     4.0
     """
     T, A = mdp.horizon, mdp.num_actions
+    if A < 2:
+        raise ValueError("the effective horizon needs at least 2 actions (H is measured in "
+                         f"log_A units; with one action every policy is optimal), got A = {A}")
     Qr = random_policy_q(mdp)
     Qs, Vs = value_iteration(mdp)
     Qw = worst_q(mdp)
