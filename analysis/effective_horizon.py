@@ -28,7 +28,8 @@ was tuned to pass them). The checks read ``H`` by the definition; the closed for
 reported next to it:
 
 - ``H(lock8) >= 0.8 T`` passes either way (definition 8.98 with sticky actions, above
-  ``T = 8`` because slips must be survived; closed form capped at ``T``).
+  ``T = 8``: repeated moves send some rollouts of the right sequence into the lava, so it
+  takes more rollouts to tell apart; 7.52 without; the closed form is capped at ``T``).
 - ``H(open 5x5) <= 4``: by the definition 3.88 with sticky actions (3.29 without). The
   closed form gives 7.46 (8.0 without): ``16 ln(2 T A) = 70`` alone costs
   ``log_4 70 = 3.07`` steps, and its variance bound ``(Q_rand - Q_worst)(Q* - Q_worst)``
