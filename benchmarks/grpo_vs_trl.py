@@ -23,7 +23,9 @@ How it is timed, so that a busy machine hurts neither side more than the other:
 * the load average before and after is printed: numbers taken on a loaded machine
   compare the two sides fairly but are not the machine's best.
 
-The last line is ``speedup: <rlnb steps/s / TRL steps/s>`` (medians). Needs the
+rlnb's median milliseconds per phase (sampling, rewards, update, whole step; the Trainer
+logs them as ``time/*_seconds``) are printed under the table. The last line is
+``speedup: <rlnb steps/s / TRL steps/s>`` (medians). Needs the
 ``scale`` extra (``pip install -e ".[scale]"``).
 """
 
@@ -75,8 +77,10 @@ def time_rlnb(model_dir: Path, task, args, threads: int | None = None) -> dict:
     history = trainer.train()
     seconds = time.perf_counter() - start
     timed = history.iloc[args.warmup:]
+    phases = {k: 1000 * float(timed[f"time/{k}_seconds"].median())
+              for k in ("rollout", "reward", "update", "step")}
     return {"steps_per_s": args.steps / seconds, "threads": trainer.threads(),
-            "mean_length": float(timed["completions/mean_length"].mean())}
+            "mean_length": float(timed["completions/mean_length"].mean()), "phases_ms": phases}
 
 
 def time_trl(model_dir: Path, task, args, threads: int) -> dict:
@@ -202,6 +206,9 @@ def main() -> None:
         threads = "/".join(str(t) for t in sorted({r["threads"] for r in rs}))
         length = statistics.fmean(r["mean_length"] for r in rs)
         print(f"{names[key]:<26}{threads:>8}{median(key):>10.2f}{length:>13.2f}  {each}")
+    phases = {k: statistics.median(r["phases_ms"][k] for r in runs["rlnb"])
+              for k in ("rollout", "reward", "update", "step")}
+    print("rlnb per step (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     best = max((k for k in runs if k.startswith("trl")), key=median)
     if args.rlnb_threads:
         best_rlnb = max((k for k in runs if k.startswith("rlnb")), key=median)

@@ -4,6 +4,13 @@ It trains every rlnb policy on every rlnb sandbox with every objective in ``rlnb
 algorithms differ only in their ``TrainConfig`` (advantage estimator, policy loss,
 aggregation, KL, entropy bonus), never in a subclass.
 
+Each step logs TRL's metric names where they exist (``reward``, ``reward_std``,
+``frac_reward_zero_std``, ``entropy``, ``kl``, ``clip_ratio/...``,
+``completions/mean_length``, ...) and where its wall-clock time went:
+``time/rollout_seconds`` (sampling), ``time/reward_seconds`` (scoring the completions),
+``time/update_seconds`` (advantages, loss, backward, optimizer) and
+``time/step_seconds`` (all of it, with logging and callbacks).
+
 >>> import torch
 >>> from rlnb.envs import StrategyBandit
 >>> from rlnb.policies import TabularPolicy
@@ -251,6 +258,7 @@ class Trainer:
             self.env, prompts, G, temperature=c.temperature, generator=self.generator
         )
         self.policy.train()
+        t_rollout = time.perf_counter()
         lengths = rollout.mask.sum(dim=1).float()  # (N,) before any masking below
         truncated = rollout.extra.get("truncated")  # (N,) bool, language models only
         if c.mask_truncated_completions and truncated is not None:
@@ -258,6 +266,7 @@ class Trainer:
 
         # --- REWARD ---
         rewards = self._rewards(rollout)  # (N,)
+        t_reward = time.perf_counter()
 
         # --- ADVANTAGE ---
         advantages = rl.compute_advantages(
@@ -292,6 +301,7 @@ class Trainer:
             )
             self.optimizer.step()
         self.step += 1
+        t_update = time.perf_counter()
 
         # --- LOGGING ---
         metrics = self._step_metrics(rollout, lengths, rewards, advantages, entropy, loss,
@@ -303,6 +313,9 @@ class Trainer:
             extra = cb(self, metrics)
             if extra:
                 metrics.update(extra)
+        metrics["time/rollout_seconds"] = t_rollout - t0
+        metrics["time/reward_seconds"] = t_reward - t_rollout
+        metrics["time/update_seconds"] = t_update - t_reward  # advantages, loss, backward, step
         metrics["time/step_seconds"] = time.perf_counter() - t0
         self.history.append(metrics)
         if self.run_dir is not None:
