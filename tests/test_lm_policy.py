@@ -618,3 +618,45 @@ def test_decoded_texts_match_the_tokenizer():
     r = pi.rollout(MIXED, torch.tensor([0, 1, 2, 3]), 4, generator=_gen(1))
     rows = [a[m].tolist() for a, m in zip(r.actions, r.mask)]
     assert r.extra["completions"] == pi.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+# --- device and dtype ------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    model, tok = _model()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+        LMPolicy(tmp_path / "m", device="cuda")
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        LMPolicy(tmp_path / "m", device="gpu0")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bf16_policy_samples_scores_trains_and_reloads(arch, tmp_path):
+    """The half-precision path a GPU uses by default, run on the CPU: the model is held in
+    bf16, log-probs come back in float32 and equal the sampler's, a GRPO step updates the
+    weights, and the saved model reloads in bf16 with the same log-probs."""
+    from rlnb.envs import addition
+    from rlnb.train import TrainConfig, Trainer
+
+    model, tok = _model(arch)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    pi = LMPolicy(tmp_path / "m", device="cpu", dtype="bf16", max_new_tokens=6)
+    assert pi.model.dtype == torch.bfloat16
+    r = pi.rollout(MIXED, torch.tensor([0, 1, 3]), 2, generator=_gen(0))
+    logp, ent = pi.log_probs(r)
+    assert logp.dtype == torch.float32 and torch.isfinite(ent).all()
+    assert torch.allclose(logp.detach(), r.logp, atol=1e-5)
+    before = [p.detach().clone() for p in pi.parameters()]
+    task = addition(32, digits=1, seed=0)
+    cfg = TrainConfig(max_steps=2, num_prompts_per_step=4, num_generations=4, learning_rate=1e-2,
+                      advantage="rloo", entropy_coef=0.1, progress_bar=False, seed=0)
+    history = Trainer(pi, task, cfg).train()
+    assert history["loss"].map(math.isfinite).all()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, pi.parameters()))
+    pi.save_pretrained(tmp_path / "trained")
+    back = LMPolicy(tmp_path / "trained", device="cpu", dtype="bf16", max_new_tokens=6)
+    with torch.no_grad():
+        assert torch.equal(back.log_probs(r)[0], pi.log_probs(r)[0])

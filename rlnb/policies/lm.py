@@ -70,6 +70,26 @@ _PREDRAW_LIMIT = 1 << 22
 # ======================================================================================
 # Loading
 # ======================================================================================
+def _check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a clear error for a GPU this torch cannot use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                         f"got {device!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} but torch sees no CUDA GPU here (torch "
+                f"{torch.__version__}, torch.cuda.is_available() is False). Use device='cpu', "
+                "or on a GPU machine install a CUDA build of torch "
+                "(make install RLNB_CONSTRAINTS=none)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r} but only {torch.cuda.device_count()} CUDA "
+                             "GPU(s) are visible")
+    return dev
+
+
 def _resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -665,8 +685,8 @@ class LMPolicy(Policy):
         engine: str = "auto",
     ) -> None:
         super().__init__()
-        dev = torch.device(device if device is not None else
-                           ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = _check_device(device if device is not None else
+                            ("cuda" if torch.cuda.is_available() else "cpu"))
         dt = _resolve_dtype(dtype, dev)
         hf, tok = _load(model, dev, dt)
         local = Path(model).expanduser()
