@@ -85,15 +85,21 @@ def sequence_values(mdp: FiniteMDP, base: torch.Tensor, k: int) -> torch.Tensor:
 
     ``base = Q^rand`` gives the means GORP estimates; ``Q*`` and ``Q^worst`` give the best
     and worst a rollout of the sequence can expect."""
+    return _sequence_values_upto(mdp, base, k)[int(k)]
+
+
+def _sequence_values_upto(mdp: FiniteMDP, base: torch.Tensor, k: int) -> dict[int, torch.Tensor]:
+    """:func:`sequence_values` for every length ``1 .. k``, each built from the last."""
     T, S, A = base.shape
-    seq = base
+    out = {1: base}
     zero = torch.zeros(1, S, 1, dtype=base.dtype)
-    for _ in range(int(k) - 1):
-        nxt = torch.cat([seq[1:], zero.expand(1, S, seq.shape[2])], 0)  # (T, S, A^j)
+    for j in range(2, int(k) + 1):
+        seq = out[j - 1]
+        nxt = torch.cat([seq[1:], zero.expand(1, S, seq.shape[2])], 0)  # (T, S, A^(j-1))
         # prepend an action: R[t, s, a] + sum_s' P[s, a, s'] seq[t + 1, s', rest]
         step = torch.einsum("sax,txr->tsar", mdp.transitions, nxt)
-        seq = (mdp.rewards[..., None] + step).reshape(T, S, -1)
-    return seq
+        out[j] = (mdp.rewards[..., None] + step).reshape(T, S, -1)
+    return out
 
 
 def _binary_scale(mdp: FiniteMDP, Vs: torch.Tensor) -> float | None:
@@ -296,29 +302,29 @@ def gorp_failure_probability(mdp: FiniteMDP, k: int, m: int, ties: str = "unifor
 
 
 def _context(mdp: FiniteMDP, k: int, tol: float) -> dict[str, Any]:
-    """What every failure evaluation of one ``k`` shares: optimal actions, the states GORP
-    can reach by them, and sequence values for every length up to ``k`` (GORP shortens its
-    sequences to the steps left: ``min(k, T - t)`` at step ``t``)."""
+    """What every failure evaluation for sequences of up to ``k`` actions shares: optimal
+    actions, the states GORP can reach by them, whether returns are 0/1, and sequence
+    values for every length up to ``k`` (GORP shortens its sequences to the steps left:
+    ``min(k, T - t)`` at step ``t``)."""
     Qr = random_policy_q(mdp)
     Qs, Vs = value_iteration(mdp)
     opt = Qs >= Vs[:-1, :, None] - tol
     scale = _binary_scale(mdp, Vs)
-    lengths = range(1, min(k, mdp.horizon) + 1)
+    k = min(k, mdp.horizon)
     ctx: dict[str, Any] = {"opt": opt, "visit": reachable(mdp, opt), "scale": scale,
-                           "q": {j: sequence_values(mdp, Qr, j) for j in lengths}}
+                           "q": _sequence_values_upto(mdp, Qr, k)}
     if scale is None:
-        Qw = worst_q(mdp)
-        ctx["qs"] = {j: sequence_values(mdp, Qs, j) for j in lengths}
-        ctx["qw"] = {j: sequence_values(mdp, Qw, j) for j in lengths}
+        ctx["qs"] = _sequence_values_upto(mdp, Qs, k)
+        ctx["qw"] = _sequence_values_upto(mdp, worst_q(mdp), k)
     return ctx
 
 
 def _smallest_m(mdp: FiniteMDP, k: int, failure: float, ties: str, tol: float,
-                m_max: int, m_stop: float = math.inf) -> tuple[int | None, float, int]:
+                m_max: int, m_stop: float, ctx: dict[str, Any]) -> tuple[int | None, float, int]:
     """Smallest ``m <= m_max`` with failure ``<= failure`` (doubling, then bisection).
     Returns ``(m, failure there, largest m known to fail)``; ``m`` is None when even
-    ``m_max`` fails, or when some ``m >= m_stop`` fails (the caller no longer cares)."""
-    ctx = _context(mdp, k, tol)
+    ``m_max`` fails, or when some ``m >= m_stop`` fails (the caller no longer cares).
+    ``ctx``: :func:`_context` for sequences of at least ``k`` actions."""
     fail = {}
 
     def f(m: int) -> float:
@@ -390,8 +396,8 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
     if max_k is None:
         max_k = max(1, int(math.floor(math.log(1000) / math.log(A) + 1e-9)))
     max_k = max(1, min(int(max_k), T))
-    Vs = value_iteration(mdp)[1]
-    exact = _binary_scale(mdp, Vs) is not None
+    ctx = _context(mdp, max_k, tol)  # serves every k <= max_k
+    exact = ctx["scale"] is not None
     deterministic = bool(((mdp.transitions == 0) | (mdp.transitions == 1)).all())
     H, best_k = (float(T), None) if deterministic else (math.inf, None)
     rows: list[dict[str, Any]] = []
@@ -400,7 +406,7 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
     for k in ks:
         # a k that cannot beat the best H so far is searched no further than that
         m_stop = A ** (H - k) if math.isfinite(H) else math.inf
-        m, fail, m_fails = _smallest_m(mdp, k, failure, ties, tol, m_max, m_stop)
+        m, fail, m_fails = _smallest_m(mdp, k, failure, ties, tol, m_max, m_stop, ctx)
         row: dict[str, Any] = {"k": k, "works": m is not None, "failure": fail, "exact": exact,
                                "ties": ties, "pruned": False}
         if m is None:
