@@ -79,7 +79,7 @@ class GridworldExplorer:
         for fig in (heat, bars):
             fig.update_layout(width=460, height=400)
         self._figures.children = [go.FigureWidget(heat), go.FigureWidget(bars)]
-        self.status.value = (
+        status = (
             f"<b>{self.map.value}</b> · slip {self.slip.value:.2f} · sticky "
             f"{self.sticky.value:.2f} · effective horizon <b>H = {eh.value:.3f}</b> of "
             f"T = {eh.horizon} (attained at k = {eh.k}; smallest solvable k = {eh.min_k}) · "
@@ -87,13 +87,11 @@ class GridworldExplorer:
         )
         self.horizon_gorp = None
         if self.definition.value:
-            self.status.value += " · <i>computing H by its definition…</i>"
-            eg = self.env.effective_horizon(method="gorp", progress=False)
-            self.horizon_gorp = eg
-            self.status.value = self.status.value.replace(
-                " · <i>computing H by its definition…</i>",
-                f" · by its definition (rollouts GORP needs) <b>H = {eg.value:.3f}</b>"
-                + (f" (k = {eg.k})" if eg.k is not None else ""))
+            self.status.value = status + " · <i>computing H by its definition…</i>"
+            self.horizon_gorp = eg = self.env.effective_horizon(method="gorp", progress=False)
+            status += (f" · by its definition (rollouts GORP needs) <b>H = {eg.value:.3f}</b>"
+                       + (f" (k = {eg.k})" if eg.k is not None else ""))
+        self.status.value = status
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
