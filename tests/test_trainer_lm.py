@@ -75,3 +75,58 @@ def test_kl_reference_run_directory_and_resume(model_dir, tmp_path):
     policy, _, _ = load_run(run)
     for (name, a), b in zip(policy.state_dict().items(), trainer.policy.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_replayed_updates_train_like_the_forward_pass(model_dir, monkeypatch, num_iterations):
+    """The trainer's first update of each batch re-uses the sampler's activations; the
+    run matches one that scores every update with a forward pass (same rewards, losses
+    and weights up to float rounding), with a KL reference and an entropy bonus on."""
+    from rlnb.policies import lm_replay
+
+    task = addition(64, digits=2, seed=0)
+    cfg = _cfg(max_steps=4, num_iterations=num_iterations, beta=0.04, entropy_coef=0.01,
+               learning_rate=3e-3)
+    calls = []
+    original = lm_replay.replay
+    monkeypatch.setattr(lm_replay, "replay", lambda *a: calls.append(1) or original(*a))
+    replayed = Trainer(LMPolicy(model_dir, max_new_tokens=6), task, cfg)
+    h1 = replayed.train()
+    assert len(calls) == 4  # the first update of every batch
+    monkeypatch.setattr(LMPolicy, "replay_supported", property(lambda self: False))
+    plain = Trainer(LMPolicy(model_dir, max_new_tokens=6), task, cfg)
+    h2 = plain.train()
+    assert len(calls) == 4
+    for name in ("reward", "loss", "entropy", "kl", "completions/mean_length"):
+        assert h1[name].tolist() == pytest.approx(h2[name].tolist(), rel=1e-4, abs=1e-6), name
+    for a, b in zip(replayed.policy.parameters(), plain.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
+    from rlnb.train import allocator
+
+    applied = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or True)
+    task = addition(64, digits=2, seed=0)
+    Trainer(LMPolicy(model_dir, max_new_tokens=2), task, _cfg(max_steps=1)).train()
+    assert applied == [1]
+    Trainer(LMPolicy(model_dir, max_new_tokens=2), task,
+            _cfg(max_steps=1, keep_freed_memory=False)).train()
+    assert applied == [1]
+
+
+def test_keep_freed_memory_is_idempotent():
+    import sys
+
+    from rlnb.train import allocator
+
+    first = allocator.keep_freed_memory()
+    assert allocator.keep_freed_memory() is first
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        glibc = hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
+                        "gnu_get_libc_version")
+        assert first is glibc

@@ -380,13 +380,19 @@ class _Fast:
         q, k, v = self._split_qkv(F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"]), rope)
         return q, k.transpose(1, 2), v.transpose(1, 2)
 
-    def _post(self, i: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Output projection, residual, MLP, residual."""
+    def _post(self, i: int, h: torch.Tensor, attn: torch.Tensor,
+              rec: list | None = None) -> torch.Tensor:
+        """Output projection, residual, MLP, residual. ``rec`` (a list) receives the
+        attention output, the state after the first residual and the gate|up projection
+        (Llama; for :mod:`rlnb.policies.lm_replay`)."""
         p = self.layers[i]
         h = _add_linear(h, attn, p["w_o"], p["b_o"])
         x = self._norm(h, p["ln2"])
         if self.kind == "llama":
-            gate, up = F.linear(x, p["w_gu"], p["b_gu"]).chunk(2, dim=-1)
+            gu = F.linear(x, p["w_gu"], p["b_gu"])
+            if rec is not None:
+                rec += (attn, h, gu)
+            gate, up = gu.chunk(2, dim=-1)
             return _add_linear(h, p["act"](gate) * up, p["w_down"], p["b_down"])
         return _add_linear(h, p["act"](F.linear(x, p["w_fc"], p["b_fc"])), p["w_proj"],
                            p["b_proj"])
@@ -412,19 +418,27 @@ class _Fast:
         *,
         return_kv: bool = False,
         last_only: bool = False,
+        tape: Any = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run ``ids (B, L)`` at positions ``pos (B, L)`` after optional ``past`` keys and
         values (per layer ``(B, KV, Lpast, hd)``). ``key_valid (B, Lpast + L)`` marks the
         keys that are not padding. Returns the last hidden states ``(B, L, d)`` (before the
         final norm; ``(B, 1, d)``, the last position's, with ``last_only``) and, if asked,
-        each layer's new keys and values."""
+        each layer's new keys and values. ``tape`` (a :class:`~rlnb.policies.lm_replay.Tape`,
+        no ``past``) keeps each layer's activations."""
         h = self._embed(ids, pos)
         rope = self.rope(pos)
         bias = _attention_bias(key_valid, ids.shape[1], h.dtype)
+        if tape is not None:
+            tape.prompt_rope = rope
         kvs = []
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             q, k, v = self._qkv(i, h, rope)
+            rec = None
+            if tape is not None:
+                rec = [h, q, k, v]
+                tape.prompt.append(rec)
             if return_kv:
                 kvs.append((k, v))
             if past is not None:
@@ -432,7 +446,7 @@ class _Fast:
                 v = torch.cat([past[i][1], v], dim=2)
             if last_only and i == last:  # the other positions' outputs are not needed
                 q, bias, h = q[:, -1:], bias[:, :, -1:], h[:, -1:]
-            h = self._post(i, h, _attend(q, k, v, bias))
+            h = self._post(i, h, _attend(q, k, v, bias), rec)
         return h, kvs
 
     def score(
@@ -510,21 +524,27 @@ class _Fast:
             h = self._post(i, h, torch.cat(attn) if len(attn) > 1 else attn[0])
         return h.index_select(0, src)
 
-    def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int):
+    def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int,
+                tape: Any = None):
         """Incremental decoding, as a generator: yields the next-token logits ``(B, V)``
         of the ``B`` rows still computed and receives ``(tokens (B,), keep)``: the sampled
         tokens, and None or the indices (into the ``B`` rows) of the rows to go on with
         (finished rows are dropped from the batch, which shrinks every later step).
 
         The prompts ``(P, Lp)`` run once; their keys and values are copied to the group's
-        ``n`` rows of a pre-allocated cache (per layer ``(2, B, KV, Lp + T, hd)``)."""
+        ``n`` rows of a pre-allocated cache (per layer ``(2, B, KV, Lp + T, hd)``).
+        ``tape`` (a :class:`~rlnb.policies.lm_replay.Tape`) keeps every step's activations
+        (references, no copies); the caller records the rows of each step."""
         P, Lp = prompt_ids.shape
         N = P * n
         dev = prompt_ids.device
         KV, hd = self.KV, self.hd
         # The prompt once per group, then its keys/values copied to the group's n rows.
         h, kvs = self.forward(prompt_ids, positions(prompt_mask), prompt_mask.bool(),
-                              return_kv=True, last_only=True)
+                              return_kv=True, last_only=True, tape=tape)
+        if tape is not None:
+            tape.n, tape.prompt_ids, tape.prompt_valid = n, prompt_ids, prompt_mask.bool()
+            tape.prompt_out = h[:, -1]
         caches = []
         for k, v in kvs:  # (P, KV, Lp, hd)
             c = k.new_zeros((2, N, KV, Lp + T, hd))  # zeros: unwritten keys are read, at 0 weight
@@ -558,13 +578,25 @@ class _Fast:
             w = max(at + 1, min_keys)  # keys read this step
             x = self._embed(tok, pos[:, t])  # (B, d)
             r_t = None if rope is None else (rope[0][:, t], rope[1][:, t])  # (B, 1, hd)
+            recs = None
+            if tape is not None:
+                recs = []
+                tape.steps.append(recs)
+                tape.step_tokens.append(tok)
+                tape.step_rope.append(r_t)
             for i, (c, p) in enumerate(zip(caches, layers)):
                 q, k, v = self._split_qkv(F.linear(norm(x, p["ln1"]), p["w_qkv"], p["b_qkv"]),
                                           r_t)  # (B, H | KV, hd)
+                rec = None
+                if recs is not None:
+                    rec = [x, q, k, v]
+                    recs.append(rec)
                 c[0, :, :, at] = k
                 c[1, :, :, at] = v
                 attn = _attend_step(q, c[0, :, :, :w], c[1, :, :, :w], bias[:, :, :w])
-                x = self._post(i, x, attn)
+                x = self._post(i, x, attn, rec)
+            if tape is not None:
+                tape.step_out.append(x)
             tok, keep = yield self.final(x)
 
 
@@ -873,6 +905,7 @@ class LMPolicy(Policy):
         *,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        keep_activations: bool = False,
     ) -> Rollout:
         """Sample ``n`` completions of each prompt ``prompts (P,)`` of ``env`` (a text task:
         ``env.prompt(i) -> str``). Returns a :class:`Rollout` with ``N = P * n`` rows,
@@ -887,6 +920,12 @@ class LMPolicy(Policy):
 
         All tensors are on the CPU, whatever the model's device. The attention mask is 0
         on left padding and on the padding after each EOS.
+
+        ``keep_activations``: keep what the sampler computed in ``extra["activations"]``
+        (a :class:`~rlnb.policies.lm_replay.Tape`), so that the *next* :meth:`log_probs`
+        of this rollout, if the weights have not changed in between, runs no forward pass
+        (the trainer's single update per batch; :mod:`rlnb.policies.lm_replay`). Ignored
+        where the fast engine's replay does not apply (:attr:`replay_supported`).
         """
         validate_sampling_args(n, temperature)
         prompts = torch.as_tensor(prompts, dtype=torch.long).reshape(-1).cpu()
@@ -894,7 +933,8 @@ class LMPolicy(Policy):
         seqs = [self.encode_prompt(t) for t in texts]
         self._check_lengths(seqs, [f"{int(i)} ({t!r})" for i, t in zip(prompts, texts)],
                             self.max_new_tokens)
-        out = self._sample(seqs, n, temperature, generator, self.max_new_tokens)
+        keep = keep_activations and self.replay_supported
+        out = self._sample(seqs, n, temperature, generator, self.max_new_tokens, keep)
         rollout = Rollout(
             prompts=prompts.repeat_interleave(n),
             actions=out["actions"],
@@ -909,9 +949,21 @@ class LMPolicy(Policy):
                 "truncated": out["truncated"],
             },
         )
+        if keep:
+            rollout.extra["activations"] = out["tape"]
         if self.record_hidden_states:
             rollout.extra["hidden_states"] = self.hidden_states(rollout)
         return rollout
+
+    @property
+    def replay_supported(self) -> bool:
+        """Whether ``rollout(..., keep_activations=True)`` can spare the next update its
+        forward pass: the fast engine on a float32 Llama-family model on the CPU."""
+        if self.engine != "fast" or self.device.type != "cpu":
+            return False
+        from rlnb.policies import lm_replay
+
+        return lm_replay.supported(self.model)
 
     def sample_texts(
         self,
@@ -986,7 +1038,8 @@ class LMPolicy(Policy):
         return torch.rand(shape, generator=g, device=self.device)
 
     def _sample(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
-                generator: torch.Generator | None, T: int) -> dict[str, Any]:
+                generator: torch.Generator | None, T: int,
+                keep_activations: bool = False) -> dict[str, Any]:
         # A tiny model's token-by-token loop is many small ops: on CPU one thread runs it
         # faster than several (which mostly wait on each other, and collapse when another
         # process holds a core). Same rule as the trainer's: under a million parameters.
@@ -996,7 +1049,7 @@ class LMPolicy(Policy):
             torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                out = self._sample_loop(seqs, n, temperature, generator, T)
+                out = self._sample_loop(seqs, n, temperature, generator, T, keep_activations)
             # Inference tensors cannot enter autograd later (log_probs embeds input_ids):
             # hand out ordinary copies.
             return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
@@ -1005,7 +1058,8 @@ class LMPolicy(Policy):
                 torch.set_num_threads(threads_before)
 
     def _sample_loop(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
-                     generator: torch.Generator | None, T: int) -> dict[str, Any]:
+                     generator: torch.Generator | None, T: int,
+                     keep_activations: bool = False) -> dict[str, Any]:
         P = len(seqs)
         N = P * n
         dev = self.device
@@ -1022,7 +1076,15 @@ class LMPolicy(Policy):
         raw_lp = torch.zeros((N, T), dtype=torch.float32, device=dev)
         toks, lps, start = [], [], 0  # this stretch's samples, (B,) and (B, 1) a step
         done = torch.zeros(N, dtype=torch.bool, device=dev)  # computed rows past their EOS
-        step = self._stepper(prompt_ids, prompt_mask, n, T)
+        tape = None
+        if keep_activations:
+            from rlnb.policies.lm_replay import Tape
+
+            fast = _Fast(self.model, self._rope_cache)
+            tape = Tape(fast, list(self.model.parameters()), temperature)
+            step = fast.decoder(prompt_ids, prompt_mask, n, T, tape=tape)
+        else:
+            step = self._stepper(prompt_ids, prompt_mask, n, T)
         logits = next(step)  # (B, V)
         for t in range(T):
             # --- sample token t of every computed row ---
@@ -1058,6 +1120,8 @@ class LMPolicy(Policy):
                 rows, tok, done = rows[keep], tok[keep], done[keep]
                 if noise is not None:
                     noise = noise.index_select(1, keep)
+            if tape is not None:
+                tape.rows.append(rows)
             logits = step.send((tok, keep))
         step.close()
         steps = start
@@ -1079,6 +1143,7 @@ class LMPolicy(Policy):
             "attention_mask": torch.cat([rep_mask, mask.long()], 1).cpu(),
             "prompt_length": Lp,
             "truncated": (~finished).cpu(),
+            "tape": tape,
         }
 
     def _is_eos(self, tok: torch.Tensor) -> torch.Tensor:
@@ -1208,6 +1273,14 @@ class LMPolicy(Policy):
     def _score_fast(self, rollout: Rollout, mask: torch.Tensor,
                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob and entropy ``(S,)`` of the masked tokens (row-major), fast engine."""
+        # The sampler's activations serve one call at most, of the policy that sampled
+        # with these very weights: whatever comes next recomputes.
+        tape = rollout.extra.get("activations")
+        if tape is not None and tape.valid_for(list(self.model.parameters()), temperature):
+            del rollout.extra["activations"]
+            out = self._score_replay(tape, rollout, mask, temperature)
+            if out is not None:
+                return out
         # Index bookkeeping on the CPU (where rollouts live), one copy each to the device.
         ids = rollout.extra["input_ids"].cpu()  # (N, Lp + T)
         Lp = int(rollout.extra["prompt_length"])
@@ -1243,6 +1316,30 @@ class LMPolicy(Policy):
         h = fast.score(prompt_ids.to(dev), prompt_mask.to(dev), n, comp_ids.to(dev),
                        comp_pos.to(dev), slots.to(dev), Tc, src.to(dev))  # (S, d)
         return self._token_stats(fast.final(h), actions[r, t].to(dev), temperature)
+
+    def _score_replay(self, tape: Any, rollout: Rollout, mask: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`_score_fast` from the sampler's activations (:mod:`rlnb.policies.lm_replay`),
+        or None where they do not apply (other weights or temperature, another mask)."""
+        from rlnb.policies import lm_replay
+
+        mask = mask.cpu()
+        N, T = mask.shape
+        if N != tape.n * tape.prompt_ids.shape[0]:
+            return None
+        cells, J = lm_replay.cell_index(tape, N)
+        r, t = mask.nonzero(as_tuple=True)
+        if t.numel() and int(t.max()) > J:
+            return None
+        cell = cells[r, (t - 1).clamp_(min=0)]
+        if bool(((t > 0) & (cell < 0)).any()):
+            return None
+        G = tape.prompt_ids.shape[0]
+        src = torch.where(t == 0, r // tape.n, G + cell).to(self.device)
+        h = lm_replay.replay(tape, src)
+        fast = tape.fast
+        actions = rollout.actions.cpu()[r, t].to(self.device)
+        return self._token_stats(fast.final(h), actions, temperature)
 
     def _score_hf(self, rollout: Rollout, mask: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

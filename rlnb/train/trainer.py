@@ -47,7 +47,7 @@ from rlnb.serialization import (
     load_component,
     save_component,
 )
-from rlnb.train import rundir
+from rlnb.train import allocator, rundir
 from rlnb.train.config import TrainConfig
 
 Callback = Callable[["Trainer", dict[str, Any]], "dict[str, Any] | None"]
@@ -142,7 +142,7 @@ class Trainer:
             saved = json.loads(config_path.read_text())
             mine = self.config.to_dict()
             diff = sorted(k for k in set(saved) | set(mine)
-                          if k not in ("max_steps", "progress_bar", "torch_threads") and saved.get(k) != mine.get(k))
+                          if k not in ("max_steps", "progress_bar", "torch_threads", "keep_freed_memory") and saved.get(k) != mine.get(k))
             if diff:
                 raise ValueError(
                     f"{d} already holds a run with a different config (options {diff} differ); "
@@ -226,6 +226,8 @@ class Trainer:
         self._stop = False
         bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
                    desc="training", unit="step", leave=True)
+        if self.config.keep_freed_memory and _on_cpu(self.policy):
+            allocator.keep_freed_memory()
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads())
         try:
@@ -254,8 +256,11 @@ class Trainer:
         # --- ROLLOUT ---
         prompts = self.env.sample_prompts(c.num_prompts_per_step, self.generator)
         self.policy.eval()
+        # A policy that can keep its sampler's activations spares the first update of the
+        # batch its forward pass (same weights: rlnb.policies.lm_replay).
+        keep = {"keep_activations": True} if getattr(self.policy, "replay_supported", False) else {}
         rollout = self.policy.rollout(
-            self.env, prompts, G, temperature=c.temperature, generator=self.generator
+            self.env, prompts, G, temperature=c.temperature, generator=self.generator, **keep
         )
         self.policy.train()
         t_rollout = time.perf_counter()
@@ -300,6 +305,7 @@ class Trainer:
                 c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
             )
             self.optimizer.step()
+        rollout.extra.pop("activations", None)  # the weights have changed: of no more use
         self.step += 1
         t_update = time.perf_counter()
 
@@ -402,6 +408,11 @@ class Trainer:
     def close(self) -> None:
         if self.run_dir is not None:
             self._metrics.close()
+
+
+def _on_cpu(policy: Policy) -> bool:
+    """Whether the policy's parameters live on the CPU (all of them, or it has none)."""
+    return all(p.device.type == "cpu" for p in policy.parameters())
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[Policy, Any, TrainConfig]:

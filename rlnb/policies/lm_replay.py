@@ -1,0 +1,298 @@
+"""Re-using the sampler's activations for the update that follows it (fast engine, Llama).
+
+In on-policy training with one update per batch (GRPO, RLOO, REINFORCE, ...:
+``num_iterations=1``), the weights that score the sampled tokens are the weights that
+sampled them, so the scoring forward pass recomputes exactly what the sampler already
+computed, token by token. A :class:`Tape` keeps those activations (references to tensors
+the sampler made anyway: nothing is copied while sampling), and :func:`replay` turns them
+into the hidden states that predict the scored tokens, with a hand-written backward pass
+through every decoder layer and the embedding, so that the update runs no forward pass of
+its own. The final norm, the LM head, the log-softmax and the loss stay ordinary autograd.
+
+The backward pass is the one of :meth:`rlnb.policies.lm._Fast.score` (tested against it and
+against the model's own forward): prompt positions and completion tokens go through the
+position-wise steps together, packed; attention runs on the ``(G, Lp)`` prompt grid and on
+the ``(R, Tc)`` completion grid, whose keys are the group's prompt keys then the row's own
+completion keys. Supported: Llama-family models (RMSNorm, RoPE, grouped-query attention,
+SiLU-gated MLP, optional projection biases, tied or untied embeddings) in float32; other
+models and dtypes score with the forward pass as before.
+
+A tape is valid for one update only: :meth:`LMPolicy.log_probs` checks that the parameters
+are the very tensors the sampler read and that none was modified in place since (their
+version counters), and the trainer drops the tape after its first update; anything else
+scores with the forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class Tape:
+    """What one sampling call computed, per layer, for the update that follows.
+
+    ``prompt[i]``: the prompt pass of layer ``i``: ``[h_in (G, Lp, d), q (G, Lp, H, hd),
+    k (G, KV, Lp, hd), v (G, KV, Lp, hd), attn (G, L', H*hd), h_mid (G, L', d),
+    gu (G, L', 2I)]`` with ``L' = Lp``, or 1 at the last layer (only the last position
+    goes on). ``steps[j]``: decoding iteration ``j`` (completion token ``j`` as input):
+    per layer ``[h_in (B, d), q (B, H, hd), k (B, KV, hd), v (B, KV, hd), attn (B, H*hd),
+    h_mid (B, d), gu (B, 2I)]``, plus its tokens, rope rows and output ``(B, d)``.
+    ``rows[j]``: which of the ``N`` rows iteration ``j`` computed."""
+
+    def __init__(self, fast: Any, params: list[torch.Tensor], temperature: float) -> None:
+        self.fast = fast
+        self.params = params
+        self.temperature = float(temperature)
+        self.versions = [p._version for p in params]
+        self.prompt: list[list[torch.Tensor]] = []
+        self.prompt_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.prompt_ids: torch.Tensor | None = None
+        self.prompt_valid: torch.Tensor | None = None
+        self.prompt_out: torch.Tensor | None = None  # (G, d)
+        self.n = 1
+        self.steps: list[list[list[torch.Tensor]]] = []
+        self.step_tokens: list[torch.Tensor] = []
+        self.step_rope: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.step_out: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []
+
+    def valid_for(self, params: list[torch.Tensor], temperature: float) -> bool:
+        """Whether the weights and temperature are still those the sampler used."""
+        return (float(temperature) == self.temperature and len(params) == len(self.params)
+                and all(p is q and p._version == v
+                        for p, q, v in zip(params, self.params, self.versions)))
+
+
+def supported(model: Any) -> bool:
+    """Whether :func:`replay` implements ``model`` (a Hugging Face causal LM the fast
+    engine runs): a Llama-family model with SiLU-gated MLPs, in float32."""
+    from rlnb.policies.lm import _LLAMA_LIKE, _activation
+
+    if getattr(model.config, "model_type", None) not in _LLAMA_LIKE:
+        return False
+    if model.get_input_embeddings().weight.dtype != torch.float32:
+        return False
+    return all(_activation(layer.mlp.act_fn) is F.silu for layer in model.model.layers)
+
+
+def replay(tape: Tape, src: torch.Tensor) -> torch.Tensor:
+    """Hidden states ``(S, d)`` (before the final norm) at the sources ``src (S,)`` (indices
+    into ``[prompt last positions (G) ; completion cells in tape order (C)]``), attached
+    to the trunk's parameters through the hand-written backward pass."""
+    return _Replay.apply(tape, src, *tape.params)
+
+
+def cell_index(tape: Tape, num_rows: int) -> tuple[torch.Tensor, int]:
+    """``(N, J)`` map from (row, decoding iteration) to the cell's index in tape order
+    (-1 where the row was not computed), and ``J``."""
+    J = len(tape.rows)
+    index = torch.full((num_rows, max(J, 1)), -1, dtype=torch.long)
+    if J:
+        rows = torch.cat(tape.rows).cpu()
+        cols = torch.cat([torch.full((len(r),), j, dtype=torch.long) for j, r in enumerate(tape.rows)])
+        index[rows, cols] = torch.arange(len(rows))
+    return index, J
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tape: Tape, src: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.tape, ctx.src = tape, src
+        outs = [tape.prompt_out] + tape.step_out
+        return torch.cat(outs).index_select(0, src)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        tape = ctx.tape
+        grads = _backward(tape, ctx.src, grad)
+        return (None, None, *[grads.get(id(p)) for p in tape.params])
+
+
+def _rms(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x / rms(x)`` and ``1 / rms(x)`` (rows of ``x``), PyTorch's fused kernel."""
+    return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], None, eps)
+
+
+def _rms_backward(dy: torch.Tensor, xhat: torch.Tensor, r: torch.Tensor,
+                  w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of ``y = xhat * w``, ``xhat = x * r``: ``(dx, dw)``."""
+    dw = (dy * xhat).sum(0)
+    g = dy * w
+    c = (g * xhat).mean(-1, keepdim=True)
+    return g.sub_(xhat * c).mul_(r), dw
+
+
+def _unrope(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+    """Backward of ``_Fast._rotate`` (``x cos + roll(x, half) sin``, signed sin)."""
+    return torch.addcmul(d * cos, (d * sin).roll(half, -1), cos.new_ones(()))
+
+
+def _attend_backward(q, k, v, bias, dout):
+    """Backward of ``_attend`` (pre-scaled queries): q ``(B, Lq, H, hd)``, k, v
+    ``(B, KV, Lk, hd)``, bias ``(B, 1, Lq, Lk)``, dout ``(B, Lq, H*hd)`` -> dq
+    ``(B, Lq, H, hd)``, dk, dv ``(B, KV, Lk, hd)``."""
+    B, Lq, H, hd = q.shape
+    KV, Lk = k.shape[1], k.shape[2]
+    rep = H // KV
+    qg = q.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
+    s = torch.matmul(qg, k.transpose(-1, -2)).view(B, KV, rep, Lq, Lk).add_(bias[:, :, None])
+    p = torch.softmax(s, dim=-1).view(B, KV, rep * Lq, Lk)
+    dog = dout.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
+    dv = torch.matmul(p.transpose(-1, -2), dog)
+    ds = torch.ops.aten._softmax_backward_data(torch.matmul(dog, v.transpose(-1, -2)), p, -1,
+                                               p.dtype)
+    dq = torch.matmul(ds, k).view(B, KV, rep, Lq, hd).permute(0, 3, 1, 2, 4).reshape(B, Lq, H, hd)
+    dk = torch.matmul(ds.transpose(-1, -2), qg)
+    return dq, dk, dv
+
+
+def _add(grads: dict[int, torch.Tensor], p: torch.Tensor | None, g: torch.Tensor) -> None:
+    if p is None:
+        return
+    key = id(p)
+    grads[key] = g if key not in grads else grads[key] + g
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+@torch.no_grad()
+def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Gradients (by parameter id) of ``sum(grad * replay(tape, src))``."""
+    from rlnb.policies.lm import _attention_bias
+
+    f = tape.fast
+    G, Lp = tape.prompt_ids.shape
+    n, H, KV, hd, d = tape.n, f.H, f.KV, f.hd, f.d
+    W, HK = H + 2 * KV, H + KV
+    half = hd // 2
+    dev, dt = grad.device, grad.dtype
+    J = len(tape.steps)
+    C = sum(len(r) for r in tape.rows)
+    R, Np = G * n, G * Lp
+    num_layers = len(f.layers)
+    inner = f.model.model
+    grads: dict[int, torch.Tensor] = {}
+
+    # Completion cells, in tape order (iteration after iteration), and their slots in the
+    # (R, J) grid where attention runs: keys are the group's prompt, then the row's own
+    # completion up to the query (causal).
+    if C:
+        slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])
+        cos_c = _cat([c for c, _ in tape.step_rope])  # (C, 1, hd)
+        sin_c = _cat([s for _, s in tape.step_rope])
+        t = torch.arange(J, device=dev)
+        key_ok = torch.cat([tape.prompt_valid[:, None, None].expand(G, n, J, Lp),
+                            (t[None, :] <= t[:, None]).expand(G, n, J, J)], dim=3)
+        bias_c = torch.zeros(key_ok.shape, dtype=dt, device=dev).masked_fill_(
+            ~key_ok, float("-inf")).view(R, 1, J, Lp + J)
+    cos_p, sin_p = tape.prompt_rope  # (G, Lp, 1, hd)
+    bias_p = _attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
+
+    # Gradient at the last layer's output: [prompt last positions (G) ; cells (C)].
+    dH = torch.zeros((G + C, d), dtype=dt, device=dev).index_add_(0, src, grad)
+    for i in reversed(range(num_layers)):
+        p, lay = f.layers[i], inner.layers[i]
+        attn_mod, mlp = lay.self_attn, lay.mlp
+        pr = tape.prompt[i]
+        steps = [s[i] for s in tape.steps]
+        last = i == num_layers - 1
+
+        # --- MLP and output projection, on the rows that go on: every prompt position,
+        # or at the last layer only the prompt's last one.
+        Lq = 1 if last else Lp
+        h_mid = _cat([pr[5].reshape(G * Lq, d)] + [s[5] for s in steps])
+        gu = _cat([pr[6].reshape(G * Lq, -1)] + [s[6] for s in steps])
+        attn = _cat([pr[4].reshape(G * Lq, H * hd)] + [s[4] for s in steps])
+        inter = gu.shape[1] // 2
+        gate, up = gu[:, :inter], gu[:, inter:]
+        silu = F.silu(gate)
+        _add(grads, mlp.down_proj.weight, dH.t() @ (silu * up))
+        _add(grads, mlp.down_proj.bias, dH.sum(0))
+        da = dH @ p["w_down"]
+        dgu = torch.empty_like(gu)
+        torch.ops.aten.silu_backward.grad_input(da * up, gate, grad_input=dgu[:, :inter])
+        torch.mul(da, silu, out=dgu[:, inter:])
+        w2 = lay.post_attention_layernorm.weight
+        xhat, r2 = _rms(h_mid, lay.post_attention_layernorm.variance_epsilon)
+        dWgu = ((xhat * w2).t() @ dgu).t()
+        _add(grads, mlp.gate_proj.weight, dWgu[:inter])
+        _add(grads, mlp.up_proj.weight, dWgu[inter:])
+        if mlp.gate_proj.bias is not None:
+            dbgu = dgu.sum(0)
+            _add(grads, mlp.gate_proj.bias, dbgu[:inter])
+            _add(grads, mlp.up_proj.bias, dbgu[inter:])
+        dx, dw2 = _rms_backward(dgu @ p["w_gu"], xhat, r2, w2)
+        _add(grads, w2, dw2)
+        dmid = dx.add_(dH)  # gradient at h_mid
+        _add(grads, attn_mod.o_proj.weight, (attn.t() @ dmid).t())
+        _add(grads, attn_mod.o_proj.bias, dmid.sum(0))
+        dattn = dmid @ p["w_o"]  # (G * Lq + C, H * hd)
+        if last:  # back to every prompt position (the others had no gradient)
+            pad_d = torch.zeros((G, Lp, d), dtype=dt, device=dev)
+            pad_d[:, -1] = dmid[:G]
+            dmid = torch.cat([pad_d.view(Np, d), dmid[G:]])
+            pad_a = torch.zeros((G, Lp, H * hd), dtype=dt, device=dev)
+            pad_a[:, -1] = dattn[:G]
+            dattn = torch.cat([pad_a.view(Np, H * hd), dattn[G:]])
+
+        # --- attention: the prompt grid, then the completion grid.
+        dq_p, dk_p, dv_p = _attend_backward(pr[1], pr[2], pr[3], bias_p,
+                                            dattn[:Np].view(G, Lp, H * hd))
+        d_qkv = torch.empty((Np + C, W, hd), dtype=dt, device=dev)
+        if C:
+            grid = torch.zeros((R * J, W, hd), dtype=dt, device=dev)
+            grid[:, :H].index_copy_(0, slots, _cat([s[1] for s in steps]))
+            grid[:, H:HK].index_copy_(0, slots, _cat([s[2] for s in steps]))
+            grid[:, HK:].index_copy_(0, slots, _cat([s[3] for s in steps]))
+            qc, kc, vc = grid.view(R, J, W, hd).split([H, KV, KV], dim=2)
+            k = torch.cat([pr[2][:, None].expand(G, n, KV, Lp, hd),
+                           kc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
+            v = torch.cat([pr[3][:, None].expand(G, n, KV, Lp, hd),
+                           vc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
+            dout = torch.zeros((R * J, H * hd), dtype=dt, device=dev).index_copy_(
+                0, slots, dattn[Np:])
+            dq_c, dk, dv = _attend_backward(qc, k, v, bias_c, dout.view(R, J, H * hd))
+            dk, dv = dk.view(G, n, KV, Lp + J, hd), dv.view(G, n, KV, Lp + J, hd)
+            dk_p = dk_p + dk[:, :, :, :Lp].sum(1)
+            dv_p = dv_p + dv[:, :, :, :Lp].sum(1)
+            dgrid = torch.cat([dq_c, dk[:, :, :, Lp:].transpose(2, 3).reshape(R, J, KV, hd),
+                               dv[:, :, :, Lp:].transpose(2, 3).reshape(R, J, KV, hd)], dim=2)
+            dcell = dgrid.view(R * J, W, hd).index_select(0, slots)  # (C, W, hd)
+            d_qkv[Np:, :HK] = _unrope(dcell[:, :HK], cos_c, sin_c, half)
+            d_qkv[Np:, HK:] = dcell[:, HK:]
+        dqk_p = torch.cat([dq_p, dk_p.transpose(1, 2)], dim=2)  # (G, Lp, H + KV, hd)
+        d_qkv[:Np, :HK] = _unrope(dqk_p, cos_p, sin_p, half).view(Np, HK, hd)
+        d_qkv[:Np, HK:] = dv_p.transpose(1, 2).reshape(Np, KV, hd)
+        d_qkv = d_qkv.view(Np + C, W * hd)
+
+        # --- the fused q|k|v projection (q pre-scaled) and the input norm.
+        h_in = _cat([pr[0].reshape(Np, d)] + [s[0] for s in steps])
+        w1 = lay.input_layernorm.weight
+        xhat, r1 = _rms(h_in, lay.input_layernorm.variance_epsilon)
+        dWqkv = ((xhat * w1).t() @ d_qkv).t()
+        s = attn_mod.scaling
+        nq, nk = H * hd, KV * hd
+        _add(grads, attn_mod.q_proj.weight, dWqkv[:nq] * s)
+        _add(grads, attn_mod.k_proj.weight, dWqkv[nq:nq + nk])
+        _add(grads, attn_mod.v_proj.weight, dWqkv[nq + nk:])
+        if attn_mod.q_proj.bias is not None:
+            db = d_qkv.sum(0)
+            _add(grads, attn_mod.q_proj.bias, db[:nq] * s)
+            _add(grads, attn_mod.k_proj.bias, db[nq:nq + nk])
+            _add(grads, attn_mod.v_proj.bias, db[nq + nk:])
+        dx, dw1 = _rms_backward(d_qkv @ p["w_qkv"], xhat, r1, w1)
+        _add(grads, w1, dw1)
+        dH = dx.add_(dmid)
+
+    # --- the embedding (the padding row gets no gradient, as nn.Embedding's).
+    ids = torch.cat([tape.prompt_ids.reshape(-1)] + tape.step_tokens)
+    dE = torch.zeros_like(f.embed).index_add_(0, ids, dH)
+    if f.padding_idx is not None:
+        dE[f.padding_idx] = 0
+    _add(grads, f.embed, dE)
+    return grads
