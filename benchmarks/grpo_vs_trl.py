@@ -21,11 +21,22 @@ How it is timed, so that a busy machine hurts neither side more than the other:
 * TRL's progress bar and log printing are off; both sides' mean completion length is
   printed, to show they generated the same amount of text;
 * the load average before and after is printed: numbers taken on a loaded machine
-  compare the two sides fairly but are not the machine's best.
+  compare the two sides fairly but are not the machine's best;
+* every timed run is a fresh Python process (the parent builds the model once and
+  orchestrates), so no run inherits another's allocator state, thread pools or caches.
+
+The C allocator. rlnb's trainer asks glibc to keep freed memory for re-use
+(``TrainConfig.keep_freed_memory``, :mod:`rlnb.train.allocator`), which spares every
+step the page faults of its large temporaries. TRL as shipped does not; the same setting
+can be given to any process through ``GLIBC_TUNABLES``, so TRL is also timed with it
+(rows marked "keep freed memory"). Two ratios are printed: against TRL's best setting as
+shipped (the last line) and against TRL's best setting of all, allocator included.
+``--ablations`` adds rlnb rows without the activation replay
+(:mod:`rlnb.policies.lm_replay`) and without the allocator setting.
 
 rlnb's median milliseconds per phase (sampling, rewards, update, whole step; the Trainer
 logs them as ``time/*_seconds``) are printed under the table. The last line is
-``speedup: <rlnb steps/s / TRL steps/s>`` (medians). Needs the
+``speedup: <rlnb steps/s / TRL steps/s>`` (medians; TRL as shipped). Needs the
 ``scale`` extra (``pip install -e ".[scale]"``).
 """
 
@@ -34,8 +45,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,12 +70,22 @@ def build_model(directory: Path, task, *, layers: int, hidden: int, heads: int,
     return sum(p.numel() for p in model.parameters())
 
 
-def time_rlnb(model_dir: Path, task, args, threads: int | None = None) -> dict:
+# The same values as rlnb.train.allocator, for a process that is not rlnb's.
+KEEP_FREED_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
+                       "glibc.malloc.trim_threshold=1073741824")
+
+
+def time_rlnb(model_dir: Path, task, args, threads: int | None = None, *,
+              replay: bool = True, keep_freed: bool = True) -> dict:
     """One rlnb run: steps/s over the timed steps, their mean completion length, threads
-    (``threads=None``: rlnb's own choice, ``TrainConfig.torch_threads=None``)."""
+    (``threads=None``: rlnb's own choice, ``TrainConfig.torch_threads=None``).
+    ``replay=False`` scores every update with a forward pass; ``keep_freed=False`` leaves
+    the C allocator as it is."""
     from rlnb.policies.lm import LMPolicy
     from rlnb.train import TrainConfig, Trainer
 
+    if not replay:
+        LMPolicy.replay_supported = property(lambda self: False)
     policy = LMPolicy(model_dir, device="cpu", max_new_tokens=args.max_completion_length)
     config = TrainConfig(
         max_steps=args.steps + args.warmup, num_prompts_per_step=args.prompts,
@@ -70,6 +93,7 @@ def time_rlnb(model_dir: Path, task, args, threads: int | None = None) -> dict:
         weight_decay=0.0, max_grad_norm=1.0, advantage="grpo", scale_rewards="group",
         policy_loss="ppo_clip", loss_agg_mode="token-mean", temperature=1.0, beta=0.0,
         num_iterations=1, progress_bar=False, seed=args.seed, torch_threads=threads,
+        keep_freed_memory=keep_freed,
     )
     trainer = Trainer(policy, task, config)
     trainer.train(max_steps=args.warmup)
@@ -137,7 +161,44 @@ def time_trl(model_dir: Path, task, args, threads: int) -> dict:
             "mean_length": statistics.fmean(clock.lengths[args.warmup:])}
 
 
+RUNS = {
+    # key: (label, kind, options)
+    "rlnb": ("rlnb Trainer + LMPolicy", "rlnb", {}),
+    "rlnb-noreplay": ("rlnb, forward-pass scoring", "rlnb", {"replay": False}),
+    "rlnb-nofreed": ("rlnb, allocator as is", "rlnb", {"keep_freed": False}),
+}
+
+
+def child(spec: dict) -> dict:
+    """One timed run, in this (fresh) process: ``spec`` from :func:`main`."""
+    args = argparse.Namespace(**spec["args"])
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars
+    hf_logging.set_verbosity_error()
+    from rlnb.envs import addition
+
+    task = addition(256, digits=2, seed=args.seed)
+    model_dir = Path(spec["model_dir"])
+    if spec["kind"] == "rlnb":
+        return time_rlnb(model_dir, task, args, spec.get("threads"), **spec.get("options", {}))
+    return time_trl(model_dir, task, args, spec["threads"])
+
+
+def run_child(spec: dict, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if out.returncode:
+        raise RuntimeError(f"timed run {spec['kind']} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
@@ -151,23 +212,40 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--no-trl-keep-freed", dest="trl_keep_freed", action="store_false",
+                   help="do not also time TRL with the allocator setting rlnb uses")
     p.add_argument("--rlnb-threads", type=int, nargs="*", default=[],
                    help="also time rlnb with these TrainConfig.torch_threads (extra rows)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also time rlnb without the activation replay and without the "
+                        "allocator setting")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.warmup < 1:
         p.error("--warmup must be at least 1 (TRL's clock starts at the end of a step)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars
+    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
     from rlnb.envs import addition
 
     task = addition(256, digits=2, seed=args.seed)
-    threads_before = torch.get_num_threads()
+    labels = {key: label for key, (label, _, _) in RUNS.items()}
+    plan: list[tuple[str, dict, dict | None]] = []  # (key, spec, extra environment)
+    for key in ["rlnb"] + (["rlnb-noreplay", "rlnb-nofreed"] if args.ablations else []):
+        plan.append((key, {"kind": "rlnb", "options": RUNS[key][2]}, None))
+    for t in args.rlnb_threads:
+        labels[f"rlnb-t{t}"] = f"rlnb, torch_threads={t}"
+        plan.append((f"rlnb-t{t}", {"kind": "rlnb", "threads": t}, None))
+    for t in args.trl_threads:
+        labels[f"trl{t}"] = "TRL GRPOTrainer"
+        plan.append((f"trl{t}", {"kind": "trl", "threads": t}, None))
+    if args.trl_keep_freed:
+        for t in args.trl_threads:
+            labels[f"trl{t}-freed"] = "TRL, keep freed memory"
+            plan.append((f"trl{t}-freed", {"kind": "trl", "threads": t},
+                         {"GLIBC_TUNABLES": KEEP_FREED_TUNABLES}))
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,14 +253,9 @@ def main() -> None:
         n_params = build_model(model_dir, task, layers=args.layers, hidden=args.hidden,
                                heads=args.heads, kv_heads=args.kv_heads, seed=args.seed)
         for rep in range(args.repeats):
-            todo = [("rlnb", lambda: time_rlnb(model_dir, task, args))]
-            todo += [(f"rlnb{t}", lambda t=t: time_rlnb(model_dir, task, args, t))
-                     for t in args.rlnb_threads]
-            todo += [(f"trl{t}", lambda t=t: time_trl(model_dir, task, args, t))
-                     for t in args.trl_threads]
-            for key, run in todo:
-                result = run()
-                torch.set_num_threads(threads_before)
+            for key, spec, env in plan:
+                spec = {**spec, "args": vars(args), "model_dir": str(model_dir)}
+                result = run_child(spec, env)
                 runs.setdefault(key, []).append(result)
                 print(f"repeat {rep + 1}/{args.repeats}: {key} {result['steps_per_s']:.2f} steps/s "
                       f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
@@ -195,25 +268,28 @@ def main() -> None:
           f"{args.kv_heads} KV heads, {n_params:,} parameters; {args.prompts} prompts x "
           f"{args.generations} generations, max completion {args.max_completion_length}; "
           f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} interleaved "
-          f"repeats; {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after")
-    print(f"{'trainer':<26}{'threads':>8}{'steps/s':>10}{'mean length':>13}  runs (steps/s)")
-    names = {"rlnb": "rlnb Trainer + LMPolicy"}
-    names.update({f"rlnb{t}": f"rlnb, torch_threads={t}" for t in args.rlnb_threads})
-    names.update({f"trl{t}": "TRL GRPOTrainer" for t in args.trl_threads})
+          f"repeats, each run a fresh process; {os.cpu_count()} CPUs, load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"{'trainer':<28}{'threads':>8}{'steps/s':>10}{'mean length':>13}  runs (steps/s)")
     for key, rs in runs.items():
         each = " ".join(f"{r['steps_per_s']:.2f}" for r in rs)
         threads = "/".join(str(t) for t in sorted({r["threads"] for r in rs}))
         length = statistics.fmean(r["mean_length"] for r in rs)
-        print(f"{names[key]:<26}{threads:>8}{median(key):>10.2f}{length:>13.2f}  {each}")
+        print(f"{labels[key]:<28}{threads:>8}{median(key):>10.2f}{length:>13.2f}  {each}")
     phases = {k: statistics.median(r["phases_ms"][k] for r in runs["rlnb"])
               for k in ("rollout", "reward", "update", "step")}
     print("rlnb per step (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
-    best = max((k for k in runs if k.startswith("trl")), key=median)
+    shipped = max((k for k in runs if k.startswith("trl") and not k.endswith("-freed")),
+                  key=median)
+    if args.trl_keep_freed:
+        best = max((k for k in runs if k.startswith("trl")), key=median)
+        print(f"speedup against TRL's best setting, allocator included: "
+              f"{median('rlnb') / median(best):.2f}")
     if args.rlnb_threads:
         best_rlnb = max((k for k in runs if k.startswith("rlnb")), key=median)
-        print(f"best rlnb setting / best TRL setting: {median(best_rlnb) / median(best):.2f}")
-    print(f"speedup: {median('rlnb') / median(best):.2f}")
+        print(f"best rlnb setting / best TRL setting as shipped: "
+              f"{median(best_rlnb) / median(shipped):.2f}")
+    print(f"speedup: {median('rlnb') / median(shipped):.2f}")
 
 
 if __name__ == "__main__":
