@@ -59,9 +59,26 @@ import torch
 
 
 def build_model(directory: Path, task, *, layers: int, hidden: int, heads: int,
-                kv_heads: int, seed: int) -> int:
-    from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+                kv_heads: int, seed: int, base: str = "random") -> int:
+    """Save the model both trainers start from in ``directory``; its parameter count.
+    ``base="random"``: a random initialisation (every reward is 0, so GRPO's gradient is
+    0 and completions run to the length cap: a measure of the machinery alone).
+    ``base="pretrained"``: :func:`rlnb.policies.tiny.pretrain_base` on the task, pass@1
+    ~0.2 (cached on disk; ~30 s the first time): rewards vary, gradients are not 0 and
+    completions stop at their EOS, as in a real GRPO run."""
+    import shutil
 
+    from transformers import AutoModelForCausalLM
+
+    from rlnb.policies.tiny import char_tokenizer, pretrain_base, tiny_config, tiny_model
+
+    if base == "pretrained":
+        path = pretrain_base(task, n_layer=layers, d_model=hidden, n_head=heads,
+                             n_kv_head=kv_heads, max_len=64, seed=seed, target_pass_at_1=0.2,
+                             progress=False)
+        shutil.copytree(path, directory)
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        return sum(p.numel() for p in model.parameters())
     tok = char_tokenizer(task.alphabet, model_max_length=64)
     model = tiny_model(tiny_config("llama", len(tok), n_layer=layers, d_model=hidden,
                                    n_head=heads, n_kv_head=kv_heads, max_len=64), seed=seed)
@@ -104,7 +121,8 @@ def time_rlnb(model_dir: Path, task, args, threads: int | None = None, *,
     phases = {k: 1000 * float(timed[f"time/{k}_seconds"].median())
               for k in ("rollout", "reward", "update", "step")}
     return {"steps_per_s": args.steps / seconds, "threads": trainer.threads(),
-            "mean_length": float(timed["completions/mean_length"].mean()), "phases_ms": phases}
+            "mean_length": float(timed["completions/mean_length"].mean()),
+            "mean_reward": float(timed["reward"].mean()), "phases_ms": phases}
 
 
 def time_trl(model_dir: Path, task, args, threads: int) -> dict:
@@ -128,13 +146,15 @@ def time_trl(model_dir: Path, task, args, threads: int) -> dict:
         """Time and mean completion length at the end of every step."""
 
         def __init__(self):
-            self.times, self.lengths, self.threads = [], [], set()
+            self.times, self.lengths, self.rewards, self.threads = [], [], [], set()
 
         def on_step_end(self, targs, state, control, **kwargs):
             self.times.append(time.perf_counter())
             self.threads.add(torch.get_num_threads())
             lengths = trainer._metrics["train"].get("completions/mean_length") or [float("nan")]
             self.lengths.append(lengths[-1])
+            rewards = trainer._metrics["train"].get("reward") or [float("nan")]
+            self.rewards.append(rewards[-1])
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
@@ -158,7 +178,8 @@ def time_trl(model_dir: Path, task, args, threads: int) -> dict:
         raise RuntimeError(f"TRL ran on {sorted(clock.threads)} threads, asked for {threads}")
     timed = clock.times[args.warmup - 1:]
     return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "threads": threads,
-            "mean_length": statistics.fmean(clock.lengths[args.warmup:])}
+            "mean_length": statistics.fmean(clock.lengths[args.warmup:]),
+            "mean_reward": statistics.fmean(clock.rewards[args.warmup:])}
 
 
 RUNS = {
@@ -219,6 +240,9 @@ def main() -> None:
     p.add_argument("--ablations", action="store_true",
                    help="also time rlnb without the activation replay and without the "
                         "allocator setting")
+    p.add_argument("--base", choices=("random", "pretrained"), default="random",
+                   help="the starting model: a random initialisation (every reward 0) or "
+                        "a base model pre-trained on the task (pass@1 ~0.2)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.warmup < 1:
@@ -251,7 +275,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         n_params = build_model(model_dir, task, layers=args.layers, hidden=args.hidden,
-                               heads=args.heads, kv_heads=args.kv_heads, seed=args.seed)
+                               heads=args.heads, kv_heads=args.kv_heads, seed=args.seed,
+                               base=args.base)
         for rep in range(args.repeats):
             for key, spec, env in plan:
                 spec = {**spec, "args": vars(args), "model_dir": str(model_dir)}
@@ -264,18 +289,21 @@ def main() -> None:
     def median(key: str) -> float:
         return statistics.median(r["steps_per_s"] for r in runs[key])
 
-    print(f"model: llama, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
+    print(f"model: llama ({args.base}), {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
           f"{args.kv_heads} KV heads, {n_params:,} parameters; {args.prompts} prompts x "
           f"{args.generations} generations, max completion {args.max_completion_length}; "
           f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} interleaved "
           f"repeats, each run a fresh process; {os.cpu_count()} CPUs, load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"{'trainer':<28}{'threads':>8}{'steps/s':>10}{'mean length':>13}  runs (steps/s)")
+    print(f"{'trainer':<28}{'threads':>8}{'steps/s':>10}{'mean length':>13}{'reward':>8}"
+          "  runs (steps/s)")
     for key, rs in runs.items():
         each = " ".join(f"{r['steps_per_s']:.2f}" for r in rs)
         threads = "/".join(str(t) for t in sorted({r["threads"] for r in rs}))
         length = statistics.fmean(r["mean_length"] for r in rs)
-        print(f"{labels[key]:<28}{threads:>8}{median(key):>10.2f}{length:>13.2f}  {each}")
+        reward = statistics.fmean(r["mean_reward"] for r in rs)
+        print(f"{labels[key]:<28}{threads:>8}{median(key):>10.2f}{length:>13.2f}{reward:>8.3f}"
+              f"  {each}")
     phases = {k: statistics.median(r["phases_ms"][k] for r in runs["rlnb"])
               for k in ("rollout", "reward", "update", "step")}
     print("rlnb per step (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))

@@ -748,3 +748,20 @@ def test_keep_activations_is_ignored_where_replay_does_not_apply(kind):
     assert not pi.replay_supported
     r = pi.rollout(MIXED, torch.tensor([0, 1]), 2, generator=_gen(0), keep_activations=True)
     assert "activations" not in r.extra
+
+
+def test_backward_thread_picker_uses_the_faster_count_and_retries_the_other():
+    from rlnb.policies.lm_replay import _ThreadPicker
+
+    picker = _ThreadPicker()
+    assert picker.choose(1) == 1 and picker.passes == 0  # nothing to choose
+    first, second = picker.choose(2), None
+    picker.record(first, 2.0, 1.0)  # one thread: 2 s per unit of work
+    second = picker.choose(2)
+    picker.record(second, 1.0, 1.0)  # two threads: 1 s
+    assert (first, second) == (1, 2)
+    picks = [picker.choose(2) for _ in range(2 * picker.explore_every)]
+    assert picks.count(2) == len(picks) - 2 and picks.count(1) == 2  # re-tried, not kept
+    for _ in range(5):  # the machine got busy: two threads now cost 4 s
+        picker.record(2, 4.0, 1.0)
+    assert picker.choose(2) == 1 or picker.passes % picker.explore_every == 0

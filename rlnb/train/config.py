@@ -107,7 +107,11 @@ class TrainConfig:
     torch_threads: int | None = None
     """CPU threads torch may use while training (restored afterwards). None = automatic:
     1 thread for policies under a million parameters, whose tiny tensor ops run many
-    times slower when split across threads, and torch's own setting otherwise."""
+    times slower when split across threads, and torch's own setting otherwise; the large
+    matrix products of an update replayed from the sampler's activations
+    (:mod:`rlnb.policies.lm_replay`) then run on torch's own count (up to 4) whenever
+    timing shows it is faster than one thread (it is not when another process holds the
+    cores). An explicit count applies to everything."""
     keep_freed_memory: bool = True
     """On the CPU under Linux, ask the C allocator (glibc) to keep freed memory for re-use
     instead of handing it back to the system after every step: the step's large

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlnb import rl
+from rlnb.policies import lm_replay
 from rlnb.policies.base import Policy, Rollout
 from rlnb.serialization import (
     atomic_save_safetensors,
@@ -230,12 +231,16 @@ class Trainer:
             allocator.keep_freed_memory()
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads())
+        # Automatic threads: the large matrix products of a replayed update may use the
+        # cores torch had (up to 4) when timing shows they gain from it.
+        matmul = threads_before if self.config.torch_threads is None else self.threads()
         try:
-            while self.step < total and not self._stop:
-                metrics = self.train_step()
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}",
-                                entropy=f"{metrics['entropy']:.3f}", refresh=False)
+            with lm_replay.matmul_threads(min(matmul, 4)):
+                while self.step < total and not self._stop:
+                    metrics = self.train_step()
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}",
+                                    entropy=f"{metrics['entropy']:.3f}", refresh=False)
         finally:
             torch.set_num_threads(threads_before)
             bar.close()
