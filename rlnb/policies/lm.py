@@ -313,6 +313,8 @@ class _Fast:
 
     # --- pieces -----------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, ln: Any) -> torch.Tensor:
+        if type(ln) is _UnitRMS:
+            return ln(x)
         if self.kind == "gpt2":
             return F.layer_norm(x, (self.d,), ln.weight, ln.bias, ln.eps)
         if x.dtype == torch.float32:
@@ -381,11 +383,12 @@ class _Fast:
         return q, k.transpose(1, 2), v.transpose(1, 2)
 
     def _post(self, i: int, h: torch.Tensor, attn: torch.Tensor,
-              rec: list | None = None) -> torch.Tensor:
+              rec: list | None = None, p: dict | None = None) -> torch.Tensor:
         """Output projection, residual, MLP, residual. ``rec`` (a list) receives the
         attention output, the state after the first residual and the gate|up projection
-        (Llama; for :mod:`rlnb.policies.lm_replay`)."""
-        p = self.layers[i]
+        (Llama; for :mod:`rlnb.policies.lm_replay`). ``p``: layer ``i``'s weights, or
+        their norm-folded form (:meth:`_folded`)."""
+        p = self.layers[i] if p is None else p
         h = _add_linear(h, attn, p["w_o"], p["b_o"])
         x = self._norm(h, p["ln2"])
         if self.kind == "llama":
@@ -400,6 +403,33 @@ class _Fast:
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         h = F.embedding(ids, self.embed, self.padding_idx)
         return h + F.embedding(pos, self.wpe) if self.kind == "gpt2" else h
+
+    def _folded(self) -> tuple[list[dict[str, Any]], Any] | None:
+        """For decoding without gradients (float32 Llama): each layer's weights with its
+        RMSNorm weight folded into the projection that follows (``norm(x) @ W.T`` =
+        ``unit(x) @ (W * (sqrt(d) * g)).T``, ``unit(x) = x / sqrt(|x|^2 + d * eps)``:
+        :class:`_UnitRMS`, three ops where ``F.rms_norm`` takes about ten on the CPU),
+        and the final norm folded into the LM head (a function ``(B, d) -> (B, V)``).
+        None where it does not apply."""
+        if self.kind != "llama" or self.embed.dtype != torch.float32:
+            return None
+        if type(self.lm_head) is not torch.nn.Linear:
+            return None
+        root, dev = math.sqrt(self.d), self.embed.device
+        layers = []
+        for p in self.layers:
+            g1, g2 = p["ln1"].weight * root, p["ln2"].weight * root
+            layers.append({**p, "ln1": _UnitRMS(self.d, p["ln1"].variance_epsilon, dev),
+                           "w_qkv": p["w_qkv"] * g1, "ln2": _UnitRMS(self.d, p["ln2"].variance_epsilon, dev),
+                           "w_gu": p["w_gu"] * g2})
+        unit = _UnitRMS(self.d, self.norm.variance_epsilon, dev)
+        w_head = self.lm_head.weight * (self.norm.weight * root)
+        b_head = self.lm_head.bias
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            return F.linear(unit(h), w_head, b_head)
+
+        return layers, head
 
     def final(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm then the LM head: ``(..., d) -> (..., V)`` logits."""
@@ -564,7 +594,10 @@ class _Fast:
         # Completion token t sits at position (real prompt length + t).
         pos = prompt_mask.sum(1).repeat_interleave(n)[:, None] + torch.arange(T, device=dev)
         rope = self.rope(pos)  # (N, T, 1, hd) each, or None
-        norm, layers = self._norm, self.layers
+        norm, layers, final = self._norm, self.layers, self.final
+        folded = self._folded()
+        if folded is not None:
+            layers, final = folded
         tok, keep = yield self.final(h[:, -1]).repeat_interleave(n, 0)
         for t in range(T - 1):
             if keep is not None:  # drop the finished rows from every per-row state
@@ -594,10 +627,24 @@ class _Fast:
                 c[0, :, :, at] = k
                 c[1, :, :, at] = v
                 attn = _attend_step(q, c[0, :, :, :w], c[1, :, :, :w], bias[:, :, :w])
-                x = self._post(i, x, attn, rec)
+                x = self._post(i, x, attn, rec, p)
             if tape is not None:
                 tape.step_out.append(x)
-            tok, keep = yield self.final(x)
+            tok, keep = yield final(x)
+
+
+class _UnitRMS:
+    """``x / sqrt(mean(x^2) + eps) / sqrt(d)`` = ``x / sqrt(|x|^2 + d * eps)``: RMSNorm
+    without its weight and its ``sqrt(d)``, both folded into the next projection
+    (:meth:`_Fast._folded`)."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, d: int, eps: float, device: torch.device) -> None:
+        self.c = torch.tensor(math.sqrt(d * eps), device=device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self.c)
 
 
 def _add_linear(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
