@@ -41,7 +41,12 @@ tested against, and what other architectures use. Only needed work is done:
 * ``log_probs`` computes only what the masked tokens depend on: each group's prompt once,
   the completion tokens up to each row's last masked one, packed (no padding rows through
   the projections and MLP), and the LM head on the scored positions alone
-  (:meth:`_Fast.score`). ``completion_logits`` keeps the plain whole-sequence version.
+  (:meth:`_Fast.score`). ``completion_logits`` keeps the plain whole-sequence version;
+* an update that follows its rollout with unchanged weights (the trainer's first update
+  of every batch) runs no forward pass at all: ``rollout(..., keep_activations=True)``
+  keeps what the sampler computed and ``log_probs`` differentiates through it with a
+  hand-written backward pass (:mod:`rlnb.policies.lm_replay`; float32 Llama-family
+  models on the CPU).
 """
 
 from __future__ import annotations
