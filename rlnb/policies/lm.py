@@ -977,7 +977,10 @@ class LMPolicy(Policy):
         (a :class:`~rlnb.policies.lm_replay.Tape`), so that the *next* :meth:`log_probs`
         of this rollout, if the weights have not changed in between, runs no forward pass
         (the trainer's single update per batch; :mod:`rlnb.policies.lm_replay`). Ignored
-        where the fast engine's replay does not apply (:attr:`replay_supported`).
+        where the fast engine's replay does not apply (:attr:`replay_supported`). Weights
+        replaced or modified in place are detected (tensor identity, version counters),
+        except by kernels that do not bump version counters, such as PyTorch's fused
+        Adam: call ``log_probs`` before ``optimizer.step()``, as the trainer does.
         """
         validate_sampling_args(n, temperature)
         prompts = torch.as_tensor(prompts, dtype=torch.long).reshape(-1).cpu()
