@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -11,6 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests._processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +67,4 @@ def test_make_lab_serves_the_notebooks_with_token_auth(tmp_path):
         status, body = _get(f"{base}/lab?token={info['token']}")
         assert status == 200 and b"JupyterLab" in body
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
