@@ -765,3 +765,14 @@ def test_backward_thread_picker_uses_the_faster_count_and_retries_the_other():
     for _ in range(5):  # the machine got busy: two threads now cost 4 s
         picker.record(2, 4.0, 1.0)
     assert picker.choose(2) == 1 or picker.passes % picker.explore_every == 0
+
+
+@pytest.mark.parametrize("T, n, prompts, top_p", [(1, 3, [0, 1], 1.0), (2, 1, [3], 1.0),
+                                                  (5, 1, [0, 1, 2, 3], 0.8), (6, 4, [2], 1.0)])
+def test_replay_at_edge_shapes(T, n, prompts, top_p, replays):
+    """One new token (no decoding step to replay), groups of one, a single prompt, nucleus
+    sampling: still the plain forward's log-probs and gradients."""
+    pi = _eos_friendly(_policy(max_new_tokens=T, top_p=top_p), scale=0.2)
+    r = pi.rollout(MIXED, torch.tensor(prompts), n, generator=_gen(3), keep_activations=True)
+    _assert_same_scores(pi, r, grad_scale_tol=1e-5)
+    assert len(replays) == 1
