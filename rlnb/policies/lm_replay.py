@@ -12,8 +12,8 @@ its own. The final norm, the LM head, the log-softmax and the loss stay ordinary
 The backward pass is the one of :meth:`rlnb.policies.lm._Fast.score` (tested against it and
 against the model's own forward): prompt positions and completion tokens go through the
 position-wise steps together, packed; attention runs on the ``(G, Lp)`` prompt grid and on
-the ``(R, Tc)`` completion grid, whose keys are the group's prompt keys then the row's own
-completion keys. Supported: Llama-family models (RMSNorm, RoPE, grouped-query attention,
+the ``(R, J)`` completion grid (``J`` decoding steps), whose keys are the group's prompt
+keys then the row's own completion keys. Supported: Llama-family models (RMSNorm, RoPE, grouped-query attention,
 SiLU-gated MLP, optional projection biases, tied or untied embeddings) in float32; other
 models and dtypes score with the forward pass as before.
 
@@ -107,6 +107,7 @@ class _Replay(torch.autograd.Function):
         return torch.cat(outs).index_select(0, src)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         tape = ctx.tape
         grads = _backward(tape, ctx.src, grad)
