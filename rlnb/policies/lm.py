@@ -212,14 +212,48 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     if q.device.type != "cpu":
         return _attend_sdpa(q, k, v, bias)
     B, Lq, H, hd = q.shape
+    KV = k.shape[1]
+    _, probs = _grouped_probs(q, k, bias)
+    out = torch.matmul(probs, v)  # (B, KV, rep*Lq, hd)
+    return out.view(B, KV, H // KV, Lq, hd).permute(0, 3, 1, 2, 4).reshape(B, Lq, H * hd)
+
+
+def _grouped_probs(q: torch.Tensor, k: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first half of :func:`_attend` on the CPU: the queries grouped by the KV head
+    they read, ``(B, KV, rep * Lq, hd)``, and the attention probabilities
+    ``(B, KV, rep * Lq, Lk)``. The backward pass of :mod:`rlnb.policies.lm_replay`
+    recomputes them with it."""
+    B, Lq, H, hd = q.shape
     KV, Lk = k.shape[1], k.shape[2]
     rep = H // KV
-    q = q.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
-    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, KV, rep*Lq, Lk)
+    qg = q.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
+    scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, KV, rep*Lq, Lk)
     scores = scores.view(B, KV, rep, Lq, Lk) + bias[:, :, None]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.matmul(probs.view(B, KV, rep * Lq, Lk), v)  # (B, KV, rep*Lq, hd)
-    return out.view(B, KV, rep, Lq, hd).permute(0, 3, 1, 2, 4).reshape(B, Lq, H * hd)
+    return qg, probs.view(B, KV, rep * Lq, Lk)
+
+
+def _completion_bias(prompt_valid: torch.Tensor, n: int, Tc: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias ``(G * n, 1, Tc, Lp + Tc)`` (0 or -inf) of the completion
+    grid: row ``g * n + j``'s query at column ``t`` sees the valid keys of its prompt
+    ``g`` (``prompt_valid (G, Lp)``), then its own completion keys up to ``t``."""
+    G, Lp = prompt_valid.shape
+    t = torch.arange(Tc, device=prompt_valid.device)
+    key_ok = torch.cat([prompt_valid[:, None, None].expand(G, n, Tc, Lp),
+                        (t[None, :] <= t[:, None]).expand(G, n, Tc, Tc)], dim=3)
+    bias = torch.zeros(key_ok.shape, dtype=dtype, device=prompt_valid.device)
+    return bias.masked_fill_(~key_ok, float("-inf")).view(G * n, 1, Tc, Lp + Tc)
+
+
+def _row_keys(kp: torch.Tensor, kc: torch.Tensor, n: int) -> torch.Tensor:
+    """The keys (or values) each completion row attends to, ``(G * n, KV, Lp + Tc, hd)``:
+    its prompt's ``kp (G, KV, Lp, hd)`` (one copy per row, made inside the cat), then its
+    own ``kc (G * n, Tc, KV, hd)``."""
+    G, KV, Lp, hd = kp.shape
+    return torch.cat([kp[:, None].expand(G, n, KV, Lp, hd),
+                      kc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
 
 
 def _attend_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -524,13 +558,8 @@ class _Fast:
         h = self._embed(torch.cat([prompt_ids.reshape(-1), comp_ids]), pos)  # (Np + M, d)
         rope = self._rope_qkv(pos)
         bias_p = _attention_bias(prompt_valid, Lp, h.dtype)  # (G, 1, Lp, Lp)
-        if Tc:
-            # Completion keys: [the prompt's (Lp) ; the row's own completion (Tc), causal].
-            t = torch.arange(Tc, device=dev)
-            key_ok = torch.cat([prompt_valid[:, None, None].expand(G, n, Tc, Lp),
-                                (t[None, :] <= t[:, None]).expand(G, n, Tc, Tc)], dim=3)
-            bias_c = torch.zeros(key_ok.shape, dtype=h.dtype, device=dev)
-            bias_c = bias_c.masked_fill_(~key_ok, float("-inf")).view(R, 1, Tc, Lp + Tc)
+        if Tc:  # completion keys: [the prompt's (Lp) ; the row's own completion (Tc), causal]
+            bias_c = _completion_bias(prompt_valid, n, Tc, h.dtype)
         last = len(self.layers) - 1
         for i, p in enumerate(self.layers):
             qkv = F.linear(self._norm(h, p["ln1"]), p["w_qkv"], p["b_qkv"]).unflatten(-1, (W, hd))
@@ -545,12 +574,8 @@ class _Fast:
             if Tc:
                 grid = qkv.new_zeros((R * Tc, W, hd)).index_copy(0, slots, qkv[Np:])
                 qc, kc, vc = grid.view(R, Tc, W, hd).split([H, KV, KV], dim=2)
-                # The prompt's keys and values, one copy per row, made inside the cat.
-                k = torch.cat([kp[:, None].expand(G, n, KV, Lp, hd),
-                               kc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
-                v = torch.cat([vp[:, None].expand(G, n, KV, Lp, hd),
-                               vc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
-                out = _attend(qc, k, v, bias_c).view(R * Tc, H * hd)
+                out = _attend(qc, _row_keys(kp, kc, n), _row_keys(vp, vc, n),
+                              bias_c).view(R * Tc, H * hd)
                 attn.append(out.index_select(0, slots))  # (M, H * hd)
             if i == last:
                 rows = torch.cat([torch.arange(Lp - 1, Np, Lp, device=dev),

@@ -137,12 +137,12 @@ def _attend_backward(q, k, v, bias, dout):
     """Backward of ``_attend`` (pre-scaled queries): q ``(B, Lq, H, hd)``, k, v
     ``(B, KV, Lk, hd)``, bias ``(B, 1, Lq, Lk)``, dout ``(B, Lq, H*hd)`` -> dq
     ``(B, Lq, H, hd)``, dk, dv ``(B, KV, Lk, hd)``."""
+    from rlnb.policies.lm import _grouped_probs
+
     B, Lq, H, hd = q.shape
-    KV, Lk = k.shape[1], k.shape[2]
+    KV = k.shape[1]
     rep = H // KV
-    qg = q.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
-    s = torch.matmul(qg, k.transpose(-1, -2)).view(B, KV, rep, Lq, Lk).add_(bias[:, :, None])
-    p = torch.softmax(s, dim=-1).view(B, KV, rep * Lq, Lk)
+    qg, p = _grouped_probs(q, k, bias)
     dog = dout.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
     dv = torch.matmul(p.transpose(-1, -2), dog)
     ds = torch.ops.aten._softmax_backward_data(torch.matmul(dog, v.transpose(-1, -2)), p, -1,
@@ -245,7 +245,7 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, torch.Tensor]:
     """Gradients (by parameter id) of ``sum(grad * replay(tape, src))``."""
-    from rlnb.policies.lm import _attention_bias
+    from rlnb.policies.lm import _attention_bias, _completion_bias, _row_keys
 
     f = tape.fast
     G, Lp = tape.prompt_ids.shape
@@ -268,11 +268,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])
         cos_c = _cat([c for c, _ in tape.step_rope])  # (C, 1, hd)
         sin_c = _cat([s for _, s in tape.step_rope])
-        t = torch.arange(J, device=dev)
-        key_ok = torch.cat([tape.prompt_valid[:, None, None].expand(G, n, J, Lp),
-                            (t[None, :] <= t[:, None]).expand(G, n, J, J)], dim=3)
-        bias_c = torch.zeros(key_ok.shape, dtype=dt, device=dev).masked_fill_(
-            ~key_ok, float("-inf")).view(R, 1, J, Lp + J)
+        bias_c = _completion_bias(tape.prompt_valid, n, J, dt)
     cos_p, sin_p = tape.prompt_rope  # (G, Lp, 1, hd)
     bias_p = _attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
 
@@ -333,10 +329,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             grid[:, H:HK].index_copy_(0, slots, _cat([s[2] for s in steps]))
             grid[:, HK:].index_copy_(0, slots, _cat([s[3] for s in steps]))
             qc, kc, vc = grid.view(R, J, W, hd).split([H, KV, KV], dim=2)
-            k = torch.cat([pr[2][:, None].expand(G, n, KV, Lp, hd),
-                           kc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
-            v = torch.cat([pr[3][:, None].expand(G, n, KV, Lp, hd),
-                           vc.transpose(1, 2).unflatten(0, (G, n))], dim=3).flatten(0, 1)
+            k, v = _row_keys(pr[2], kc, n), _row_keys(pr[3], vc, n)
             dout = torch.zeros((R * J, H * hd), dtype=dt, device=dev).index_copy_(
                 0, slots, dattn[Np:])
             dq_c, dk, dv = _attend_backward(qc, k, v, bias_c, dout.view(R, J, H * hd))
