@@ -603,8 +603,8 @@ class _Fast:
         h, kvs = self.forward(prompt_ids, positions(prompt_mask), prompt_mask.bool(),
                               return_kv=True, last_only=True, tape=tape)
         if tape is not None:
-            tape.n, tape.prompt_ids, tape.prompt_valid = n, prompt_ids, prompt_mask.bool()
-            tape.prompt_out = h[:, -1]
+            tape.fast, tape.n = self, n
+            tape.prompt_ids, tape.prompt_valid, tape.prompt_out = prompt_ids, prompt_mask.bool(), h[:, -1]
         caches = []
         for k, v in kvs:  # (P, KV, Lp, hd)
             c = k.new_zeros((2, N, KV, Lp + T, hd))  # zeros: unwritten keys are read, at 0 weight
@@ -1160,11 +1160,8 @@ class LMPolicy(Policy):
         if keep_activations:
             from rlnb.policies.lm_replay import Tape
 
-            fast = _Fast(self.model, self._rope_cache)
-            tape = Tape(fast, list(self.model.parameters()), temperature)
-            step = fast.decoder(prompt_ids, prompt_mask, n, T, tape=tape)
-        else:
-            step = self._stepper(prompt_ids, prompt_mask, n, T)
+            tape = Tape(list(self.model.parameters()), temperature)
+        step = self._stepper(prompt_ids, prompt_mask, n, T, tape)
         logits = next(step)  # (B, V)
         for t in range(T):
             # --- sample token t of every computed row ---
@@ -1231,13 +1228,16 @@ class LMPolicy(Policy):
             return tok == self.eos_ids[0]
         return torch.isin(tok, self._eos_t)
 
-    def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int):
+    def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int,
+                 tape: Any = None):
         """A generator: yields the next-token logits ``(B, V)`` of the rows it computes
         and receives ``(tokens (B,), keep)``. One implementation per engine; all must yield
         the same logits. ``keep`` (indices into the ``B`` rows, or None) drops finished rows
-        from the batch; only the fast engine is sent one (:meth:`_Fast.decoder`)."""
+        from the batch; only the fast engine is sent one (:meth:`_Fast.decoder`), and only
+        it fills a ``tape``."""
         if self.engine == "fast":
-            return _Fast(self.model, self._rope_cache).decoder(prompt_ids, prompt_mask, n, T)
+            return _Fast(self.model, self._rope_cache).decoder(prompt_ids, prompt_mask, n, T,
+                                                               tape=tape)
         if self.engine == "hf":
             return self._step_hf(prompt_ids, prompt_mask, n)
         return self._step_hf_nocache(prompt_ids, prompt_mask, n)
@@ -1400,7 +1400,8 @@ class LMPolicy(Policy):
     def _score_replay(self, tape: Any, rollout: Rollout, mask: torch.Tensor,
                       temperature: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """:meth:`_score_fast` from the sampler's activations (:mod:`rlnb.policies.lm_replay`),
-        or None where they do not apply (other weights or temperature, another mask)."""
+        already checked to belong to these weights and temperature; None where the mask
+        asks for a token the sampler did not compute."""
         from rlnb.policies import lm_replay
 
         mask = mask.cpu()

@@ -42,10 +42,11 @@ class Tape:
     goes on). ``steps[j]``: decoding iteration ``j`` (completion token ``j`` as input):
     per layer ``[h_in (B, d), q (B, H, hd), k (B, KV, hd), v (B, KV, hd), attn (B, H*hd),
     h_mid (B, d), gu (B, 2I)]``, plus its tokens, rope rows and output ``(B, d)``.
-    ``rows[j]``: which of the ``N`` rows iteration ``j`` computed."""
+    ``rows[j]``: which of the ``N`` rows iteration ``j`` computed. ``fast``: the engine
+    (:class:`rlnb.policies.lm._Fast`) whose decoder filled it."""
 
-    def __init__(self, fast: Any, params: list[torch.Tensor], temperature: float) -> None:
-        self.fast = fast
+    def __init__(self, params: list[torch.Tensor], temperature: float) -> None:
+        self.fast: Any = None
         self.params = params
         self.temperature = float(temperature)
         self.versions = [p._version for p in params]
@@ -130,7 +131,7 @@ def _rms_backward(dy: torch.Tensor, xhat: torch.Tensor, r: torch.Tensor,
 
 def _unrope(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
     """Backward of ``_Fast._rotate`` (``x cos + roll(x, half) sin``, signed sin)."""
-    return torch.addcmul(d * cos, (d * sin).roll(half, -1), cos.new_ones(()))
+    return d * cos + (d * sin).roll(half, -1)
 
 
 def _attend_backward(q, k, v, bias, dout):
@@ -238,6 +239,14 @@ class _Matmuls:
         _PICKER.record(self.threads, self.seconds, self.work)
 
 
+def _every_prompt_position(x: torch.Tensor, G: int, Lp: int) -> torch.Tensor:
+    """Rows ``[prompt last positions (G) ; cells]`` -> ``[every prompt position (G * Lp),
+    0 but at the last ; cells]``."""
+    full = x.new_zeros((G, Lp, x.shape[1]))
+    full[:, -1] = x[:G]
+    return torch.cat([full.view(G * Lp, -1), x[G:]])
+
+
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
@@ -312,12 +321,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         _add(grads, attn_mod.o_proj.bias, dmid.sum(0))
         dattn = _mm(dmid, p["w_o"])  # (G * Lq + C, H * hd)
         if last:  # back to every prompt position (the others had no gradient)
-            pad_d = torch.zeros((G, Lp, d), dtype=dt, device=dev)
-            pad_d[:, -1] = dmid[:G]
-            dmid = torch.cat([pad_d.view(Np, d), dmid[G:]])
-            pad_a = torch.zeros((G, Lp, H * hd), dtype=dt, device=dev)
-            pad_a[:, -1] = dattn[:G]
-            dattn = torch.cat([pad_a.view(Np, H * hd), dattn[G:]])
+            dmid, dattn = _every_prompt_position(dmid, G, Lp), _every_prompt_position(dattn, G, Lp)
 
         # --- attention: the prompt grid, then the completion grid.
         dq_p, dk_p, dv_p = _attend_backward(pr[1], pr[2], pr[3], bias_p,
