@@ -183,11 +183,11 @@ def time_trl(model_dir: Path, task, args, threads: int) -> dict:
             "mean_reward": statistics.fmean(clock.rewards[args.warmup:])}
 
 
-RUNS = {
-    # key: (label, kind, options)
-    "rlnb": ("rlnb Trainer + LMPolicy", "rlnb", {}),
-    "rlnb-noreplay": ("rlnb, forward-pass scoring", "rlnb", {"replay": False}),
-    "rlnb-nofreed": ("rlnb, allocator as is", "rlnb", {"keep_freed": False}),
+RLNB_RUNS = {
+    # key: (label, options of time_rlnb)
+    "rlnb": ("rlnb Trainer + LMPolicy", {}),
+    "rlnb-noreplay": ("rlnb, forward-pass scoring", {"replay": False}),
+    "rlnb-nofreed": ("rlnb, allocator as is", {"keep_freed": False}),
 }
 
 
@@ -256,10 +256,10 @@ def main() -> None:
     from rlnb.envs import addition
 
     task = addition(256, digits=2, seed=args.seed)
-    labels = {key: label for key, (label, _, _) in RUNS.items()}
+    labels = {key: label for key, (label, _) in RLNB_RUNS.items()}
     plan: list[tuple[str, dict, dict | None]] = []  # (key, spec, extra environment)
     for key in ["rlnb"] + (["rlnb-noreplay", "rlnb-nofreed"] if args.ablations else []):
-        plan.append((key, {"kind": "rlnb", "options": RUNS[key][2]}, None))
+        plan.append((key, {"kind": "rlnb", "options": RLNB_RUNS[key][1]}, None))
     for t in args.rlnb_threads:
         labels[f"rlnb-t{t}"] = f"rlnb, torch_threads={t}"
         plan.append((f"rlnb-t{t}", {"kind": "rlnb", "threads": t}, None))
