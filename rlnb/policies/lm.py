@@ -349,6 +349,13 @@ class _Fast:
         self.lm_head = model.get_output_embeddings()
         self.max_pos = int(getattr(cfg, "max_position_embeddings", 0) or 4096)
         self._rope_cache = {} if rope_cache is None else rope_cache
+        # Fused CPU kernels for decoding and the replayed backward (float32 Llama).
+        self.native = None
+        if (self.kind == "llama" and self.embed.device.type == "cpu"
+                and self.embed.dtype == torch.float32):
+            from rlnb.policies import native
+
+            self.native = native.kernels()
 
     # --- pieces -----------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, ln: Any) -> torch.Tensor:
@@ -455,13 +462,15 @@ class _Fast:
         if type(self.lm_head) is not torch.nn.Linear:
             return None
         root, dev = math.sqrt(self.d), self.embed.device
+        k = self.native
         layers = []
         for p in self.layers:
             g1, g2 = p["ln1"].weight * root, p["ln2"].weight * root
-            layers.append({**p, "ln1": _UnitRMS(self.d, p["ln1"].variance_epsilon, dev),
-                           "w_qkv": p["w_qkv"] * g1, "ln2": _UnitRMS(self.d, p["ln2"].variance_epsilon, dev),
+            layers.append({**p, "ln1": _UnitRMS(self.d, p["ln1"].variance_epsilon, dev, k),
+                           "w_qkv": p["w_qkv"] * g1,
+                           "ln2": _UnitRMS(self.d, p["ln2"].variance_epsilon, dev, k),
                            "w_gu": p["w_gu"] * g2})
-        unit = _UnitRMS(self.d, self.norm.variance_epsilon, dev)
+        unit = _UnitRMS(self.d, self.norm.variance_epsilon, dev, k)
         w_head = self.lm_head.weight * (self.norm.weight * root)
         b_head = self.lm_head.bias
 
@@ -628,16 +637,28 @@ class _Fast:
         folded = self._folded()
         if folded is not None:
             layers, final = folded
+        # The native kernel reads each row's keys as one range: its valid prompt keys (a
+        # suffix of the prompt, left padding before it), then its completion so far.
+        native = self.native if folded is not None and rope is not None else None
+        if native is not None and bool((prompt_mask[:, 1:] >= prompt_mask[:, :-1]).all()):
+            start = Lp - pos[:, 0]  # (B,) the first valid prompt key
+        else:
+            native = None
+        H, W = self.H, self.H + 2 * KV
         tok, keep = yield self.final(h[:, -1]).repeat_interleave(n, 0)
         for t in range(T - 1):
             if keep is not None:  # drop the finished rows from every per-row state
                 caches = [c.index_select(1, keep) for c in caches]
-                bias = bias.view(-1, KV, 1, Lp + T).index_select(0, keep).view(-1, 1, Lp + T)
                 pos = pos.index_select(0, keep)
                 rope = None if rope is None else (rope[0].index_select(0, keep),
                                                   rope[1].index_select(0, keep))
+                if native is not None:
+                    start = start.index_select(0, keep)
+                else:
+                    bias = bias.view(-1, KV, 1, Lp + T).index_select(0, keep).view(-1, 1, Lp + T)
             at = Lp + t
-            bias[:, :, at] = 0.0
+            if native is None:
+                bias[:, :, at] = 0.0
             w = max(at + 1, min_keys)  # keys read this step
             x = self._embed(tok, pos[:, t])  # (B, d)
             r_t = None if rope is None else (rope[0][:, t], rope[1][:, t])  # (B, 1, hd)
@@ -648,15 +669,19 @@ class _Fast:
                 tape.step_tokens.append(tok)
                 tape.step_rope.append(r_t)
             for i, (c, p) in enumerate(zip(caches, layers)):
-                q, k, v = self._split_qkv(F.linear(norm(x, p["ln1"]), p["w_qkv"], p["b_qkv"]),
-                                          r_t)  # (B, H | KV, hd)
+                qkv = F.linear(norm(x, p["ln1"]), p["w_qkv"], p["b_qkv"])
+                if native is not None:  # RoPE, cache write and attention in one call
+                    attn = native.decode_attend(qkv, r_t[0], r_t[1], c, start, at, H, KV)
+                    q, k, v = qkv.view(-1, W, hd).split([H, KV, KV], dim=1)
+                else:
+                    q, k, v = self._split_qkv(qkv, r_t)  # (B, H | KV, hd)
+                    c[0, :, :, at] = k
+                    c[1, :, :, at] = v
+                    attn = _attend_step(q, c[0, :, :, :w], c[1, :, :, :w], bias[:, :, :w])
                 rec = None
                 if recs is not None:
                     rec = [x, q, k, v]
                     recs.append(rec)
-                c[0, :, :, at] = k
-                c[1, :, :, at] = v
-                attn = _attend_step(q, c[0, :, :, :w], c[1, :, :, :w], bias[:, :, :w])
                 x = self._post(i, x, attn, rec, p)
             if tape is not None:
                 tape.step_out.append(x)
@@ -668,12 +693,16 @@ class _UnitRMS:
     without its weight and its ``sqrt(d)``, both folded into the next projection
     (:meth:`_Fast._folded`)."""
 
-    __slots__ = ("c",)
+    __slots__ = ("c", "c2", "native")
 
-    def __init__(self, d: int, eps: float, device: torch.device) -> None:
+    def __init__(self, d: int, eps: float, device: torch.device, native: Any = None) -> None:
         self.c = torch.tensor(math.sqrt(d * eps), device=device)
+        self.c2 = d * eps
+        self.native = native  # rlnb.policies.native.Kernels (CPU float32 rows), or None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native is not None and x.dim() == 2:
+            return self.native.unit_rms(x, self.c2)
         return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self.c)
 
 
@@ -1162,24 +1191,37 @@ class LMPolicy(Policy):
 
             tape = Tape(list(self.model.parameters()), temperature)
         step = self._stepper(prompt_ids, prompt_mask, n, T, tape)
+        # One fused call per step where it applies (rlnb.policies.native): the same draw.
+        kernels = None
+        if (noise is not None and noise.dtype == torch.float32 and self.top_p >= 1.0
+                and dev.type == "cpu"):
+            from rlnb.policies import native
+
+            kernels = native.kernels()
         logits = next(step)  # (B, V)
         for t in range(T):
             # --- sample token t of every computed row ---
-            logits = logits.float()
-            if temperature != 1.0:  # x / 1.0 == x: skipping it changes no bit
-                logits = logits / temperature
-            logp_all = torch.log_softmax(logits, dim=-1)  # (B, V)
-            scores = _top_p_filter(logp_all, self.top_p) if self.top_p < 1.0 else logp_all
-            if noise is not None:
-                g = noise[t]
-            else:  # all N rows draw, so that every row keeps its own noise
-                g = _gumbel(self._noise((N, V), generator))
-                g = g if len(rows) == N else g.index_select(0, rows)
-            tok = torch.argmax(scores + g, dim=-1)  # (B,)  Gumbel-max
-            toks.append(tok)
-            lps.append(logp_all.gather(-1, tok[:, None]))
-            done = done | self._is_eos(tok)
-            n_done = int(done.sum())
+            if kernels is not None and logits.dtype == torch.float32 and logits.is_contiguous():
+                tok, lp, n_done = kernels.sample_step(logits, noise[t], temperature,
+                                                      self._eos_t, done)
+                toks.append(tok)
+                lps.append(lp)
+            else:
+                logits = logits.float()
+                if temperature != 1.0:  # x / 1.0 == x: skipping it changes no bit
+                    logits = logits / temperature
+                logp_all = torch.log_softmax(logits, dim=-1)  # (B, V)
+                scores = _top_p_filter(logp_all, self.top_p) if self.top_p < 1.0 else logp_all
+                if noise is not None:
+                    g = noise[t]
+                else:  # all N rows draw, so that every row keeps its own noise
+                    g = _gumbel(self._noise((N, V), generator))
+                    g = g if len(rows) == N else g.index_select(0, rows)
+                tok = torch.argmax(scores + g, dim=-1)  # (B,)  Gumbel-max
+                toks.append(tok)
+                lps.append(logp_all.gather(-1, tok[:, None]))
+                done = done | self._is_eos(tok)
+                n_done = int(done.sum())
             last = t == T - 1 or n_done == len(rows)
             # Rows past their EOS leave the batch once they are an eighth of it (each
             # drop copies the cache); until then they are fed their own ignored samples:

@@ -273,11 +273,21 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
     # Completion cells, in tape order (iteration after iteration), and their slots in the
     # (R, J) grid where attention runs: keys are the group's prompt, then the row's own
     # completion up to the query (causal).
+    native = f.native if C else None
     if C:
         slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])
         cos_c = _cat([c for c, _ in tape.step_rope])  # (C, 1, hd)
         sin_c = _cat([s for _, s in tape.step_rope])
-        bias_c = _completion_bias(tape.prompt_valid, n, J, dt)
+        if native is not None:  # per cell, without the grid (rlnb.policies.native)
+            plen = tape.prompt_valid.sum(1)
+            if bool((tape.prompt_valid[:, 1:] >= tape.prompt_valid[:, :-1]).all()):
+                pstart = Lp - plen  # (G,) the first valid prompt key: keys form one range
+                cells = torch.full((R * J,), -1, dtype=torch.long).index_copy_(
+                    0, slots, torch.arange(C)).view(R, J)
+            else:
+                native = None
+        if native is None:
+            bias_c = _completion_bias(tape.prompt_valid, n, J, dt)
     cos_p, sin_p = tape.prompt_rope  # (G, Lp, 1, hd)
     bias_p = _attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
 
@@ -327,7 +337,13 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         dq_p, dk_p, dv_p = _attend_backward(pr[1], pr[2], pr[3], bias_p,
                                             dattn[:Np].view(G, Lp, H * hd))
         d_qkv = torch.empty((Np + C, W, hd), dtype=dt, device=dev)
-        if C:
+        if native is not None:
+            dkp, dvp = native.attend_cells_backward(
+                _cat([s[1] for s in steps]), _cat([s[2] for s in steps]),
+                _cat([s[3] for s in steps]), pr[2], pr[3], dattn[Np:], cos_c, sin_c,
+                cells, pstart, d_qkv[Np:], n)
+            dk_p, dv_p = dk_p + dkp, dv_p + dvp
+        elif C:
             grid = torch.zeros((R * J, W, hd), dtype=dt, device=dev)
             grid[:, :H].index_copy_(0, slots, _cat([s[1] for s in steps]))
             grid[:, H:HK].index_copy_(0, slots, _cat([s[2] for s in steps]))

@@ -1,0 +1,253 @@
+"""Fused CPU kernels for tiny Llama-family models (float32), compiled on first use.
+
+Decoding a 2-layer, hidden-64 model spends more time dispatching small PyTorch operations
+(norms, RoPE, cache writes, a 20-key softmax, SiLU) than doing their arithmetic, and the
+replayed update's attention backward (:mod:`rlnb.policies.lm_replay`) builds padded grids
+for a few thousand dot products. ``native.c`` does each of those pieces in one call; the
+matrix products stay with PyTorch.
+
+The C source is compiled with the system's C compiler (``$CC``, else ``cc``) the first time
+it is needed, into ``$RLNB_CACHE/native`` (default ``~/.cache/rlnb/native``), keyed by the
+source, the compiler and this CPU (it is built for the CPU it runs on), then loaded with
+:mod:`ctypes`. Each kernel is checked against the PyTorch operations it replaces when the
+library is loaded. Where there is no compiler, the build fails or the check fails, every
+caller uses its PyTorch operations instead (same results within float rounding);
+:func:`status` says which and why. ``RLNB_NATIVE=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("native.c")
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
+          "-fopenmp-simd", "-std=c11"]
+_log = logging.getLogger(__name__)
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "unit_rms": [_P, _P, _I, _I, _F],
+    "decode_attend": [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _I],
+    "attend_cells_backward": [_P] * 13 + [_I] * 8,
+    "sample_step": [_P, _P, _I, _I, _F, _P, _I, _P, _P, _P],
+}
+
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$RLNB_CACHE/native`` or ``~/.cache/rlnb/native``."""
+    root = os.environ.get("RLNB_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlnb"
+    return base / "native"
+
+
+def enabled() -> bool:
+    return os.environ.get("RLNB_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def status() -> str:
+    """``"loaded: <path>"``, ``"disabled: ..."`` or ``"unavailable: <why>"``."""
+    kernels()
+    return str(_state.get("status", "not loaded"))
+
+
+def kernels() -> Kernels | None:
+    """The loaded kernels, compiling them on the first call; None where they cannot be
+    used (see :func:`status`). Cached for the process (``RLNB_NATIVE`` is read each call)."""
+    if not enabled():
+        _state["status"] = "disabled: RLNB_NATIVE=" + os.environ.get("RLNB_NATIVE", "")
+        return None
+    if "kernels" not in _state:
+        try:
+            k = Kernels(_build())
+            k.self_check()
+            _state["kernels"] = k
+            _state["status"] = f"loaded: {k.path}"
+        except Exception as e:  # no compiler, a failed build or check: PyTorch ops instead
+            _state["kernels"] = None
+            _state["status"] = f"unavailable: {e}"
+            _log.info("rlnb native kernels unavailable (%s); using PyTorch operations", e)
+    return _state["kernels"]  # type: ignore[return-value]
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _build() -> Path:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"the C compiler {cc!r} does not run: {e}") from e
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    out = cache_dir() / f"kernels-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"],
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode:
+            raise RuntimeError(f"{cc} failed: {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build writes the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class Kernels:
+    """Typed wrappers of ``native.c``. Every tensor argument must be a float32 (int64 for
+    indices) CPU tensor; inputs are made contiguous here, outputs are allocated here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lib = ctypes.CDLL(str(path))
+        for name, args in _SIGNATURES.items():
+            fn = getattr(self.lib, name)
+            fn.argtypes, fn.restype = args, None
+        self.lib.sample_step.restype = ctypes.c_int64
+        self._sample_step = self.lib.sample_step
+        self._unit_rms = self.lib.unit_rms
+        self._decode_attend = self.lib.decode_attend
+        self._cells_backward = self.lib.attend_cells_backward
+
+    # --- decoding -------------------------------------------------------------------
+    def unit_rms(self, x: torch.Tensor, c2: float) -> torch.Tensor:
+        """``x / sqrt(|x|^2 + c2)`` over the last dimension of ``x (B, d)``."""
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        self._unit_rms(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], c2)
+        return out
+
+    def decode_attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      cache: torch.Tensor, start: torch.Tensor, at: int, H: int,
+                      KV: int) -> torch.Tensor:
+        """One decoding step: RoPE on q and k of ``qkv (B, (H + 2 KV) * hd)`` in place (``cos``,
+        ``sin``: ``(B, ..., hd)`` rows, the last dimension contiguous), k and v written to
+        ``cache (2, B, KV, Lt, hd)`` at ``at``, then each row's attention over its keys
+        ``start[b] .. at`` -> ``(B, H * hd)``."""
+        B = qkv.shape[0]
+        _, _, _, Lt, hd = cache.shape
+        if not (qkv.is_contiguous() and cache.is_contiguous() and start.is_contiguous()):
+            raise ValueError("decode_attend needs contiguous qkv, cache and start")
+        if cos.stride(-1) != 1 or sin.stride() != cos.stride():
+            raise ValueError("decode_attend needs cos and sin rows with one stride")
+        out = qkv.new_empty((B, H * hd))
+        self._decode_attend(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.stride(0),
+                            cache.data_ptr(), start.data_ptr(), out.data_ptr(), B, H, KV, hd,
+                            Lt, at)
+        return out
+
+    def sample_step(self, logits: torch.Tensor, noise: torch.Tensor, temperature: float,
+                    eos: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One Gumbel-max sampling step of ``logits (B, V)`` with ``noise (B, V)``: tokens
+        ``(B,)``, their log-probabilities ``(B, 1)`` (of ``log_softmax(logits /
+        temperature)``), and the number of rows done; ``done (B,)`` (bool) is updated in
+        place with the rows whose token is one of ``eos`` (int64 ids)."""
+        if not (logits.is_contiguous() and noise.is_contiguous() and done.is_contiguous()):
+            raise ValueError("sample_step needs contiguous logits, noise and done")
+        B, V = logits.shape
+        tok = torch.empty(B, dtype=torch.long)
+        lp = logits.new_empty((B, 1))
+        n_done = self._sample_step(logits.data_ptr(), noise.data_ptr(), B, V, temperature,
+                                   eos.data_ptr(), eos.numel(), tok.data_ptr(), lp.data_ptr(),
+                                   done.data_ptr())
+        return tok, lp, int(n_done)
+
+    # --- the replayed backward --------------------------------------------------------
+    def attend_cells_backward(self, q, k, v, kp, vp, dout, cos, sin, cells, pstart, dqkv,
+                              n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward of the completion tokens' attention (see ``native.c``): ``cells (R, J)``
+        maps (row, step) to a cell (-1 after the row's last step); writes ``dqkv (C, H + 2
+        KV, hd)`` (must be contiguous) and returns the gradients at the prompts' keys and
+        values ``(G, KV, Lp, hd)`` (rotated coordinates)."""
+        C, H, hd = q.shape
+        G, KV, Lp, _ = kp.shape
+        R, J = cells.shape
+        if not dqkv.is_contiguous() or tuple(dqkv.shape) != (C, H + 2 * KV, hd):
+            raise ValueError("attend_cells_backward needs a contiguous (C, H + 2 KV, hd) dqkv")
+        ins = [t.contiguous() for t in (q, k, v, kp, vp, dout, cos, sin, cells, pstart)]
+        dkp = kp.new_zeros((G, KV, Lp, hd))
+        dvp = kp.new_zeros((G, KV, Lp, hd))
+        self._cells_backward(*[t.data_ptr() for t in ins], dqkv.data_ptr(), dkp.data_ptr(),
+                             dvp.data_ptr(), C, R, J, n, H, KV, hd, Lp)
+        return dkp, dvp
+
+    # --- the check at load ------------------------------------------------------------
+    @torch.no_grad()
+    def self_check(self) -> None:
+        """Each kernel against the PyTorch operations it replaces, on random inputs; a
+        RuntimeError where one differs (a miscompiled library is then not used)."""
+        from rlnb.policies.lm import _attend_step
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 24, generator=g)
+        _close("unit_rms", self.unit_rms(x, 0.5), x / (x.square().sum(1, keepdim=True) + 0.5).sqrt())
+
+        B, H, KV, hd, Lt, at = 3, 4, 2, 8, 9, 6
+        qkv = torch.randn(B, (H + 2 * KV) * hd, generator=g)
+        cache = torch.randn(2, B, KV, Lt, hd, generator=g)
+        cos, sin = torch.randn(B, hd, generator=g), torch.randn(B, hd, generator=g)
+        start = torch.tensor([0, 2, 5])
+        ref_cache = cache.clone()
+        r = qkv.view(B, H + 2 * KV, hd)
+        qk = r[:, :H + KV] * cos[:, None] + r[:, :H + KV].roll(hd // 2, -1) * sin[:, None]
+        ref_cache[0, :, :, at] = qk[:, H:]
+        ref_cache[1, :, :, at] = r[:, H + KV:]
+        bias = torch.full((B, 1, Lt), float("-inf"))
+        for b in range(B):
+            bias[b, 0, start[b]:at + 1] = 0
+        ref = _attend_step(qk[:, :H], ref_cache[0], ref_cache[1],
+                           bias.repeat_interleave(KV, 0), fused=False)
+        out = self.decode_attend(qkv, cos, sin, cache, start, at, H, KV)
+        _close("decode_attend", out, ref)
+        _close("decode_attend cache", cache, ref_cache)
+        logits = 3 * torch.randn(6, 11, generator=g)
+        noise = torch.randn(6, 11, generator=g)
+        done = torch.tensor([True, False, False, False, False, False])
+        tok, lp, n_done = self.sample_step(logits, noise, 0.7, torch.tensor([3, 5]), done)
+        logp = torch.log_softmax(logits / 0.7, -1)
+        want = torch.argmax(logp + noise, -1)
+        if not torch.equal(tok, want) or n_done != int(done.sum()):
+            raise RuntimeError("native kernel sample_step disagrees with PyTorch (tokens)")
+        _close("sample_step", lp, logp.gather(1, want[:, None]))
+        if not torch.equal(done[1:], torch.isin(want[1:], torch.tensor([3, 5]))) or not done[0]:
+            raise RuntimeError("native kernel sample_step disagrees with PyTorch (done)")
+        _close("decode_attend rope", qkv.view(B, H + 2 * KV, hd)[:, :H + KV], qk)
+
+
+def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        err = (got - want).abs().max().item() if got.shape == want.shape else "shape"
+        raise RuntimeError(f"native kernel {name} disagrees with PyTorch (max error {err})")
