@@ -13,6 +13,7 @@ An unknown name raises ``ValueError`` listing the valid names (and the closest o
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -133,16 +134,29 @@ def options_of(fn: Callable[..., Any]) -> dict[str, Any]:
     P = inspect.Parameter
     return {
         p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
+        for p in _parameters(fn)
         if p.kind is P.KEYWORD_ONLY
         or (p.kind is P.POSITIONAL_OR_KEYWORD and p.default is not P.empty)
     }
 
 
+def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+    """``fn``'s parameters, read once per function (``inspect.signature`` costs tens of
+    microseconds, and the trainer asks every step)."""
+    try:
+        return _cached_parameters(fn)
+    except TypeError:  # an unhashable callable
+        return tuple(inspect.signature(fn).parameters.values())
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_parameters(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+    return tuple(inspect.signature(fn).parameters.values())
+
+
 def check_options(kind: str, name: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` if ``options`` holds a keyword that ``fn`` does not take."""
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(fn)):
         return  # fn takes **kwargs: it decides for itself
     valid = options_of(fn)
     unknown = sorted(set(options) - set(valid))
