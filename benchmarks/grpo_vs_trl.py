@@ -31,8 +31,9 @@ step the page faults of its large temporaries. TRL as shipped does not; the same
 can be given to any process through ``GLIBC_TUNABLES``, so TRL is also timed with it
 (rows marked "keep freed memory"). Two ratios are printed: against TRL's best setting as
 shipped (the last line) and against TRL's best setting of all, allocator included.
-``--ablations`` adds rlnb rows without the activation replay
-(:mod:`rlnb.policies.lm_replay`) and without the allocator setting.
+``--ablations`` adds rlnb rows without the fused CPU kernels (:mod:`rlnb.policies.native`,
+``RLNB_NATIVE=0``), without the activation replay (:mod:`rlnb.policies.lm_replay`) and
+without the allocator setting.
 
 rlnb's median milliseconds per phase (sampling, rewards, update, whole step; the Trainer
 logs them as ``time/*_seconds``) are printed under the table. The last line is
@@ -184,10 +185,11 @@ def time_trl(model_dir: Path, task, args, threads: int) -> dict:
 
 
 RLNB_RUNS = {
-    # key: (label, options of time_rlnb)
-    "rlnb": ("rlnb Trainer + LMPolicy", {}),
-    "rlnb-noreplay": ("rlnb, forward-pass scoring", {"replay": False}),
-    "rlnb-nofreed": ("rlnb, allocator as is", {"keep_freed": False}),
+    # key: (label, options of time_rlnb, extra environment of the timed process)
+    "rlnb": ("rlnb Trainer + LMPolicy", {}, None),
+    "rlnb-nonative": ("rlnb, PyTorch ops only", {}, {"RLNB_NATIVE": "0"}),
+    "rlnb-noreplay": ("rlnb, forward-pass scoring", {"replay": False}, None),
+    "rlnb-nofreed": ("rlnb, allocator as is", {"keep_freed": False}, None),
 }
 
 
@@ -239,8 +241,8 @@ def main() -> None:
     p.add_argument("--rlnb-threads", type=int, nargs="*", default=[],
                    help="also time rlnb with these TrainConfig.torch_threads (extra rows)")
     p.add_argument("--ablations", action="store_true",
-                   help="also time rlnb without the activation replay and without the "
-                        "allocator setting")
+                   help="also time rlnb without the fused CPU kernels, without the "
+                        "activation replay and without the allocator setting")
     p.add_argument("--base", choices=("random", "pretrained"), default="random",
                    help="the starting model: a random initialisation (every reward 0) or "
                         "a base model pre-trained on the task (pretrain_base)")
@@ -256,10 +258,11 @@ def main() -> None:
     from rlnb.envs import addition
 
     task = addition(256, digits=2, seed=args.seed)
-    labels = {key: label for key, (label, _) in RLNB_RUNS.items()}
+    labels = {key: label for key, (label, _, _) in RLNB_RUNS.items()}
     plan: list[tuple[str, dict, dict | None]] = []  # (key, spec, extra environment)
-    for key in ["rlnb"] + (["rlnb-noreplay", "rlnb-nofreed"] if args.ablations else []):
-        plan.append((key, {"kind": "rlnb", "options": RLNB_RUNS[key][1]}, None))
+    for key in RLNB_RUNS if args.ablations else ["rlnb"]:
+        _, options, env = RLNB_RUNS[key]
+        plan.append((key, {"kind": "rlnb", "options": options}, env))
     for t in args.rlnb_threads:
         labels[f"rlnb-t{t}"] = f"rlnb, torch_threads={t}"
         plan.append((f"rlnb-t{t}", {"kind": "rlnb", "threads": t}, None))

@@ -35,6 +35,13 @@ def test_kernels_build_once_check_themselves_and_say_where(fresh):
     assert native.kernels().path == k.path and k.path.stat().st_mtime_ns == built  # cached
 
 
+@needs_compiler
+def test_kernels_load_when_first_asked_for_while_sampling(fresh):
+    """The first call may come from the sampler, under inference mode."""
+    with torch.inference_mode():
+        assert native.kernels() is not None, native.status()
+
+
 def test_disabled_or_without_a_compiler_everything_runs_on_pytorch(fresh, monkeypatch):
     monkeypatch.setenv("RLNB_NATIVE", "0")
     assert native.kernels() is None and native.status().startswith("disabled")

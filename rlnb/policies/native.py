@@ -70,7 +70,9 @@ def kernels() -> Kernels | None:
     if "kernels" not in _state:
         try:
             k = Kernels(_build())
-            k.self_check()
+            # The first caller may be sampling under inference mode; the check differentiates.
+            with torch.inference_mode(False), torch.enable_grad():
+                k.self_check()
             _state["kernels"] = k
             _state["status"] = f"loaded: {k.path}"
         except Exception as e:  # no compiler, a failed build or check: PyTorch ops instead
@@ -244,7 +246,45 @@ class Kernels:
         _close("sample_step", lp, logp.gather(1, want[:, None]))
         if not torch.equal(done[1:], torch.isin(want[1:], torch.tensor([3, 5]))) or not done[0]:
             raise RuntimeError("native kernel sample_step disagrees with PyTorch (done)")
+        self._check_cells_backward(g)
         _close("decode_attend rope", qkv.view(B, H + 2 * KV, hd)[:, :H + KV], qk)
+
+
+    def _check_cells_backward(self, g: torch.Generator) -> None:
+        """attend_cells_backward against autograd through the attention it differentiates,
+        written out cell by cell (2 groups, one left-padded; rows of 1 to 3 steps)."""
+        G, n, J, H, KV, hd, Lp = 2, 2, 3, 4, 2, 4, 3
+        lengths, pstart = [3, 1, 2, 3], torch.tensor([0, 1])
+        cells = torch.full((G * n, J), -1, dtype=torch.long)
+        order = [(r, t) for t in range(J) for r in range(G * n) if t < lengths[r]]
+        for c, (r, t) in enumerate(order):
+            cells[r, t] = c
+        C = len(order)
+        with torch.enable_grad():
+            q_raw, k_raw, v = (torch.randn(C, h, hd, generator=g).requires_grad_()
+                               for h in (H, KV, KV))
+            kp, vp = (torch.randn(G, KV, Lp, hd, generator=g).requires_grad_() for _ in "kv")
+            cos, sin = torch.randn(C, 1, hd, generator=g), torch.randn(C, 1, hd, generator=g)
+            q, k = (x * cos + x.roll(hd // 2, -1) * sin for x in (q_raw, k_raw))
+            dout = torch.randn(C, H * hd, generator=g)
+            loss = torch.zeros(())
+            for c, (r, t) in enumerate(order):
+                gr, own = r // n, cells[r, : t + 1]
+                for h in range(H):
+                    kv = h // (H // KV)
+                    keys = torch.cat([kp[gr, kv, pstart[gr]:], k[own, kv]])
+                    vals = torch.cat([vp[gr, kv, pstart[gr]:], v[own, kv]])
+                    out = torch.softmax(keys @ q[c, h], 0) @ vals
+                    loss = loss + out @ dout[c, h * hd:(h + 1) * hd]
+            loss.backward()
+        dqkv = torch.empty(C, H + 2 * KV, hd)
+        dkp, dvp = self.attend_cells_backward(q.detach(), k.detach(), v.detach(),
+                                              kp.detach(), vp.detach(), dout, cos[:, 0],
+                                              sin[:, 0], cells, pstart, dqkv, n)
+        want = torch.cat([q_raw.grad, k_raw.grad, v.grad], 1)
+        _close("attend_cells_backward", dqkv, want)
+        _close("attend_cells_backward (prompt keys)", dkp, kp.grad)
+        _close("attend_cells_backward (prompt values)", dvp, vp.grad)
 
 
 def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
