@@ -129,6 +129,25 @@ def _rms_backward(dy: torch.Tensor, xhat: torch.Tensor, r: torch.Tensor,
     return g.sub_(xhat * c).mul_(r), dw
 
 
+def _norm_forward(native: Any, x: torch.Tensor, ln: Any) -> tuple[torch.Tensor, Any]:
+    """RMSNorm ``ln`` (weight ``w``) of the rows of ``x``: ``x / rms(x) * w`` and what
+    :func:`_norm_backward` needs (the native kernels where given)."""
+    w = ln.weight
+    if native is not None:
+        return native.rms_forward(x, w, ln.variance_epsilon)
+    xhat, r = _rms(x, ln.variance_epsilon)
+    return xhat * w, (xhat, r)
+
+
+def _norm_backward(native: Any, dy: torch.Tensor, x: torch.Tensor, state: Any, ln: Any,
+                   res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of :func:`_norm_forward` at ``dy``: ``(dx + res, dw)``."""
+    if native is not None:
+        return native.rms_backward(dy, x, state, ln.weight, res)
+    dx, dw = _rms_backward(dy, *state, ln.weight)
+    return dx.add_(res), dw
+
+
 def _unrope(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
     """Backward of ``_Fast._rotate`` (``x cos + roll(x, half) sin``, signed sin)."""
     return d * cos + (d * sin).roll(half, -1)
@@ -315,18 +334,17 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         dgu = torch.empty_like(gu)
         torch.ops.aten.silu_backward.grad_input(da * up, gate, grad_input=dgu[:, :inter])
         torch.mul(da, silu, out=dgu[:, inter:])
-        w2 = lay.post_attention_layernorm.weight
-        xhat, r2 = _rms(h_mid, lay.post_attention_layernorm.variance_epsilon)
-        dWgu = _mm((xhat * w2).t(), dgu).t()
+        ln2 = lay.post_attention_layernorm
+        y2, state2 = _norm_forward(f.native, h_mid, ln2)
+        dWgu = _mm(y2.t(), dgu).t()
         _add(grads, mlp.gate_proj.weight, dWgu[:inter])
         _add(grads, mlp.up_proj.weight, dWgu[inter:])
         if mlp.gate_proj.bias is not None:
             dbgu = dgu.sum(0)
             _add(grads, mlp.gate_proj.bias, dbgu[:inter])
             _add(grads, mlp.up_proj.bias, dbgu[inter:])
-        dx, dw2 = _rms_backward(_mm(dgu, p["w_gu"]), xhat, r2, w2)
-        _add(grads, w2, dw2)
-        dmid = dx.add_(dH)  # gradient at h_mid
+        dmid, dw2 = _norm_backward(f.native, _mm(dgu, p["w_gu"]), h_mid, state2, ln2, dH)
+        _add(grads, ln2.weight, dw2)  # dmid: the gradient at h_mid
         _add(grads, attn_mod.o_proj.weight, _mm(attn.t(), dmid).t())
         _add(grads, attn_mod.o_proj.bias, dmid.sum(0))
         dattn = _mm(dmid, p["w_o"])  # (G * Lq + C, H * hd)
@@ -368,9 +386,9 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
 
         # --- the fused q|k|v projection (q pre-scaled) and the input norm.
         h_in = _cat([pr[0].reshape(Np, d)] + [s[0] for s in steps])
-        w1 = lay.input_layernorm.weight
-        xhat, r1 = _rms(h_in, lay.input_layernorm.variance_epsilon)
-        dWqkv = _mm((xhat * w1).t(), d_qkv).t()
+        ln1 = lay.input_layernorm
+        y1, state1 = _norm_forward(f.native, h_in, ln1)
+        dWqkv = _mm(y1.t(), d_qkv).t()
         s = attn_mod.scaling
         nq, nk = H * hd, KV * hd
         _add(grads, attn_mod.q_proj.weight, dWqkv[:nq] * s)
@@ -381,9 +399,8 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             _add(grads, attn_mod.q_proj.bias, db[:nq] * s)
             _add(grads, attn_mod.k_proj.bias, db[nq:nq + nk])
             _add(grads, attn_mod.v_proj.bias, db[nq + nk:])
-        dx, dw1 = _rms_backward(_mm(d_qkv, p["w_qkv"]), xhat, r1, w1)
-        _add(grads, w1, dw1)
-        dH = dx.add_(dmid)
+        dH, dw1 = _norm_backward(f.native, _mm(d_qkv, p["w_qkv"]), h_in, state1, ln1, dmid)
+        _add(grads, ln1.weight, dw1)
 
     # --- the embedding (the padding row gets no gradient, as nn.Embedding's).
     ids = torch.cat([tape.prompt_ids.reshape(-1)] + tape.step_tokens)

@@ -374,3 +374,46 @@ i64 sample_step(const float *restrict logits, const float *restrict noise, i64 B
     free(x);
     return n_done;
 }
+
+/* RMSNorm for the replayed backward, x (N, d) rows:
+ *   rms_forward: r[n] = 1 / sqrt(mean(x[n]^2) + eps), y = x r w (the normalised, weighted
+ *   input of the next projection);
+ *   rms_backward: from dy (N, d) at y, dx = (g - xhat mean(g xhat)) r + res with
+ *   g = dy w, xhat = x r (res: a residual gradient added on, or NULL), and dw (d,) =
+ *   sum over rows of dy xhat. */
+void rms_forward(const float *restrict x, const float *restrict w, float *restrict y,
+                 float *restrict r, i64 N, i64 d, float eps) {
+    for (i64 n = 0; n < N; n++) {
+        const float *xn = x + n * d;
+        float rr = 1.0f / sqrtf(dot(xn, xn, d) / (float)d + eps);
+        r[n] = rr;
+        float *yn = y + n * d;
+        for (i64 i = 0; i < d; i++) yn[i] = xn[i] * rr * w[i];
+    }
+}
+
+void rms_backward(const float *restrict dy, const float *restrict x, const float *restrict r,
+                  const float *restrict w, const float *restrict res, float *restrict dx,
+                  float *restrict dw, i64 N, i64 d) {
+    for (i64 i = 0; i < d; i++) dw[i] = 0.0f;
+    float *g = malloc(sizeof(float) * (size_t)d), *xh = malloc(sizeof(float) * (size_t)d);
+    for (i64 n = 0; n < N; n++) {
+        const float *dyn = dy + n * d, *xn = x + n * d;
+        float rr = r[n];
+        for (i64 i = 0; i < d; i++) {
+            g[i] = dyn[i] * w[i];
+            xh[i] = xn[i] * rr;
+            dw[i] += dyn[i] * xh[i];
+        }
+        float c = dot(g, xh, d) / (float)d;
+        float *dxn = dx + n * d;
+        if (res) {
+            const float *rn = res + n * d;
+            for (i64 i = 0; i < d; i++) dxn[i] = (g[i] - xh[i] * c) * rr + rn[i];
+        } else {
+            for (i64 i = 0; i < d; i++) dxn[i] = (g[i] - xh[i] * c) * rr;
+        }
+    }
+    free(g);
+    free(xh);
+}

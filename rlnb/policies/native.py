@@ -39,6 +39,8 @@ _SIGNATURES = {
     "decode_attend": [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _I],
     "attend_cells_backward": [_P] * 13 + [_I] * 8,
     "sample_step": [_P, _P, _I, _I, _F, _P, _I, _P, _P, _P],
+    "rms_forward": [_P, _P, _P, _P, _I, _I, _F],
+    "rms_backward": [_P] * 7 + [_I, _I],
 }
 
 _state: dict[str, object] = {}
@@ -140,6 +142,8 @@ class Kernels:
             fn.argtypes, fn.restype = args, None
         self.lib.sample_step.restype = ctypes.c_int64
         self._sample_step = self.lib.sample_step
+        self._rms_forward = self.lib.rms_forward
+        self._rms_backward = self.lib.rms_backward
         self._unit_rms = self.lib.unit_rms
         self._decode_attend = self.lib.decode_attend
         self._cells_backward = self.lib.attend_cells_backward
@@ -187,7 +191,30 @@ class Kernels:
                                    done.data_ptr())
         return tok, lp, int(n_done)
 
-    # --- the replayed backward --------------------------------------------------------
+    # --- the replayed backward ---
+    def rms_forward(self, x: torch.Tensor, w: torch.Tensor,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm of the rows of ``x (N, d)`` with weight ``w``: ``(y (N, d), r (N,))``,
+        ``r = 1 / rms(x)``, ``y = x r w``."""
+        x, w = x.contiguous(), w.contiguous()
+        N, d = x.shape
+        y, r = torch.empty_like(x), x.new_empty(N)
+        self._rms_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), r.data_ptr(), N, d, eps)
+        return y, r
+
+    def rms_backward(self, dy: torch.Tensor, x: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+                     res: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward of :meth:`rms_forward` at ``dy (N, d)``: ``(dx (+ res), dw)``."""
+        dy, x, w = dy.contiguous(), x.contiguous(), w.contiguous()
+        res = None if res is None else res.contiguous()
+        N, d = x.shape
+        dx, dw = torch.empty_like(x), x.new_empty(d)
+        self._rms_backward(dy.data_ptr(), x.data_ptr(), r.data_ptr(), w.data_ptr(),
+                           None if res is None else res.data_ptr(), dx.data_ptr(),
+                           dw.data_ptr(), N, d)
+        return dx, dw
+
+    # --- the replayed backward, attention --------------------------------------------------------
     def attend_cells_backward(self, q, k, v, kp, vp, dout, cos, sin, cells, pstart, dqkv,
                               n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward of the completion tokens' attention (see ``native.c``): ``cells (R, J)``
@@ -247,6 +274,19 @@ class Kernels:
         if not torch.equal(done[1:], torch.isin(want[1:], torch.tensor([3, 5]))) or not done[0]:
             raise RuntimeError("native kernel sample_step disagrees with PyTorch (done)")
         self._check_cells_backward(g)
+        from rlnb.policies.lm_replay import _rms, _rms_backward
+
+        for d in (64, 24):
+            x, w, dy, res = (torch.randn(7, d, generator=g) for _ in range(4))
+            w = w[0]
+            xhat, r = _rms(x, 1e-6)
+            y, r_n = self.rms_forward(x, w, 1e-6)
+            _close("rms_forward", y, xhat * w)
+            _close("rms_forward r", r_n, r.view(-1))
+            dx, dw = _rms_backward(dy, xhat, r, w)
+            dx_n, dw_n = self.rms_backward(dy, x, r_n, w, res)
+            _close("rms_backward dx", dx_n, dx + res)
+            _close("rms_backward dw", dw_n, dw)
         _close("decode_attend rope", qkv.view(B, H + 2 * KV, hd)[:, :H + KV], qk)
 
 
