@@ -141,3 +141,14 @@ def test_completion_attention_backward_equals_the_grid_computation(hd):
     assert torch.allclose(dqkv, want, atol=1e-5), (dqkv - want).abs().max()
     assert torch.allclose(dkp, dk[:, :, :, :Lp].sum(1), atol=1e-5)
     assert torch.allclose(dvp, dv[:, :, :, :Lp].sum(1), atol=1e-5)
+
+
+@needs_compiler
+def test_a_tensor_of_the_wrong_dtype_is_a_clear_error():
+    k = native.kernels()
+    assert k is not None, native.status()
+    with pytest.raises(ValueError, match="x must be a torch.float32 CPU tensor, got torch.float64"):
+        k.unit_rms(torch.ones(2, 4, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match="start must be a torch.int64"):
+        k.decode_attend(torch.zeros(1, 32), torch.ones(1, 4), torch.zeros(1, 4),
+                        torch.zeros(2, 1, 2, 3, 4), torch.zeros(1, dtype=torch.int32), 0, 4, 2)

@@ -1,10 +1,10 @@
 """Fused CPU kernels for tiny Llama-family models (float32), compiled on first use.
 
 Decoding a 2-layer, hidden-64 model spends more time dispatching small PyTorch operations
-(norms, RoPE, cache writes, a 20-key softmax, SiLU) than doing their arithmetic, and the
-replayed update's attention backward (:mod:`rlnb.policies.lm_replay`) builds padded grids
-for a few thousand dot products. ``native.c`` does each of those pieces in one call; the
-matrix products stay with PyTorch.
+(norms, RoPE, cache writes, a 20-key softmax, the sampling step) than doing their
+arithmetic, and the replayed update's backward (:mod:`rlnb.policies.lm_replay`) builds
+padded grids for a few thousand dot products and spends ten operations on each RMSNorm.
+``native.c`` does each of those pieces in one call; the matrix products stay with PyTorch.
 
 The C source is compiled with the system's C compiler (``$CC``, else ``cc``) the first time
 it is needed, into ``$RLNB_CACHE/native`` (default ``~/.cache/rlnb/native``), keyed by the
@@ -126,8 +126,12 @@ def _build() -> Path:
     return out
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+def _need(dtype: torch.dtype, **tensors: torch.Tensor) -> None:
+    """The C functions read raw memory: a tensor of another dtype or device is an error
+    here, not garbage there."""
+    for name, t in tensors.items():
+        if t.dtype != dtype or t.device.type != "cpu":
+            raise ValueError(f"{name} must be a {dtype} CPU tensor, got {t.dtype} on {t.device}")
 
 
 class Kernels:
@@ -151,6 +155,7 @@ class Kernels:
     # --- decoding -------------------------------------------------------------------
     def unit_rms(self, x: torch.Tensor, c2: float) -> torch.Tensor:
         """``x / sqrt(|x|^2 + c2)`` over the last dimension of ``x (B, d)``."""
+        _need(torch.float32, x=x)
         x = x.contiguous()
         out = torch.empty_like(x)
         self._unit_rms(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], c2)
@@ -163,6 +168,8 @@ class Kernels:
         ``sin``: ``(B, ..., hd)`` rows, the last dimension contiguous), k and v written to
         ``cache (2, B, KV, Lt, hd)`` at ``at``, then each row's attention over its keys
         ``start[b] .. at`` -> ``(B, H * hd)``."""
+        _need(torch.float32, qkv=qkv, cos=cos, sin=sin, cache=cache)
+        _need(torch.int64, start=start)
         B = qkv.shape[0]
         _, _, _, Lt, hd = cache.shape
         if not (qkv.is_contiguous() and cache.is_contiguous() and start.is_contiguous()):
@@ -181,6 +188,9 @@ class Kernels:
         ``(B,)``, their log-probabilities ``(B, 1)`` (of ``log_softmax(logits /
         temperature)``), and the number of rows done; ``done (B,)`` (bool) is updated in
         place with the rows whose token is one of ``eos`` (int64 ids)."""
+        _need(torch.float32, logits=logits, noise=noise)
+        _need(torch.int64, eos=eos)
+        _need(torch.bool, done=done)
         if not (logits.is_contiguous() and noise.is_contiguous() and done.is_contiguous()):
             raise ValueError("sample_step needs contiguous logits, noise and done")
         B, V = logits.shape
@@ -196,6 +206,7 @@ class Kernels:
                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """RMSNorm of the rows of ``x (N, d)`` with weight ``w``: ``(y (N, d), r (N,))``,
         ``r = 1 / rms(x)``, ``y = x r w``."""
+        _need(torch.float32, x=x, w=w)
         x, w = x.contiguous(), w.contiguous()
         N, d = x.shape
         y, r = torch.empty_like(x), x.new_empty(N)
@@ -205,7 +216,8 @@ class Kernels:
     def rms_backward(self, dy: torch.Tensor, x: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
                      res: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward of :meth:`rms_forward` at ``dy (N, d)``: ``(dx (+ res), dw)``."""
-        dy, x, w = dy.contiguous(), x.contiguous(), w.contiguous()
+        _need(torch.float32, dy=dy, x=x, r=r, w=w, **({} if res is None else {"res": res}))
+        dy, x, r, w = dy.contiguous(), x.contiguous(), r.contiguous(), w.contiguous()
         res = None if res is None else res.contiguous()
         N, d = x.shape
         dx, dw = torch.empty_like(x), x.new_empty(d)
@@ -221,6 +233,9 @@ class Kernels:
         maps (row, step) to a cell (-1 after the row's last step); writes ``dqkv (C, H + 2
         KV, hd)`` (must be contiguous) and returns the gradients at the prompts' keys and
         values ``(G, KV, Lp, hd)`` (rotated coordinates)."""
+        _need(torch.float32, q=q, k=k, v=v, kp=kp, vp=vp, dout=dout, cos=cos, sin=sin,
+              dqkv=dqkv)
+        _need(torch.int64, cells=cells, pstart=pstart)
         C, H, hd = q.shape
         G, KV, Lp, _ = kp.shape
         R, J = cells.shape
