@@ -19,7 +19,7 @@ typedef int64_t i64;
 
 static inline float fexp(float x) {
     /* exp(x) for finite x; results below exp(-87) are returned as exp(-87) (~1.6e-38),
-     * which no sum of probabilities or sigmoid here can tell from 0. NaN stays NaN. */
+     * which no sum of probabilities here can tell from 0. NaN stays NaN. */
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     float n = floorf(x * 1.44269504088896341f + 0.5f);
@@ -36,20 +36,6 @@ static inline float fexp(float x) {
     union { int32_t i; float f; } s;
     s.i = ((int32_t)n + 127) << 23;
     return p * s.f;
-}
-
-/* out[b] = x[b] / sqrt(|x[b]|^2 + c2): RMSNorm without its weight and its sqrt(d), both
- * folded into the next projection (rlnb.policies.lm._UnitRMS). */
-void unit_rms(const float *restrict x, float *restrict out, i64 B, i64 d, float c2) {
-    for (i64 b = 0; b < B; b++) {
-        const float *xb = x + b * d;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (i64 i = 0; i < d; i++) s += xb[i] * xb[i];
-        float r = 1.0f / sqrtf(s + c2);
-        float *ob = out + b * d;
-        for (i64 i = 0; i < d; i++) ob[i] = xb[i] * r;
-    }
 }
 
 /* RoPE in place on one head: y[i] = x[i] cos[i] + x[(i + hd/2) % hd] sin[i] (sin signed:
@@ -108,6 +94,17 @@ static inline __attribute__((always_inline)) float dot(const float *restrict a,
     float s = 0.0f;
     for (i64 i = 0; i < n; i++) s += a[i] * b[i];
     return s;
+}
+
+/* out[b] = x[b] / sqrt(|x[b]|^2 + c2): RMSNorm without its weight and its sqrt(d), both
+ * folded into the next projection (rlnb.policies.lm._UnitRMS). */
+void unit_rms(const float *restrict x, float *restrict out, i64 B, i64 d, float c2) {
+    for (i64 b = 0; b < B; b++) {
+        const float *xb = x + b * d;
+        float r = 1.0f / sqrtf(dot(xb, xb, d) + c2);
+        float *ob = out + b * d;
+        for (i64 i = 0; i < d; i++) ob[i] = xb[i] * r;
+    }
 }
 
 /* One decoding step of attention for B rows.
