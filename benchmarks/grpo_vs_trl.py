@@ -234,7 +234,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats (TRL's speed can move +-15%% between runs on a shared machine)")
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-trl-keep-freed", dest="trl_keep_freed", action="store_false",
                    help="do not also time TRL with the allocator setting rlnb uses")
