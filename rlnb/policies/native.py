@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from rlnb.cache import cache_dir as _cache_dir
+
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
           "-fopenmp-simd", "-std=c11"]
@@ -48,9 +50,7 @@ _state: dict[str, object] = {}
 
 def cache_dir() -> Path:
     """Where compiled kernels are kept: ``$RLNB_CACHE/native`` or ``~/.cache/rlnb/native``."""
-    root = os.environ.get("RLNB_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlnb"
-    return base / "native"
+    return _cache_dir("native")
 
 
 def enabled() -> bool:

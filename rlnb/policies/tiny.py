@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlnb.cache import cache_dir as _cache_dir
 from rlnb.policies.lm import LMPolicy, _Fast, fast_engine_support
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -134,9 +135,7 @@ def tiny_model(config: Any, *, seed: int = 0) -> Any:
 def default_cache_dir() -> Path:
     """Where base models are cached: ``$RLNB_CACHE/base_models`` if ``RLNB_CACHE`` is
     set, else ``~/.cache/rlnb/base_models``."""
-    root = os.environ.get("RLNB_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlnb"
-    return base / "base_models"
+    return _cache_dir("base_models")
 
 
 def _task_spec(task: Any) -> dict[str, Any]:
