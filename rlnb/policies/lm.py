@@ -247,6 +247,15 @@ def _completion_bias(prompt_valid: torch.Tensor, n: int, Tc: int,
     return bias.masked_fill_(~key_ok, float("-inf")).view(G * n, 1, Tc, Lp + Tc)
 
 
+def _prompt_start(valid: torch.Tensor) -> torch.Tensor | None:
+    """The first valid key of each left-padded prompt ``valid (G, Lp)``, ``(G,)``, so that
+    its keys are the range ``start .. Lp - 1``; None where a mask is not of that form
+    (the native kernels read key ranges, not masks)."""
+    if not bool((valid[:, 1:] >= valid[:, :-1]).all()):
+        return None
+    return valid.shape[1] - valid.sum(1)
+
+
 def _row_keys(kp: torch.Tensor, kc: torch.Tensor, n: int) -> torch.Tensor:
     """The keys (or values) each completion row attends to, ``(G * n, KV, Lp + Tc, hd)``:
     its prompt's ``kp (G, KV, Lp, hd)`` (one copy per row, made inside the cat), then its
@@ -620,16 +629,6 @@ class _Fast:
             c[0, :, :, :Lp] = k.repeat_interleave(n, 0)
             c[1, :, :, :Lp] = v.repeat_interleave(n, 0)
             caches.append(c)
-        # Additive key bias, per KV head as bmm wants it: -inf on the prompts' left padding
-        # and on the completion keys not written yet (0 from the step that writes them).
-        key_valid = torch.zeros((N, Lp + T), dtype=torch.bool, device=dev)
-        key_valid[:, :Lp] = prompt_mask.bool().repeat_interleave(n, 0)
-        bias = torch.zeros((N, 1, Lp + T), dtype=h.dtype, device=dev)
-        bias.masked_fill_(~key_valid[:, None], float("-inf"))
-        bias = bias.repeat_interleave(KV, 0)  # (N * KV, 1, Lp + T)
-        # Attend to at least 16 keys (future ones weigh 0): PyTorch's CPU softmax is several
-        # times slower on rows shorter than its vector width (16 floats).
-        min_keys = min(16, Lp + T)
         # Completion token t sits at position (real prompt length + t).
         pos = prompt_mask.sum(1).repeat_interleave(n)[:, None] + torch.arange(T, device=dev)
         rope = self.rope(pos)  # (N, T, 1, hd) each, or None
@@ -639,11 +638,24 @@ class _Fast:
             layers, final = folded
         # The native kernel reads each row's keys as one range: its valid prompt keys (a
         # suffix of the prompt, left padding before it), then its completion so far.
-        native = self.native if folded is not None and rope is not None else None
-        if native is not None and bool((prompt_mask[:, 1:] >= prompt_mask[:, :-1]).all()):
-            start = Lp - pos[:, 0]  # (B,) the first valid prompt key
-        else:
-            native = None
+        native, start = None, None
+        if self.native is not None and folded is not None and rope is not None:
+            start = _prompt_start(prompt_mask)
+            if start is not None:
+                native, start = self.native, start.repeat_interleave(n)  # (B,)
+        bias = min_keys = None
+        if native is None:
+            # Additive key bias, per KV head as bmm wants it: -inf on the prompts' left
+            # padding and on the completion keys not written yet (0 from the step that
+            # writes them).
+            key_valid = torch.zeros((N, Lp + T), dtype=torch.bool, device=dev)
+            key_valid[:, :Lp] = prompt_mask.bool().repeat_interleave(n, 0)
+            bias = torch.zeros((N, 1, Lp + T), dtype=h.dtype, device=dev)
+            bias.masked_fill_(~key_valid[:, None], float("-inf"))
+            bias = bias.repeat_interleave(KV, 0)  # (N * KV, 1, Lp + T)
+            # Attend to at least 16 keys (future ones weigh 0): PyTorch's CPU softmax is
+            # several times slower on rows shorter than its vector width (16 floats).
+            min_keys = min(16, Lp + T)
         H, W = self.H, self.H + 2 * KV
         tok, keep = yield self.final(h[:, -1]).repeat_interleave(n, 0)
         for t in range(T - 1):
@@ -659,7 +671,7 @@ class _Fast:
             at = Lp + t
             if native is None:
                 bias[:, :, at] = 0.0
-            w = max(at + 1, min_keys)  # keys read this step
+                w = max(at + 1, min_keys)  # keys read this step
             x = self._embed(tok, pos[:, t])  # (B, d)
             r_t = None if rope is None else (rope[0][:, t], rope[1][:, t])  # (B, 1, hd)
             recs = None
@@ -1450,7 +1462,7 @@ class LMPolicy(Policy):
         N, T = mask.shape
         if N != tape.n * tape.prompt_ids.shape[0]:
             return None
-        cells, J = lm_replay.cell_index(tape, N)
+        cells, J = lm_replay.cell_index(tape)
         r, t = mask.nonzero(as_tuple=True)
         if t.numel() and int(t.max()) > J:
             return None

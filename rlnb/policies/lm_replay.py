@@ -61,6 +61,7 @@ class Tape:
         self.step_rope: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step_out: list[torch.Tensor] = []
         self.rows: list[torch.Tensor] = []
+        self.cells: tuple[torch.Tensor, int] | None = None  # cell_index, once computed
 
     def valid_for(self, params: list[torch.Tensor], temperature: float) -> bool:
         """Whether the weights and temperature are still those the sampler used."""
@@ -88,16 +89,20 @@ def replay(tape: Tape, src: torch.Tensor) -> torch.Tensor:
     return _Replay.apply(tape, src, *tape.params)
 
 
-def cell_index(tape: Tape, num_rows: int) -> tuple[torch.Tensor, int]:
+def cell_index(tape: Tape) -> tuple[torch.Tensor, int]:
     """``(N, J)`` map from (row, decoding iteration) to the cell's index in tape order
-    (-1 where the row was not computed), and ``J``."""
-    J = len(tape.rows)
-    index = torch.full((num_rows, max(J, 1)), -1, dtype=torch.long)
-    if J:
-        rows = torch.cat(tape.rows).cpu()
-        cols = torch.cat([torch.full((len(r),), j, dtype=torch.long) for j, r in enumerate(tape.rows)])
-        index[rows, cols] = torch.arange(len(rows))
-    return index, J
+    (-1 where the row was not computed; ``N`` rows: ``n`` per prompt), and ``J``. Computed
+    once per tape (the scoring call and the backward pass both need it)."""
+    if tape.cells is None:
+        J = len(tape.rows)
+        index = torch.full((tape.n * tape.prompt_ids.shape[0], max(J, 1)), -1, dtype=torch.long)
+        if J:
+            rows = torch.cat(tape.rows).cpu()
+            cols = torch.cat([torch.full((len(r),), j, dtype=torch.long)
+                              for j, r in enumerate(tape.rows)])
+            index[rows, cols] = torch.arange(len(rows))
+        tape.cells = (index, J)
+    return tape.cells
 
 
 class _Replay(torch.autograd.Function):
@@ -273,7 +278,7 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, torch.Tensor]:
     """Gradients (by parameter id) of ``sum(grad * replay(tape, src))``."""
-    from rlnb.policies.lm import _attention_bias, _completion_bias, _row_keys
+    from rlnb.policies.lm import _attention_bias, _completion_bias, _prompt_start, _row_keys
 
     f = tape.fast
     G, Lp = tape.prompt_ids.shape
@@ -289,23 +294,18 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
     grads: dict[int, torch.Tensor] = {}
     _mm = _Matmuls()
 
-    # Completion cells, in tape order (iteration after iteration), and their slots in the
-    # (R, J) grid where attention runs: keys are the group's prompt, then the row's own
-    # completion up to the query (causal).
+    # Completion cells, in tape order (iteration after iteration). Their attention's keys
+    # are the group's prompt, then the row's own completion up to the query (causal): the
+    # native kernel reads them cell by cell, else attention runs on the (R, J) grid.
     native = f.native if C else None
     if C:
-        slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])
         cos_c = _cat([c for c, _ in tape.step_rope])  # (C, 1, hd)
         sin_c = _cat([s for _, s in tape.step_rope])
-        if native is not None:  # per cell, without the grid (rlnb.policies.native)
-            plen = tape.prompt_valid.sum(1)
-            if bool((tape.prompt_valid[:, 1:] >= tape.prompt_valid[:, :-1]).all()):
-                pstart = Lp - plen  # (G,) the first valid prompt key: keys form one range
-                cells = torch.full((R * J,), -1, dtype=torch.long).index_copy_(
-                    0, slots, torch.arange(C)).view(R, J)
-            else:
-                native = None
+        if native is not None:
+            pstart = _prompt_start(tape.prompt_valid)  # (G,) keys form one range, or None
+            native = native if pstart is not None else None
         if native is None:
+            slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])  # grid cells
             bias_c = _completion_bias(tape.prompt_valid, n, J, dt)
     cos_p, sin_p = tape.prompt_rope  # (G, Lp, 1, hd)
     bias_p = _attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
@@ -355,17 +355,18 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         dq_p, dk_p, dv_p = _attend_backward(pr[1], pr[2], pr[3], bias_p,
                                             dattn[:Np].view(G, Lp, H * hd))
         d_qkv = torch.empty((Np + C, W, hd), dtype=dt, device=dev)
+        if C:  # the cells' q (C, H, hd), k and v (C, KV, hd)
+            q_c, k_c, v_c = (_cat([s[j] for s in steps]) for j in (1, 2, 3))
         if native is not None:
             dkp, dvp = native.attend_cells_backward(
-                _cat([s[1] for s in steps]), _cat([s[2] for s in steps]),
-                _cat([s[3] for s in steps]), pr[2], pr[3], dattn[Np:], cos_c, sin_c,
-                cells, pstart, d_qkv[Np:], n)
+                q_c, k_c, v_c, pr[2], pr[3], dattn[Np:], cos_c, sin_c, cell_index(tape)[0],
+                pstart, d_qkv[Np:], n)
             dk_p, dv_p = dk_p + dkp, dv_p + dvp
         elif C:
             grid = torch.zeros((R * J, W, hd), dtype=dt, device=dev)
-            grid[:, :H].index_copy_(0, slots, _cat([s[1] for s in steps]))
-            grid[:, H:HK].index_copy_(0, slots, _cat([s[2] for s in steps]))
-            grid[:, HK:].index_copy_(0, slots, _cat([s[3] for s in steps]))
+            grid[:, :H].index_copy_(0, slots, q_c)
+            grid[:, H:HK].index_copy_(0, slots, k_c)
+            grid[:, HK:].index_copy_(0, slots, v_c)
             qc, kc, vc = grid.view(R, J, W, hd).split([H, KV, KV], dim=2)
             k, v = _row_keys(pr[2], kc, n), _row_keys(pr[3], vc, n)
             dout = torch.zeros((R * J, H * hd), dtype=dt, device=dev).index_copy_(
