@@ -249,10 +249,10 @@ static inline __attribute__((always_inline)) void cells_backward_impl(
     const i64 *restrict pstart, float *restrict dqkv, float *restrict dkp,
     float *restrict dvp, i64 C, i64 R, i64 J, i64 n, i64 H, i64 KV, const i64 hd, i64 Lp) {
     i64 W = H + 2 * KV, rep = H / KV;
-    i64 Lmax = (Lp + J + 15) / 16 * 16;  /* keys padded to whole vectors (zeros) */
+    i64 Lmax = (Lp + J + 15) / 16 * 16;  /* keys padded to whole vectors (zeros, per row) */
     float *Kr = malloc(sizeof(float) * (size_t)(Lmax * hd));  /* keys, row-major */
-    float *Kt = calloc((size_t)(Lmax * hd), sizeof(float));  /* keys, transposed */
-    float *Vt = calloc((size_t)(Lmax * hd), sizeof(float));
+    float *Kt = malloc(sizeof(float) * (size_t)(Lmax * hd));  /* keys, transposed */
+    float *Vt = malloc(sizeof(float) * (size_t)(Lmax * hd));
     float *dKr = malloc(sizeof(float) * (size_t)(Lmax * hd));
     float *dVr = malloc(sizeof(float) * (size_t)(Lmax * hd));
     float *dq = malloc(sizeof(float) * (size_t)(C * H * hd));  /* rotated coordinates */
