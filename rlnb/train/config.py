@@ -10,14 +10,35 @@ Where TRL has no name: TRL's batch is counted in completions
 num_generations``); TRL's ``loss_type`` maps to ``loss_agg_mode`` as
 ``grpo -> seq-mean-token-mean``, ``dapo``/``bnpo -> token-mean``,
 ``dr_grpo -> seq-mean-token-sum-norm``.
+
+Every field is checked when a config is made (``TrainConfig(...)``, :meth:`from_dict`,
+:meth:`replace`): a value of the wrong type is a ``TypeError`` naming the field, the type
+given and the one expected (``max_steps=2.5`` is not an int, nor is ``True``); a value out
+of range, an unknown estimator or loss name, or a combination that cannot train (``rloo``
+with one completion per prompt) is a ``ValueError``; an unknown option names the valid ones
+and the closest. A combination that trains but learns nothing (``grpo`` with groups of
+one) is a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import math
+import numbers
+import os
+import sys
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+from rlnb.rl.advantages import SCALE_REWARDS
+from rlnb.rl.registry import ADVANTAGES, POLICY_LOSSES, unknown_name_error
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -131,38 +152,116 @@ class TrainConfig:
     """Show a tqdm.auto progress bar (notebook widget or terminal)."""
 
     def __post_init__(self) -> None:
-        self.adam_betas = tuple(self.adam_betas)  # JSON round trip gives a list
         self.validate()
 
     def validate(self) -> None:
+        """Check every field (and normalise it: numbers to int / float, ``adam_betas`` to a
+        tuple); raise ``TypeError`` / ``ValueError`` naming the first bad one. Warns, once
+        per config, about combinations that train but cannot learn."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked_type(f.name, getattr(self, f.name), f.type))
+        self.adam_betas = _checked_betas(self.adam_betas)
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(msg)
 
-        need(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
-        need(self.num_prompts_per_step >= 1,
-             f"num_prompts_per_step must be >= 1, got {self.num_prompts_per_step}")
-        need(self.num_generations >= 1, f"num_generations must be >= 1, got {self.num_generations}")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        need(self.optimizer in _OPTIMIZERS,
-             f"optimizer must be one of {list(_OPTIMIZERS)}, got {self.optimizer!r}")
-        need(self.kl_estimator in _KL_ESTIMATORS,
-             f"kl_estimator must be one of {list(_KL_ESTIMATORS)}, got {self.kl_estimator!r}")
-        need(self.loss_agg_mode in _AGG_MODES,
-             f"loss_agg_mode must be one of {list(_AGG_MODES)}, got {self.loss_agg_mode!r}")
-        need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
-        need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        need(self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
-        need(self.epsilon_high is None or self.epsilon_high > 0,
-             f"epsilon_high must be > 0 or None, got {self.epsilon_high}")
-        need(self.save_steps >= 1, f"save_steps must be >= 1, got {self.save_steps}")
-        need(self.log_rollouts_steps >= 0,
-             f"log_rollouts_steps must be >= 0, got {self.log_rollouts_steps}")
-        need(self.torch_threads is None or self.torch_threads >= 1,
-             f"torch_threads must be >= 1 or None, got {self.torch_threads}")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0,
-             f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        def at_least(name: str, low: int | float, *, none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and none:
+                return
+            need(v >= low, f"{name} must be >= {low}{' or None' if none else ''}, got {v}")
+
+        def positive(name: str, *, none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and none:
+                return
+            need(v > 0, f"{name} must be > 0{' or None' if none else ''}, got {v}")
+
+        def one_of(name: str, valid: tuple[str, ...], why: str = "") -> None:
+            v = getattr(self, name)
+            if v not in valid:
+                close = difflib.get_close_matches(v, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                need(False, f"{name} must be one of {list(valid)}, got {v!r}{hint}{why}")
+
+        # --- run and rollout ------------------------------------------------------------
+        need(-(2**63) <= self.seed < 2**64,
+             f"seed must be in [-2**63, 2**64) (a torch.Generator seed), got {self.seed}")
+        at_least("max_steps", 0)
+        at_least("num_prompts_per_step", 1)
+        at_least("num_generations", 1)
+        positive("temperature")
+        # --- advantage ------------------------------------------------------------------
+        if self.advantage not in ADVANTAGES:
+            need(False, f"advantage: {unknown_name_error('advantage method', self.advantage, _outcome_advantages())}")
+        need(self.advantage != "gae",
+             "advantage 'gae' needs a critic's values, which the Trainer does not learn; "
+             f"use one of {', '.join(_outcome_advantages())} (or rlnb.rl.gae directly)")
+        one_of("scale_rewards", SCALE_REWARDS,
+               ": 'group' = GRPO, 'batch' = Lite PPO, 'none' = Dr.GRPO")
+        at_least("w_reinforce_lambda", 0)
+        need(self.advantage != "rloo" or self.num_generations >= 2,
+             f"advantage 'rloo' needs num_generations >= 2 (its baseline is the mean of the "
+             f"other completions of the same prompt), got num_generations="
+             f"{self.num_generations}; raise num_generations, or use advantage="
+             "'reinforce_baseline' (one baseline for the whole batch)")
+        # --- objective ------------------------------------------------------------------
+        if self.policy_loss not in POLICY_LOSSES:
+            need(False, f"policy_loss: {unknown_name_error('policy loss', self.policy_loss, POLICY_LOSSES)}")
+        positive("epsilon")
+        positive("epsilon_high", none=True)
+        need(self.delta is None or self.delta > 1 + self.epsilon,
+             f"delta (the dual clip) must be > 1 + epsilon = {1 + self.epsilon:g} or None, got "
+             f"{self.delta}")
+        one_of("loss_agg_mode", _AGG_MODES)
+        at_least("num_iterations", 1)
+        at_least("beta", 0)
+        one_of("kl_estimator", _KL_ESTIMATORS)
+        need(0 < self.clip_cov_ratio <= 1,
+             f"clip_cov_ratio must be in (0, 1] (a fraction of tokens), got {self.clip_cov_ratio}")
+        need(self.clip_cov_lb < self.clip_cov_ub,
+             f"clip_cov_lb must be < clip_cov_ub, got clip_cov_lb={self.clip_cov_lb}, "
+             f"clip_cov_ub={self.clip_cov_ub}")
+        need(0 < self.kl_cov_ratio <= 1,
+             f"kl_cov_ratio must be in (0, 1] (a fraction of tokens), got {self.kl_cov_ratio}")
+        at_least("kl_cov_coef", 0)
+        # --- optimiser, speed, logging --------------------------------------------------
+        one_of("optimizer", _OPTIMIZERS)
+        positive("learning_rate")
+        at_least("weight_decay", 0)
+        positive("max_grad_norm", none=True)
+        at_least("torch_threads", 1, none=True)
+        at_least("save_steps", 1)
+        at_least("log_rollouts_steps", 0)
+        at_least("log_rollouts_count", 1)
+        self._warn_if_nothing_is_learned()
+
+    def _warn_if_nothing_is_learned(self) -> None:
+        msg = None
+        if self.advantage == "grpo" and self.num_generations == 1:
+            msg = ("num_generations=1 with advantage 'grpo': every group holds one completion, "
+                   "so every advantage (reward - group mean) is zero and nothing is learned; "
+                   "set num_generations >= 2, or use advantage='reinforce_baseline' (one "
+                   "baseline for the whole batch)")
+        elif (self.advantage == "reinforce_baseline"
+              and self.num_prompts_per_step * self.num_generations == 1):
+            msg = ("num_prompts_per_step=1 and num_generations=1 with advantage "
+                   "'reinforce_baseline': the batch holds one completion, so its advantage "
+                   "(reward - batch mean) is zero and nothing is learned; raise "
+                   "num_prompts_per_step or num_generations")
+        shown = self.__dict__.setdefault("_warnings_shown", set())
+        if msg is not None and msg not in shown:
+            shown.add(msg)
+            warnings.warn(msg, UserWarning, stacklevel=_caller_stacklevel())
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied; this config is left as it is.
+
+        >>> TrainConfig(max_steps=5).replace(learning_rate=0.5).learning_rate
+        0.5
+        """
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -170,14 +269,146 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        if not isinstance(d, Mapping):
+            raise TypeError(f"TrainConfig.from_dict needs a dict of options, got "
+                            f"{type(d).__name__}")
+        unknown = sorted(set(d) - _field_names())
         if unknown:
-            raise ValueError(
-                f"unknown TrainConfig option(s) {unknown}; valid options: {sorted(names)}"
-            )
+            raise ValueError(_unknown_options_message(unknown))
         return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+# --- checks ---------------------------------------------------------------------------
+_EXPECTED = {"int": "an int", "float": "a float", "bool": "a bool (True or False)",
+             "str": "a str"}
+
+#: Names people reach for that TrainConfig spells differently.
+_ALIASES = {
+    "lr": "learning_rate", "betas": "adam_betas", "kl_coef": "beta", "steps": "max_steps",
+    "group_size": "num_generations", "clip_range": "epsilon", "cliprange": "epsilon",
+    "loss_type": "loss_agg_mode", "batch_size": "num_prompts_per_step",
+    "gradient_clip": "max_grad_norm", "entropy_coeff": "entropy_coef",
+}
+
+
+def _field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _outcome_advantages() -> list[str]:
+    """The advantage estimators the Trainer can use (GAE needs a critic)."""
+    return [name for name in ADVANTAGES if name != "gae"]
+
+
+def _closest_option(name: str, valid: set[str]) -> str | None:
+    if name in _ALIASES and _ALIASES[name] in valid:
+        return _ALIASES[name]
+    initials = {"".join(w[0] for w in v.split("_") if w): v for v in valid}
+    if name in initials:  # "lr" -> learning_rate
+        return initials[name]
+    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_options_message(unknown: list[Any]) -> str:
+    valid = _field_names()
+    parts = []
+    for name in unknown:
+        close = _closest_option(str(name), valid)
+        parts.append(f"{name!r}" + (f" (did you mean {close!r}?)" if close else ""))
+    s = "s" if len(unknown) > 1 else ""
+    return (f"unknown TrainConfig option{s} {', '.join(parts)}; valid options: "
+            f"{', '.join(sorted(valid))}")
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _checked_type(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against the field's annotation (``"int"``, ``"float | None"``...)
+    and normalised (numpy scalars to Python numbers, ints to float for float fields). An
+    annotation this check does not know is left to ``validate``'s own rules."""
+    kinds = {k.strip() for k in str(annotation).split("|")}
+    optional = "None" in kinds
+    kinds.discard("None")
+    if len(kinds) != 1 or next(iter(kinds)) not in _EXPECTED:
+        return value
+    kind = next(iter(kinds))
+    if value is None and optional:
+        return None
+    if kind == "bool" and _is_bool(value):
+        return bool(value)
+    if kind == "str" and isinstance(value, str):
+        return str(value)
+    if kind == "int" and isinstance(value, numbers.Integral) and not _is_bool(value):
+        return int(value)
+    if kind == "float" and isinstance(value, numbers.Real) and not _is_bool(value):
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}")
+        return v
+    expected = _EXPECTED[kind] + (" or None" if optional else "")
+    hint = ""
+    if isinstance(value, str) and kind in ("int", "float"):
+        hint = f"; write {name}={value.strip()} without quotes"
+    elif kind == "int" and isinstance(value, float) and value.is_integer():
+        hint = f"; write {name}={int(value)}"
+    raise TypeError(
+        f"{name} must be {expected}, got {type(value).__name__} {value!r}{hint}")
+
+
+def _checked_betas(value: Any) -> tuple[float, float]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):  # a JSON round trip gives a list
+        raise TypeError(f"adam_betas must be a pair (beta1, beta2) such as (0.9, 0.999), got "
+                        f"{type(value).__name__} {value!r}")
+    if len(value) != 2:
+        raise ValueError(f"adam_betas must be a pair (beta1, beta2) such as (0.9, 0.999), got "
+                         f"{len(value)} value(s): {tuple(value)!r}")
+    out = []
+    for i, b in enumerate(value):
+        if _is_bool(b) or not isinstance(b, numbers.Real):
+            raise TypeError(f"adam_betas[{i}] must be a float in [0, 1), got "
+                            f"{type(b).__name__} {b!r}")
+        b = float(b)
+        if not 0 <= b < 1:  # NaN fails this too
+            raise ValueError(f"adam_betas[{i}] (beta{i + 1}) must be in [0, 1), got {b}")
+        out.append(b)
+    return out[0], out[1]
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside rlnb.train (the
+    user's ``TrainConfig(...)`` or ``Trainer(...)`` line), for the function calling this."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_HERE)
+                                 or frame.f_code.co_filename == "<string>"  # dataclass code
+                                 or frame.f_code.co_filename == dataclasses.__file__):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _with_option_names(init: Any) -> Any:
+    """Wrap the dataclass ``__init__``: an unknown keyword names the valid options and the
+    closest one (the plain dataclass error names neither)."""
+
+    @functools.wraps(init)
+    def __init__(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _field_names())
+        if unknown:
+            raise TypeError(_unknown_options_message(unknown))
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+TrainConfig.__init__ = _with_option_names(TrainConfig.__init__)  # type: ignore[method-assign]
