@@ -49,6 +49,7 @@ from rlnb.serialization import (
     save_component,
 )
 from rlnb.train import allocator, rundir
+from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig
 
 Callback = Callable[["Trainer", dict[str, Any]], "dict[str, Any] | None"]
@@ -82,6 +83,7 @@ class Trainer:
         self.policy, self.env = policy, env
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
+        check_pair(policy, env)
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.step = 0
