@@ -183,9 +183,9 @@ def test_bandit_constructor_errors(kwargs, match):
 
 
 def test_bandit_random_and_call_errors():
-    with pytest.raises(ValueError, match=r"num_arms \(K\) must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_arms \(K\) must be an integer >= 1, got 0"):
         Bandit.random(0)
-    with pytest.raises(ValueError, match=r"num_envs \(E\) must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_envs \(E\) must be an integer >= 1, got 0"):
         Bandit.random(3, num_envs=0)
     with pytest.raises(ValueError, match="kind must be one of"):
         Bandit.random(3, kind="cauchy")
@@ -332,11 +332,11 @@ def test_strategy_bandit_other_errors():
         StrategyBandit.from_card(other_rate=-0.1, generator=gen(0))
     with pytest.raises(ValueError, match="solve_rates has 3 entries but num_strategies is 2"):
         StrategyBandit.from_card(num_strategies=2, solve_rates=(0.1, 0.2, 0.3))
-    with pytest.raises(ValueError, match="num_problems must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_problems must be an integer >= 1, got 0"):
         StrategyBandit.from_card(num_problems=0)
-    with pytest.raises(ValueError, match="num_strategies must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_strategies must be an integer >= 1, got 0"):
         StrategyBandit.from_card(num_strategies=0)
-    with pytest.raises(ValueError, match="num_strategies must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_strategies must be an integer >= 1, got 0"):
         card_base_logits(0)
     env = StrategyBandit.from_card(8, 4, generator=gen(0))
     with pytest.raises(ValueError, match=r"actions must lie in \[0, 3\] \(strategy index\), got 4"):
@@ -496,7 +496,7 @@ def test_tree_random_counts_and_seeding():
         ({"branching": 1}, r"branching must be an integer >= 2 \(tokens per step\), got 1"),
         ({"reward_fraction": 0.0}, r"reward_fraction must lie in \(0, 1\] .* got 0.0"),
         ({"reward_fraction": 1.5}, r"reward_fraction must lie in \(0, 1\] .* got 1.5"),
-        ({"num_prompts": 0}, "num_prompts must be >= 1, got 0"),
+        ({"num_prompts": 0}, "num_prompts must be an integer >= 1, got 0"),
     ],
 )
 def test_tree_random_errors(kwargs, match):
@@ -536,7 +536,7 @@ def test_tree_constructor_and_call_errors():
         env.q_values(torch.full((2, 2), 0.5))
     with pytest.raises(ValueError, match="must sum to 1"):
         env.values(torch.ones(3, 2))
-    with pytest.raises(ValueError, match=r"n must be >= 1 \(number of sampled episodes\), got 0"):
+    with pytest.raises(ValueError, match=r"n must be an integer >= 1 \(number of sampled episodes\), got 0"):
         env.coverage(torch.full((3, 2), 0.5), 0)
 
 

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import check_index, check_probs, one_step_actions
+from rlnb.envs._checks import (
+    as_tensor,
+    check_index,
+    check_int,
+    check_number,
+    check_probs,
+    one_step_actions,
+)
 from rlnb.envs.base import Sandbox
 
 KINDS = ("bernoulli", "gaussian")
@@ -55,7 +62,9 @@ class Bandit(Sandbox):
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        means = torch.as_tensor(means)
+        means = as_tensor(means, "means", "a tensor of arm means, shape (K,) or (E, K)")
+        if means.dtype == torch.bool or means.is_complex():
+            raise TypeError(f"means must hold real arm means, got dtype {means.dtype}")
         if not torch.is_floating_point(means):
             means = means.to(torch.get_default_dtype())
         if means.ndim == 1:
@@ -86,11 +95,14 @@ class Bandit(Sandbox):
         if kind == "gaussian":
             if std is None:
                 std = 1.0
-            if isinstance(std, (int, float)):
+            if isinstance(std, (int, float)) and not isinstance(std, bool):
                 self._std_scalar = float(std)
                 std_t = torch.full_like(means, float(std))
             else:
-                std_t = torch.as_tensor(std, dtype=means.dtype, device=means.device)
+                std_t = as_tensor(std, "std", "a float or a tensor of noise scales")
+                if std_t.dtype == torch.bool or std_t.is_complex():
+                    raise TypeError(f"std must hold real noise scales, got dtype {std_t.dtype}")
+                std_t = std_t.to(dtype=means.dtype, device=means.device)
                 try:
                     std_t = torch.broadcast_to(std_t, means.shape).contiguous()
                 except RuntimeError as err:
@@ -122,12 +134,11 @@ class Bandit(Sandbox):
         >>> Bandit.random(5, num_envs=3, generator=torch.Generator().manual_seed(0)).means.shape
         torch.Size([3, 5])
         """
-        if num_arms < 1:
-            raise ValueError(f"num_arms (K) must be >= 1, got {num_arms}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs (E) must be >= 1, got {num_envs}")
+        num_arms = check_int(num_arms, "num_arms (K)", 1)
+        num_envs = check_int(num_envs, "num_envs (E)", 1)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        std = check_number(std, "std", 0, meaning="Gaussian noise scale")
         if kind == "bernoulli":
             return cls(means=torch.rand(num_envs, num_arms, generator=generator), kind=kind)
         return cls(means=torch.randn(num_envs, num_arms, generator=generator), kind=kind, std=std)

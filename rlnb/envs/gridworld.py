@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from rlnb.envs._checks import check_index, check_probs
+from rlnb.envs._checks import check_index, check_int, check_number, check_probs, check_size
 from rlnb.envs.base import Sandbox
 from rlnb.envs.layouts import (
     TERMINAL_CHARS,
@@ -70,9 +70,7 @@ NONE = 4  # "no previous action" (t = 0)
 
 
 def _check_probability(name: str, value: float, meaning: str) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] ({meaning}), got {value!r}")
-    return float(value)
+    return check_number(value, name, 0, 1, meaning=meaning)
 
 
 class Gridworld(Sandbox):
@@ -116,20 +114,22 @@ class Gridworld(Sandbox):
         time_penalty: float = 0.0,
         decoy_reward: float = 0.5,
     ) -> None:
-        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"horizon must be an integer >= 1 (actions per episode), got {horizon!r}")
+        horizon = check_int(horizon, "horizon", 1, meaning="actions per episode")
         self.slip = _check_probability("slip", slip, "probability that a move goes sideways")
         self.sticky = _check_probability(
             "sticky", sticky, "probability that the previous action is repeated")
         self.decoy_reward = _check_probability("decoy_reward", decoy_reward,
                                                "value of a decoy goal 'g'; G is worth 1")
-        if not isinstance(time_penalty, (int, float)) or not 0.0 <= time_penalty < 1.0:
-            raise ValueError(
-                f"time_penalty must lie in [0, 1) (reward 1 - time_penalty * steps / horizon), "
-                f"got {time_penalty!r}"
-            )
-        self.time_penalty = float(time_penalty)
+        self.time_penalty = check_number(
+            time_penalty, "time_penalty", 0, 1, high_open=True,
+            meaning="reward 1 - time_penalty * steps / horizon")
         single = isinstance(layouts, str)
+        if not single and (not isinstance(layouts, (list, tuple))
+                           or not all(isinstance(x, str) for x in layouts)):
+            raise TypeError(
+                f"layouts must be a layout string or a list of layout strings (one per "
+                f"prompt), got {type(layouts).__name__} {layouts!r}"[:200]
+            )
         raw = [layouts] if single else list(layouts)
         if not raw:
             raise ValueError("layouts is empty: pass one layout string or a list of them")
@@ -206,8 +206,7 @@ class Gridworld(Sandbox):
         """``num_prompts`` random maps (:func:`rlnb.envs.layouts.random_layout`). The layouts
         are stored in the config, so a saved run rebuilds the same maps. Default horizon:
         ``max(2 * (height + width - 2), longest shortest path + 2)``."""
-        if num_prompts < 1:
-            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+        num_prompts = check_int(num_prompts, "num_prompts", 1)
         layouts = [random_layout(height, width, wall_density=wall_density,
                                  lava_density=lava_density, generator=generator)
                    for _ in range(num_prompts)]
@@ -444,6 +443,10 @@ class Gridworld(Sandbox):
 
     def _build_mdp(self, prompt: int, reward: str) -> FiniteMDP:
         C, A = self.core_states, 4
+        check_size(C * A * C, "the map's explicit MDP (dense transitions)",
+                   f"core_states * 4 * core_states = {C} * 4 * {C}",
+                   "use a smaller map (core states = cells x key states x previous actions; "
+                   "sticky actions multiply them by 5)")
         core = torch.arange(C).repeat_interleave(A)  # (C*A,)
         act = torch.arange(A).repeat(C)
         prev = core % self.num_prev

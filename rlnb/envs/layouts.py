@@ -27,6 +27,8 @@ from collections import deque
 
 import torch
 
+from rlnb.envs._checks import check_int, check_number, check_size
+
 __all__ = [
     "CHARACTERS",
     "LAYOUTS",
@@ -69,7 +71,7 @@ def parse_layout(layout: str, *, where: str = "") -> list[str]:
             starts, no goal, or a door without a key; the message names row and column.
     """
     if not isinstance(layout, str):
-        raise ValueError(f"{where}a layout must be a multi-line string, got {type(layout).__name__}")
+        raise TypeError(f"{where}a layout must be a multi-line string, got {type(layout).__name__}")
     rows = [line.rstrip() for line in textwrap.dedent(layout).strip("\n").split("\n")]
     while rows and not rows[-1]:
         rows.pop()
@@ -156,7 +158,8 @@ def shortest_distance(rows: list[str], *, where: str = "") -> int:
 
 def open_grid(height: int, width: int) -> str:
     """An empty ``height x width`` room: start top-left, goal bottom-right."""
-    if height < 1 or width < 1 or height * width < 2:
+    height, width = check_int(height, "height", 1), check_int(width, "width", 1)
+    if height * width < 2:
         raise ValueError(f"an open grid needs at least 2 cells, got {height}x{width}")
     rows = [["."] * width for _ in range(height)]
     rows[0][0], rows[-1][-1] = "S", "G"
@@ -174,8 +177,7 @@ def combination_lock(length: int) -> str:
     S.L
     L.G
     """
-    if length < 1:
-        raise ValueError(f"length must be >= 1 (moves to open the lock), got {length}")
+    length = check_int(length, "length", 1, meaning="moves to open the lock")
     H, W = 1 + length // 2, 1 + (length + 1) // 2
     rows = [["L"] * W for _ in range(H)]
     r = c = 0
@@ -264,8 +266,10 @@ LAYOUTS: dict[str, tuple[str, int]] = {
 
 def named_layout(name: str) -> str:
     """The layout string of a named map (see :data:`LAYOUTS`)."""
-    if name not in LAYOUTS:
-        raise ValueError(f"unknown layout {name!r}; named layouts: {sorted(LAYOUTS)}")
+    if not isinstance(name, str) or name not in LAYOUTS:
+        from rlnb.rl.registry import unknown_name_error
+
+        raise unknown_name_error("layout", name, LAYOUTS)
     return textwrap.dedent(LAYOUTS[name][0]).strip("\n")
 
 
@@ -293,11 +297,14 @@ def random_layout(
     .G..
     ...S
     """
-    if height < 1 or width < 1 or height * width < 2:
+    height, width = check_int(height, "height", 1), check_int(width, "width", 1)
+    if height * width < 2:
         raise ValueError(f"a random layout needs at least 2 cells, got {height}x{width}")
+    check_size(height * width, "a random layout", f"height * width = {height} * {width}",
+               "use a smaller map", limit=1 << 20)
     for name, p in (("wall_density", wall_density), ("lava_density", lava_density)):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{name} must lie in [0, 1), got {p}")
+        check_number(p, name, 0, 1, high_open=True, meaning="probability per cell")
+    max_tries = check_int(max_tries, "max_tries", 1)
     for _ in range(max_tries):
         u = torch.rand(2, height, width, generator=generator)
         grid = [["#" if u[0, r, c] < wall_density else "L" if u[1, r, c] < lava_density else "."

@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import binary_matrix, check_probs, one_step_actions
+from rlnb.envs._checks import (
+    as_tensor,
+    binary_matrix,
+    check_int,
+    check_number,
+    check_probs,
+    check_size,
+    one_step_actions,
+)
 from rlnb.envs.base import Sandbox
 
 
@@ -41,7 +49,17 @@ def exact_pass_at_k(
     >>> exact_pass_at_k(torch.tensor([0.5, 0.0]), [1, 2])
     tensor([0.2500, 0.3750])
     """
-    ks = torch.as_tensor(k, device=success.device)
+    success = as_tensor(success, "success", "per-problem success probabilities, shape (P,)")
+    if success.numel() and not success.dtype == torch.bool:
+        lo, hi = success.min().item(), success.max().item()
+        if not (0 <= lo and hi <= 1):  # also catches nan
+            bad = lo if not 0 <= lo else hi
+            raise ValueError(
+                f"success must hold probabilities in [0, 1] (per-problem chance that one "
+                f"attempt succeeds), got {bad:.4g}; pass probabilities, not logits or counts"
+            )
+    ks = as_tensor(k, "k", "an int or a 1-D sequence of ints (numbers of attempts)")
+    ks = ks.to(success.device)
     scalar = ks.ndim == 0
     ks = ks.reshape(-1)
     if ks.is_floating_point() and not torch.equal(ks, ks.round()):
@@ -70,8 +88,8 @@ def card_base_logits(
     >>> card_base_logits(generator=torch.Generator().manual_seed(0))[:2]
     tensor([2., 1.])
     """
-    if num_strategies < 1:
-        raise ValueError(f"num_strategies must be >= 1, got {num_strategies}")
+    num_strategies = check_int(num_strategies, "num_strategies", 1)
+    top_logits = [check_number(x, f"top_logits[{j}]") for j, x in enumerate(top_logits)]
     if len(top_logits) > num_strategies:
         raise ValueError(
             f"top_logits has {len(top_logits)} entries but there are only {num_strategies} "
@@ -112,7 +130,8 @@ class StrategyBandit(Sandbox):
     """
 
     def __init__(self, solve_matrix: torch.Tensor) -> None:
-        M = torch.as_tensor(solve_matrix)
+        M = as_tensor(solve_matrix, "solve_matrix",
+                      "a (num_problems, num_strategies) tensor of 0/1")
         if M.ndim != 2:
             raise ValueError(
                 f"solve_matrix must be 2-D with shape (num_problems, num_strategies), got shape "
@@ -154,22 +173,25 @@ class StrategyBandit(Sandbox):
         >>> env.solve_matrix.sum(0)[:3]
         tensor([32., 22.,  5.])
         """
-        if num_problems < 1:
-            raise ValueError(f"num_problems must be >= 1, got {num_problems}")
-        if num_strategies < 1:
-            raise ValueError(f"num_strategies must be >= 1, got {num_strategies}")
-        rates = [float(r) for r in solve_rates]
+        num_problems = check_int(num_problems, "num_problems", 1)
+        num_strategies = check_int(num_strategies, "num_strategies", 1)
+        if isinstance(solve_rates, (str, bytes)) or not hasattr(solve_rates, "__iter__"):
+            raise TypeError(
+                f"solve_rates must be a sequence of fractions in [0, 1], got "
+                f"{type(solve_rates).__name__} {solve_rates!r}"
+            )
+        rates = [check_number(r, f"solve_rates[{j}]", 0, 1, meaning="fraction of problems solved")
+                 for j, r in enumerate(solve_rates)]
+        other_rate = check_number(other_rate, "other_rate", 0, 1,
+                                  meaning="fraction of problems solved")
         if len(rates) > num_strategies:
             raise ValueError(
                 f"solve_rates has {len(rates)} entries but num_strategies is {num_strategies}; "
                 "give at most one rate per strategy"
             )
-        named = [(f"solve_rates[{j}]", r) for j, r in enumerate(rates)]
-        for name, r in [*named, ("other_rate", float(other_rate))]:
-            if not 0.0 <= r <= 1.0:
-                raise ValueError(
-                    f"{name} must lie in [0, 1] (fraction of problems solved), got {r}"
-                )
+        check_size(num_problems * num_strategies, "the solve matrix",
+                   f"num_problems * num_strategies = {num_problems} * {num_strategies}",
+                   "lower num_problems or num_strategies")
         rates += [float(other_rate)] * (num_strategies - len(rates))
         M = torch.zeros(num_problems, num_strategies)
         for s, r in enumerate(rates):

@@ -28,9 +28,30 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import binary_matrix, check_index, check_probs
+from rlnb.envs._checks import (
+    as_tensor,
+    binary_matrix,
+    check_index,
+    check_int,
+    check_number,
+    check_probs,
+    check_size,
+)
 from rlnb.envs.base import Sandbox
 from rlnb.envs.strategy_bandit import exact_pass_at_k
+
+
+def check_tree(branching: object, depth: object, num_prompts: object = 1) -> tuple[int, int, int]:
+    """``(branching, depth, num_prompts)`` as ints after checking their types and ranges
+    and that the ``num_prompts * branching**depth`` leaf table stays within
+    :data:`rlnb.envs._checks.MAX_TABLE_ENTRIES` (checked before anything is allocated)."""
+    b = check_int(branching, "branching", 2, meaning="tokens per step")
+    d = check_int(depth, "depth", 1, meaning="actions per episode")
+    P = check_int(num_prompts, "num_prompts", 1)
+    check_size(P * b**d, "the tree's leaf table",
+               f"num_prompts * branching**depth = {P} * {b}**{d}",
+               "lower depth or branching (card TM: 16 prompts, branching 4, depth 6)")
+    return b, d, P
 
 
 class TreeMDP(Sandbox):
@@ -63,15 +84,10 @@ class TreeMDP(Sandbox):
     """
 
     def __init__(self, leaf_rewards: torch.Tensor, branching: int, depth: int) -> None:
-        if int(branching) != branching or branching < 2:
-            raise ValueError(
-                f"branching must be an integer >= 2 (tokens per step), got {branching}"
-            )
-        if int(depth) != depth or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1 (actions per episode), got {depth}")
-        b, d = int(branching), int(depth)
+        b, d, _ = check_tree(branching, depth)
         num_leaves = b**d
-        R = torch.as_tensor(leaf_rewards)
+        R = as_tensor(leaf_rewards, "leaf_rewards",
+                      "a (num_prompts, branching**depth) tensor of 0/1")
         if R.ndim != 2 or R.shape[0] < 1 or R.shape[1] != num_leaves:
             P = R.shape[0] if R.ndim == 2 else "num_prompts"
             raise ValueError(
@@ -108,20 +124,10 @@ class TreeMDP(Sandbox):
         >>> env.leaf_rewards.shape, env.leaf_rewards.sum(1)[:2]
         (torch.Size([16, 4096]), tensor([41., 41.]))
         """
-        if num_prompts < 1:
-            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-        if int(branching) != branching or branching < 2:
-            raise ValueError(
-                f"branching must be an integer >= 2 (tokens per step), got {branching}"
-            )
-        if int(depth) != depth or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1 (actions per episode), got {depth}")
-        if not 0.0 < reward_fraction <= 1.0:
-            raise ValueError(
-                f"reward_fraction must lie in (0, 1] (fraction of leaves rewarded), got "
-                f"{reward_fraction}"
-            )
-        num_leaves = int(branching) ** int(depth)
+        branching, depth, num_prompts = check_tree(branching, depth, num_prompts)
+        reward_fraction = check_number(reward_fraction, "reward_fraction", 0, 1, low_open=True,
+                                       meaning="fraction of leaves rewarded")
+        num_leaves = branching**depth
         count = max(1, round(reward_fraction * num_leaves))
         scores = torch.rand(num_prompts, num_leaves, generator=generator)
         chosen = scores.topk(count, dim=1).indices  # (P, count), uniform without replacement
@@ -314,8 +320,7 @@ class TreeMDP(Sandbox):
         independent episodes, ``(num_prompts,)``: ``mean over rewarded leaves of
         1 - (1 - q_leaf)^n`` (card 8's "coverage of correct leaves in 256 samples").
         NaN for a prompt with no rewarded leaf."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1 (number of sampled episodes), got {n}")
+        n = check_int(n, "n", 1, meaning="number of sampled episodes")
         q = self.leaf_distribution(probs)
         R = self.leaf_rewards.to(q.dtype)
         found = 1 - (1 - q).clamp(0, 1) ** n

@@ -30,9 +30,19 @@ from typing import Any
 
 import torch
 
-from rlnb.envs.tree_mdp import TreeMDP
+from rlnb.envs._checks import check_number, check_size
+from rlnb.envs.tree_mdp import TreeMDP, check_tree
 
 __all__ = ["VariableLengthTree"]
+
+
+def _check_size(branching: object, depth: object, num_prompts: object = 1) -> tuple[int, int, int]:
+    """:func:`~rlnb.envs.tree_mdp.check_tree`, plus the per-leaf token table
+    ``(branching**depth, depth)`` this class builds."""
+    b, d, P = check_tree(branching, depth, num_prompts)
+    check_size(b**d * d, "the tree's per-leaf token table",
+               f"branching**depth * depth = {b}**{d} * {d}", "lower depth or branching")
+    return b, d, P
 
 
 class VariableLengthTree(TreeMDP):
@@ -66,6 +76,7 @@ class VariableLengthTree(TreeMDP):
     eos_token: int = 0  # fixed: the canonical leaf of an answer pads it with EOS
 
     def __init__(self, leaf_rewards: torch.Tensor, branching: int, depth: int) -> None:
+        _check_size(branching, depth)
         super().__init__(leaf_rewards=leaf_rewards, branching=branching, depth=depth)
         b, d = self.branching, self.depth
         digits = self.leaf_actions(torch.arange(self.num_leaves))  # (L, d)
@@ -123,13 +134,9 @@ class VariableLengthTree(TreeMDP):
         >>> env.num_answers, env.answer_rewards().sum(1)[:2].tolist()
         (364, [11.0, 11.0])
         """
-        if num_prompts < 1:
-            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-        if not 0.0 < reward_fraction <= 1.0:
-            raise ValueError(
-                f"reward_fraction must lie in (0, 1] (fraction of answers rewarded), got "
-                f"{reward_fraction}"
-            )
+        branching, depth, num_prompts = _check_size(branching, depth, num_prompts)
+        reward_fraction = check_number(reward_fraction, "reward_fraction", 0, 1, low_open=True,
+                                       meaning="fraction of answers rewarded")
         empty = cls(torch.zeros(1, int(branching) ** int(depth)), branching, depth)
         answers = empty._answer_leaves  # (A,)
         count = max(1, round(reward_fraction * answers.numel()))
@@ -144,6 +151,12 @@ class VariableLengthTree(TreeMDP):
         """Rewards from explicit correct answers per prompt: ``answers[p]`` is a list of
         token tuples without EOS, each shorter than ``depth``, with tokens in
         ``1 .. branching - 1``. ``()`` is the empty answer (EOS first)."""
+        if isinstance(answers, (str, bytes)) or not isinstance(answers, (list, tuple)):
+            raise TypeError(
+                f"answers must be a list with one list of answers (token tuples) per prompt, "
+                f"got {type(answers).__name__} {answers!r}"[:200]
+            )
+        _check_size(branching, depth, max(len(answers), 1))
         empty = cls(torch.zeros(1, int(branching) ** int(depth)), branching, depth)
         b, d = empty.branching, empty.depth
         rows = []
