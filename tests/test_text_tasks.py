@@ -172,7 +172,7 @@ def test_too_many_prompts_is_a_clear_error():
     assert len(set(addition(100, digits=1).prompts)) == 100  # the whole space is reachable
     with pytest.raises(ValueError, match="too few"):
         countdown(500, numbers=2, max_number=3)
-    with pytest.raises(ValueError, match="digits must be >= 1"):
+    with pytest.raises(ValueError, match="digits must be an integer in \\[1, 18\\]"):
         addition(5, digits=0)
 
 

@@ -120,6 +120,12 @@ class TextTask(Sandbox):
     def __init__(
         self, prompts: Sequence[str], answers: Sequence[str], alphabet: str | None = None
     ) -> None:
+        for what, items in (("prompts", prompts), ("answers", answers)):
+            if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+                raise TypeError(
+                    f"{what} must be a list of strings (one per prompt), got "
+                    f"{type(items).__name__} {items!r}"[:200]
+                )
         prompts, answers = list(prompts), list(answers)
         if not prompts:
             raise ValueError("a text task needs at least one prompt, got an empty list")

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from rlnb.envs._checks import check_int
 from rlnb.envs.text import TextTask, strip_completion
 from rlnb.rl.registry import Registry, unknown_name_error
 
@@ -48,18 +49,20 @@ REASONING_GYM_PREFIX = "reasoning_gym:"
 
 # Longest integer literal a prompt or an expression may hold (keeps every parse cheap).
 _MAX_LITERAL_DIGITS = 18
+# Bounds of the generators' knobs: prompts stay short enough to tokenize and parse fast.
+_MAX_TERMS = 256
+_MAX_COUNTDOWN_NUMBERS = 12
+_MAX_COUNTDOWN_VALUE = 10**6
+_MAX_PRIME = 10**6
 
 
 def _alphabet(*parts: str) -> str:
     return "".join(sorted(set("".join(parts))))
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None,
+               meaning: str | None = None) -> int:
+    return check_int(value, name, minimum, maximum, meaning=meaning)
 
 
 def _parse_uint(text: str, *, canonical: bool = True) -> int | None:
@@ -204,7 +207,7 @@ def addition(num_prompts: int, digits: int = 2, seed: int = 0) -> AdditionTask:
     ['2+9=', '1+4=']
     """
     _check_int("num_prompts", num_prompts, 1)
-    _check_int("digits", digits, 1)
+    _check_int("digits", digits, 1, _MAX_LITERAL_DIGITS, "digits per operand")
     lo, hi = _operand_range(digits)
     count = hi - lo + 1
 
@@ -304,8 +307,8 @@ def modular_sum(
     ['(6+6+0)%10=', '(4+8+7)%10=']
     """
     _check_int("num_prompts", num_prompts, 1)
-    _check_int("terms", terms, 1)
-    _check_int("modulus", modulus, 2)
+    _check_int("terms", terms, 1, _MAX_TERMS, "numbers summed per prompt")
+    _check_int("modulus", modulus, 2, 10**_MAX_LITERAL_DIGITS - 1)
 
     def make(ts: Sequence[int]) -> tuple[str, str]:
         return f"({'+'.join(map(str, ts))})%{modulus}=", str(sum(ts) % modulus)
@@ -501,17 +504,31 @@ class CountdownTask(TextTask):
                 return values, t  # type: ignore[return-value]
         raise _bad_prompt("countdown", prompt, "3,5,7>22:")
 
+    #: Most numbers :meth:`solve` searches (6 numbers take up to seconds; each more
+    #: multiplies the search by ~50): pass the answers for longer prompts.
+    MAX_SOLVE_NUMBERS = 6
+
     @classmethod
     def solve(cls, prompt: str) -> str:
-        """A solution by exhaustive search (slow for more than 5 numbers; the generator
-        keeps the expression it built instead). ``ValueError`` if there is none."""
+        """A solution by exhaustive search (up to :attr:`MAX_SOLVE_NUMBERS` numbers; the
+        generator keeps the expression it built instead). ``ValueError`` if there is none."""
         nums, target = cls.parse_prompt(prompt)
+        if len(nums) > cls.MAX_SOLVE_NUMBERS:
+            raise ValueError(
+                f"countdown prompt {prompt!r} has {len(nums)} numbers; the exhaustive solver "
+                f"searches at most {cls.MAX_SOLVE_NUMBERS} (it grows ~50x per number): pass "
+                "answers=[...] with one solution per prompt, or use fewer numbers"
+            )
         pool = [(n, str(n), 3) for n in nums]
+        failed: set[tuple[int, ...]] = set()  # value multisets already searched in vain
 
         def search(items: list[tuple[int, str, int]]) -> str | None:
             for item in items:
                 if item[0] == target:
                     return item[1]
+            key = tuple(sorted(x[0] for x in items))
+            if key in failed:  # same values, same outcome: nothing to find here
+                return None
             for i in range(len(items)):
                 for j in range(len(items)):
                     if i == j:
@@ -521,6 +538,7 @@ class CountdownTask(TextTask):
                         found = search([*rest, _combine(items[i], items[j], op)])
                         if found is not None:
                             return found
+            failed.add(key)
             return None
 
         found = search(pool)
@@ -573,8 +591,8 @@ def countdown(
     (['4,9,10>126:', '3,5,10>150:'], ['9*(10+4)', '10*5*3'])
     """
     _check_int("num_prompts", num_prompts, 1)
-    _check_int("numbers", numbers, 2)
-    _check_int("max_number", max_number, 1)
+    _check_int("numbers", numbers, 2, _MAX_COUNTDOWN_NUMBERS, "numbers per prompt")
+    _check_int("max_number", max_number, 1, _MAX_COUNTDOWN_VALUE, "largest number drawn")
 
     def draw(rng: random.Random) -> tuple[str, str] | None:
         nums = [rng.randint(1, max_number) for _ in range(numbers)]
@@ -584,7 +602,7 @@ def countdown(
             new = _combine(pool[i], pool[j], rng.choice("+-*"))
             pool = [x for k, x in enumerate(pool) if k not in (i, j)] + [new]
         target, text, _ = pool[0]
-        if target < 1 or target in nums:
+        if target < 1 or target in nums or len(str(target)) > _MAX_LITERAL_DIGITS:
             return None
         return f"{','.join(map(str, sorted(nums)))}>{target}:", text
 
@@ -800,10 +818,10 @@ def factor(
     (['371493=', '970163=', '246039='], ['3', '23', '3'])
     """
     _check_int("num_prompts", num_prompts, 1)
-    _check_int("digits", digits, 1)
-    _check_int("max_prime", max_prime, 3)
-    if digits > FactorTask._MAX_N_DIGITS:
-        raise ValueError(f"digits must be <= {FactorTask._MAX_N_DIGITS}, got {digits}")
+    _check_int("digits", digits, 1, FactorTask._MAX_N_DIGITS, "digits of N")
+    _check_int("max_prime", max_prime, 3, _MAX_PRIME, "bound of the small prime factor")
+    if not isinstance(allow_even_and_5, bool):
+        raise TypeError(f"allow_even_and_5 must be True or False, got {allow_even_and_5!r}")
     small = [p for p in primes_below(max_prime) if allow_even_and_5 or p not in (2, 5)]
     if not small:
         raise ValueError(
@@ -884,4 +902,34 @@ def make_task(name: str, **kwargs: Any) -> TextTask:
         raise unknown_name_error(
             "text task", name, [*TASKS, f"{REASONING_GYM_PREFIX}<dataset name>"]
         )
-    return TASKS[name](**kwargs)
+    fn = TASKS[name]
+    _check_knobs(name, fn, kwargs)
+    return fn(**kwargs)
+
+
+def _check_knobs(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """``ValueError`` for a keyword the generator does not take (listing the ones it does,
+    with the closest) or a required one that is missing."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"text task {name!r} has no knob(s) {', '.join(map(repr, unknown))}; valid knobs: "
+            f"{', '.join(valid)}{hint}"
+        )
+    missing = [k for k, p in params.items() if p.default is p.empty and k in valid
+               and k not in kwargs]
+    if missing:
+        raise ValueError(
+            f"text task {name!r} needs {', '.join(f'{k}=...' for k in missing)}; valid knobs: "
+            f"{', '.join(valid)}"
+        )
