@@ -415,7 +415,8 @@ class TextTask(Sandbox):
             spec = None
         target, config = cls, {}
         if spec is not None:
-            target = _resolve(spec["class"])
+            target = _resolve(spec.get("class") if isinstance(spec, dict) else spec,
+                              "the dataset's rlnb task spec")
             config = dict(spec.get("config", {}))
             if not issubclass(target, cls):
                 raise ValueError(

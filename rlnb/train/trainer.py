@@ -30,14 +30,15 @@ import copy
 import inspect
 import json
 import os
+import shutil
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from rlnb import rl
 from rlnb.policies import lm_replay
@@ -46,6 +47,8 @@ from rlnb.serialization import (
     atomic_save_safetensors,
     atomic_write_bytes,
     load_component,
+    read_spec,
+    read_tensors,
     save_component,
 )
 from rlnb.train import allocator, rundir
@@ -67,8 +70,14 @@ class Trainer:
         config: a :class:`TrainConfig` (defaults if None).
         run_dir: where the run is written (config, metrics, checkpoints). None keeps
             everything in memory. If ``run_dir`` already holds a checkpoint of the same
-            config, training continues from it (as :func:`resume` does).
+            config, sandbox and policy, training continues from it (as :func:`resume`
+            does); another config, sandbox or policy is refused before anything is written.
+            The Trainer holds the directory's lock (one writer per run directory, see
+            :mod:`rlnb.train.rundir`) until :meth:`close` -- or the end of a ``with
+            Trainer(...) as trainer:`` block, or its garbage collection.
         callbacks: functions ``f(trainer, metrics) -> dict | None`` called every step.
+        allow_metrics_gap: continue a run whose ``metrics.jsonl`` lacks rows of steps its
+            checkpoint covers (e.g. after a disk error); by default that is an error.
     """
 
     def __init__(
@@ -79,7 +88,12 @@ class Trainer:
         *,
         run_dir: str | os.PathLike | None = None,
         callbacks: Sequence[Callback] = (),
+        allow_metrics_gap: bool = False,
     ) -> None:
+        # What a run directory needs closed (its lock, the metrics file) lives apart from
+        # the Trainer, so that garbage collection of the Trainer releases it too.
+        self._resources = _RunResources()
+        self._finalizer = weakref.finalize(self, self._resources.close)
         self.policy, self.env = policy, env
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
@@ -96,7 +110,7 @@ class Trainer:
         self._loss_options = self._select_loss_options()
         rl.get_advantage_fn(self.config.advantage)  # fail now on a typo, not at step 1
         if self.run_dir is not None:
-            self._open_run_dir()
+            self._open_run_dir(allow_metrics_gap)
 
     # --- set-up -------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -136,41 +150,181 @@ class Trainer:
         accepted = inspect.signature(self._loss_fn).parameters
         return {k: v for k, v in available.items() if k in accepted}
 
-    def _open_run_dir(self) -> None:
+    #: Config options that do not define a run: a run directory continues with others.
+    NOT_COMPARED = frozenset({"max_steps", "progress_bar", "torch_threads",
+                              "keep_freed_memory", "fsync"})
+
+    def _open_run_dir(self, allow_metrics_gap: bool) -> None:
+        """Lock the run directory, check everything in it, then write (in that order: a
+        refused directory is left exactly as it was found)."""
         d = self.run_dir
         assert d is not None
-        d.mkdir(parents=True, exist_ok=True)
-        config_path = d / rundir.CONFIG
-        if config_path.exists():
-            saved = json.loads(config_path.read_text())
-            mine = self.config.to_dict()
-            diff = sorted(k for k in set(saved) | set(mine)
-                          if k not in ("max_steps", "progress_bar", "torch_threads", "keep_freed_memory") and saved.get(k) != mine.get(k))
-            if diff:
-                raise ValueError(
-                    f"{d} already holds a run with a different config (options {diff} differ); "
-                    "choose a new run_dir, or continue that run with rlnb.train.resume(run_dir)"
-                )
-            if saved.get("max_steps") != mine.get("max_steps"):
-                atomic_write_bytes(config_path, self.config.to_json().encode())
-        else:
-            save_component(self.env, d, "env")
-            save_component(self.policy, d, "policy")
-            if self.reference is not None:
-                atomic_save_safetensors(self.reference.state_dict(), d / rundir.REFERENCE)
-            atomic_write_bytes(config_path, self.config.to_json().encode())
-            self.save_checkpoint()  # step 0: the initial weights, so a resume never re-inits
-        if (d / rundir.CHECKPOINT).exists():
-            self.step = rundir.load_checkpoint(
-                d / rundir.CHECKPOINT,
-                policy=self.policy, optimizer=self.optimizer, generator=self.generator,
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(
+                f"run_dir {d} is a file, not a directory: pass the path of a directory "
+                "(it is created when missing)")
+        lock = rundir.RunDirLock(d)
+        self._resources.lock = lock
+        made: Path | None = None  # the top directory this call created
+        marked = False
+        try:
+            # An existing lock file is taken without writing to it; a new one is made only
+            # once every check has passed.
+            held = d.is_dir() and lock.acquire(create=False)
+            plan = self._inspect_run_dir(allow_metrics_gap)
+            if not held:
+                made = _first_missing(d)
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    made = None
+                    raise NotADirectoryError(
+                        f"cannot create run_dir {d}: {err.strerror or err} (is a parent "
+                        "folder a file?); pass the path of a directory") from None
+                lock.acquire(create=True)
+                marked = True  # from here on the lock file is this call's to remove
+                if rundir.fingerprint(d) != plan["fingerprint"]:  # changed meanwhile
+                    plan = self._inspect_run_dir(allow_metrics_gap)
+            lock.mark()
+            marked = True
+            rundir.remove_stale_temporaries(d)
+            self._apply_run_dir(plan)
+        except BaseException:
+            metrics, self._resources.metrics = self._resources.metrics, None
+            if metrics is not None:
+                metrics.close()
+            lock.release(remove=marked)
+            self._resources.lock = None
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
+
+    def _inspect_run_dir(self, allow_metrics_gap: bool) -> dict[str, Any]:
+        """Every check of an existing run directory, reading only."""
+        d = self.run_dir
+        assert d is not None
+        plan: dict[str, Any] = {"fingerprint": rundir.fingerprint(d) if d.is_dir() else None}
+        if not (d / rundir.CONFIG).exists():
+            # A new run (or one killed before its config was written: started again).
+            for obj in (self.env, self.policy):
+                json.dumps(obj.spec())  # a component that cannot be saved fails here
+            plan["fresh"] = True
+            return plan
+        saved = rundir.read_config(d)
+        mine = self.config.to_dict()
+        diff = sorted(k for k in set(saved) | set(mine)
+                      if k not in self.NOT_COMPARED and saved.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(
+                f"{d} already holds a run with a different config (options {diff} differ); "
+                "choose a new run_dir, or continue that run with rlnb.train.resume(run_dir)"
             )
+        self._check_components(d)
+        checkpoint = None
+        if (d / rundir.CHECKPOINT).exists():
+            checkpoint = rundir.Checkpoint(d / rundir.CHECKPOINT)
+            checkpoint.check_fits(self.policy)
+        reference = None
+        if self.reference is not None and checkpoint is not None:
+            reference = read_tensors(d / rundir.REFERENCE) if (d / rundir.REFERENCE).exists() \
+                else None
+            if reference is None:
+                raise FileNotFoundError(
+                    f"{d / rundir.REFERENCE} is missing: this run (beta > 0) needs its "
+                    "reference policy; restore the file, or start a new run directory")
+        step = checkpoint.step if checkpoint is not None else 0
+        metrics_path = d / rundir.METRICS
+        rows = [r for r in rundir.read_metrics(metrics_path) if r["step"] <= step]
+        missing = rundir.missing_steps(rows, step)
+        if missing and not allow_metrics_gap:
+            raise ValueError(
+                f"{metrics_path} lacks the rows of step(s) {rundir.describe_steps(missing)}, "
+                f"which the checkpoint (step {step}) already covers (a failed write?): "
+                "continuing would log a run with those steps missing. Pass "
+                "allow_metrics_gap=True (to Trainer or rlnb.train.resume) to continue "
+                "anyway, or start a new run directory")
+        plan.update(fresh=False, write_config=saved.get("max_steps") != mine.get("max_steps"),
+                    checkpoint=checkpoint, reference=reference, rows=rows)
+        return plan
+
+    def _check_components(self, d: Path) -> None:
+        """The sandbox and the policy given must be the ones the directory holds."""
+        for name, obj, what in (("env", self.env, "sandbox"), ("policy", self.policy, "policy")):
+            path = d / f"{name}.json"
+            saved = read_spec(path)
+            mine = json.loads(json.dumps(obj.spec()))
+            ignore = ("device",) if name == "policy" else ()  # where it runs, not what it is
+            if saved["class"] != mine["class"]:
+                problem = f"{path} holds a {saved['class']}, the {what} given is a {mine['class']}"
+            else:
+                a, b = saved.get("config", {}), mine.get("config", {})
+                keys = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+                problem = f"its options {keys} differ from {path}" if keys else ""
+            if not problem and name == "env":
+                tensor_path = d / "env.safetensors"
+                held = read_tensors(tensor_path) if tensor_path.exists() else {}
+                given = obj.get_tensors()
+                differ = sorted(k for k in set(held) | set(given)
+                                if k not in held or k not in given
+                                or not torch.equal(held[k], given[k].detach().cpu()))
+                if differ:
+                    problem = f"its data {differ} differ from {tensor_path}"
+            if problem:
+                raise ValueError(
+                    f"{d} holds a run on another {what} than the one given ({problem}); "
+                    f"continue that run with rlnb.train.resume({str(d)!r}), which rebuilds "
+                    f"its sandbox and policy from the directory, or choose a new run_dir for "
+                    f"this {what}")
+
+    def _apply_run_dir(self, plan: dict[str, Any]) -> None:
+        """Write a new run's files or load an existing run's state (under the lock)."""
+        d, fsync = self.run_dir, self.config.fsync
+        assert d is not None
+        config_path, metrics_path = d / rundir.CONFIG, d / rundir.METRICS
+        if plan["fresh"]:
+            save_component(self.env, d, "env", fsync=fsync)
+            save_component(self.policy, d, "policy", fsync=fsync)
             if self.reference is not None:
-                self.reference.load_state_dict(load_file(str(d / rundir.REFERENCE)))
+                atomic_save_safetensors(self.reference.state_dict(), d / rundir.REFERENCE,
+                                        fsync=fsync)
+            atomic_write_bytes(config_path, self.config.to_json().encode(), fsync=fsync)
+            self.save_checkpoint()  # step 0: the initial weights, so a resume never re-inits
+            checkpoint = rundir.Checkpoint(d / rundir.CHECKPOINT)
+            reference = read_tensors(d / rundir.REFERENCE) if self.reference is not None else None
+            rows: list[dict[str, Any]] = []
+        else:
+            if plan["write_config"]:
+                atomic_write_bytes(config_path, self.config.to_json().encode(), fsync=fsync)
+            checkpoint, reference, rows = plan["checkpoint"], plan["reference"], plan["rows"]
+        if checkpoint is not None:
+            self.step = checkpoint.apply(policy=self.policy, optimizer=self.optimizer,
+                                         generator=self.generator)
+            if self.reference is not None and reference is not None:
+                self.reference.load_state_dict(reference)
         # Drop a partial last line and the rows of steps the checkpoint does not hold.
-        rundir.truncate_metrics(d / rundir.METRICS, self.step)
-        self.history = rundir.read_metrics(d / rundir.METRICS)
-        self._metrics = rundir.MetricsWriter(d / rundir.METRICS)
+        if metrics_path.exists():
+            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode(),
+                               fsync=fsync)
+        self.history = rows
+        self._resources.metrics = rundir.MetricsWriter(metrics_path, fsync=fsync)
+
+    def _writable(self) -> Path:
+        """The run directory, when this Trainer holds its lock (else a clear error)."""
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir; pass run_dir=... to save checkpoints")
+        lock = self._resources.lock
+        if lock is None or not lock.held:
+            raise RuntimeError(
+                f"this Trainer was closed and no longer holds the lock of {self.run_dir}, so "
+                f"it cannot write there; continue the run with "
+                f"rlnb.train.resume({str(self.run_dir)!r})")
+        return self.run_dir
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -257,6 +411,8 @@ class Trainer:
 
     # --- one step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
+        if self.run_dir is not None:
+            self._writable()  # a closed Trainer must not compute a step it cannot log
         c, t0 = self.config, time.perf_counter()
         G = c.num_generations
 
@@ -377,9 +533,9 @@ class Trainer:
         return metrics
 
     def _persist(self, metrics, rollout, rewards, advantages) -> None:
-        d, c = self.run_dir, self.config
-        assert d is not None
-        self._metrics.write(metrics)  # first the metrics line, then the checkpoint
+        c = self.config
+        self._writable()
+        self._resources.metrics.write(metrics)  # first the metrics line, then the checkpoint
         if c.log_rollouts_steps and self.step % c.log_rollouts_steps == 0:
             self._log_rollouts(rollout, rewards, advantages)
         if self.step % c.save_steps == 0 or self.step == c.max_steps:
@@ -406,15 +562,51 @@ class Trainer:
             f.write("".join(lines))
 
     def save_checkpoint(self) -> None:
-        if self.run_dir is None:
-            raise ValueError("this trainer has no run_dir; pass run_dir=... to save checkpoints")
-        rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, step=self.step,
+        """Checkpoint the current step (policy, optimiser and sampler state)."""
+        d = self._writable()
+        rundir.save_checkpoint(d / rundir.CHECKPOINT, step=self.step,
                                policy=self.policy, optimizer=self.optimizer,
-                               generator=self.generator)
+                               generator=self.generator, fsync=self.config.fsync)
+
+    def save_config(self) -> None:
+        """Write the config in force (live changes included) to the run's config.json."""
+        d = self._writable()
+        atomic_write_bytes(d / rundir.CONFIG, self.config.to_json().encode(),
+                           fsync=self.config.fsync)
 
     def close(self) -> None:
-        if self.run_dir is not None:
-            self._metrics.close()
+        """Close the metrics file and release the run directory (idempotent). The Trainer
+        can still be inspected; writing to the run needs ``rlnb.train.resume``."""
+        self._finalizer()
+
+
+class _RunResources:
+    """A Trainer's open run directory: the lock and the metrics file."""
+
+    def __init__(self) -> None:
+        self.lock: rundir.RunDirLock | None = None
+        self.metrics: rundir.MetricsWriter | None = None
+
+    def close(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        lock, self.lock = self.lock, None
+        try:
+            if metrics is not None:
+                metrics.close()
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    top = None
+    while not path.exists():
+        top, parent = path, path.parent
+        if parent == path:
+            break
+        path = parent
+    return top
 
 
 def _on_cpu(policy: Policy) -> bool:
@@ -426,9 +618,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Policy, Any, TrainConfig]:
     """Rebuild ``(policy, env, config)`` of a run directory, with the policy's weights
     from its last checkpoint (or its initial weights when it has none)."""
     d = Path(run_dir)
-    if not (d / rundir.CONFIG).exists():
-        raise FileNotFoundError(f"{d} is not a rlnb run directory: it has no {rundir.CONFIG}")
-    config = TrainConfig.from_dict(json.loads((d / rundir.CONFIG).read_text()))
+    config = rundir.load_config(d)
     env = load_component(d, "env")
     policy = load_component(d, "policy")
     if (d / rundir.CHECKPOINT).exists():
@@ -442,26 +632,28 @@ def resume(
     max_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
     progress_bar: bool | None = None,
+    allow_metrics_gap: bool = False,
 ) -> Trainer:
-    """Continue a run from its directory after a crash or a stop, and return its trainer.
+    """Continue a run from its directory after a crash or a stop, and return its trainer
+    (closed: the run directory's lock is released).
 
     The sandbox, policy, config, optimiser state and sampler state all come from
     ``run_dir``; the step counter continues where the last checkpoint left it, and the
     steps after it are re-run to the same numbers. ``max_steps`` extends the run.
+    ``allow_metrics_gap`` continues even when ``metrics.jsonl`` lacks rows of steps the
+    checkpoint covers. Only classes rlnb defines, or that were registered with
+    :func:`rlnb.serialization.register_serializable`, are rebuilt: nothing is imported
+    because the directory names it.
     """
     d = Path(run_dir)
-    if not (d / rundir.CONFIG).exists():
-        raise FileNotFoundError(f"{d} is not a rlnb run directory: it has no {rundir.CONFIG}")
-    config = TrainConfig.from_dict(json.loads((d / rundir.CONFIG).read_text()))
+    config = rundir.load_config(d)
     if max_steps is not None:
         config.max_steps = max_steps
     if progress_bar is not None:
         config.progress_bar = progress_bar
     env = load_component(d, "env")
     policy = load_component(d, "policy")
-    trainer = Trainer(policy, env, config, run_dir=d, callbacks=callbacks)
-    try:
+    with Trainer(policy, env, config, run_dir=d, callbacks=callbacks,
+                 allow_metrics_gap=allow_metrics_gap) as trainer:
         trainer.train()
-    finally:
-        trainer.close()
     return trainer

@@ -57,8 +57,6 @@ from plotly.subplots import make_subplots
 
 from rlnb import rl
 from rlnb.policies.base import Policy
-from rlnb.serialization import atomic_write_bytes
-from rlnb.train import rundir
 from rlnb.train.callbacks import ExactSuccess
 from rlnb.train.config import TrainConfig
 from rlnb.train.trainer import Callback, Trainer
@@ -489,11 +487,12 @@ class LiveTraining:
 
     def _save(self, trainer: Trainer) -> None:
         """Checkpoint the last step and record the knobs in force in config.json, so the
-        run directory resumes with what the dashboard ran last."""
+        run directory resumes with what the dashboard ran last. Both writes go through the
+        Trainer, which refuses them unless it holds the run directory's lock."""
         if trainer.run_dir is None:
             return
         trainer.save_checkpoint()
-        atomic_write_bytes(trainer.run_dir / rundir.CONFIG, trainer.config.to_json().encode())
+        trainer.save_config()
 
     def _finish(self, trainer: Trainer | None, end: str) -> None:
         """Leave a complete run directory and close its metrics file (holding ``lock``)."""
