@@ -103,7 +103,7 @@ def test_mlp_log_probs_match_rollout_and_have_gradients():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_states": 0, "num_actions": 2}, "num_states must be >= 1"),
+        ({"num_states": 0, "num_actions": 2}, "num_states must be an integer >= 1"),
         ({"num_states": 2, "num_actions": 2, "logits": torch.zeros(3, 2)}, "logits must have shape"),
     ],
 )

@@ -13,6 +13,7 @@ excluded; forgetting the mask silently trains on the prompt and on padding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -78,10 +79,16 @@ class Policy(torch.nn.Module, Serializable):
 
 
 def validate_sampling_args(n: int, temperature: float) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
-    if not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0, got {temperature!r}; for greedy decoding use a small "
-            "temperature such as 1e-3"
-        )
+    """``n`` an integer >= 1, ``temperature`` a finite real > 0 (``TypeError`` for a bad
+    type, ``ValueError`` for a bad value; both name the argument and its range)."""
+    from rlnb.envs._checks import check_number
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        kind = ValueError if isinstance(n, int) and not isinstance(n, bool) else TypeError
+        raise kind(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
+    if type(temperature) is float and 0 < temperature < math.inf:
+        return  # the common case, without the general check's cost
+    t = check_number(temperature, "temperature", 0, low_open=True,
+                     meaning="for greedy decoding use a small temperature such as 1e-3")
+    if math.isinf(t):
+        raise ValueError(f"temperature must be finite (> 0), got {temperature!r}")

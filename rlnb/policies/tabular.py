@@ -20,7 +20,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlnb.envs._checks import as_tensor, check_finite, check_int
 from rlnb.policies.base import Policy, Rollout, validate_sampling_args
+
+
+def _check_logits(logits: Any, rows: int, num_actions: int, shared: bool) -> torch.Tensor:
+    """Initial or loaded logits as a float32 ``(rows, num_actions)`` tensor: real, finite,
+    of the table's shape (one pass over the table)."""
+    t = as_tensor(logits, "logits", "a (rows, num_actions) tensor of real logits")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"logits must hold real numbers, got dtype {t.dtype}")
+    t = t.to(torch.float32)
+    if t.dim() == 1:
+        t = t[None]
+    if t.shape != (rows, num_actions):
+        raise ValueError(
+            f"logits must have shape (rows, num_actions) = ({rows}, {num_actions}) "
+            f"for shared={shared}, got {tuple(t.shape)}"
+        )
+    check_finite(t, "logits", "nan or inf logits make every probability of its row nan; "
+                 "use a large negative number such as -1e9 to rule an action out")
+    return t
 
 
 def _sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -34,6 +54,16 @@ def _masked_entropy(logp: torch.Tensor) -> torch.Tensor:
     """Entropy of categorical distributions given log-probs ``(..., A)``, safe at -inf."""
     p = logp.exp()
     return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+
+
+def _check_env(env: Any, attributes: tuple[str, ...], policy: str) -> None:
+    missing = [a for a in attributes if not hasattr(env, a)]
+    if missing:
+        raise TypeError(
+            f"{policy}.for_env needs a discrete sandbox (rlnb.envs: Bandit, StrategyBandit, "
+            f"TreeMDP, Gridworld, ...) with {', '.join(attributes)}; got "
+            f"{type(env).__name__}, which lacks {', '.join(missing)}"
+        )
 
 
 class _StepwisePolicy(Policy):
@@ -132,31 +162,36 @@ class TabularPolicy(_StepwisePolicy):
         logits: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("num_states", num_states), ("num_actions", num_actions),
-                        ("states_per_prompt", states_per_prompt)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
-        self.num_states = int(num_states)
-        self.num_actions = int(num_actions)
-        self.states_per_prompt = int(states_per_prompt)
-        self.shared = bool(shared)
+        self.num_states = check_int(num_states, "num_states", 1, meaning="env.num_states")
+        self.num_actions = check_int(num_actions, "num_actions", 1, meaning="env.num_actions")
+        self.states_per_prompt = check_int(states_per_prompt, "states_per_prompt", 1,
+                                           meaning="env.states_per_prompt")
+        if self.num_states % self.states_per_prompt:
+            raise ValueError(
+                f"num_states ({self.num_states}) must be a multiple of states_per_prompt "
+                f"({self.states_per_prompt}): num_states = num_prompts * states_per_prompt; "
+                "build the policy with TabularPolicy.for_env(env)"
+            )
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared must be True or False, got {shared!r}")
+        self.shared = shared
         rows = self.states_per_prompt if self.shared else self.num_states
         if logits is None:
             logits = torch.zeros(rows, self.num_actions)
-        logits = torch.as_tensor(logits, dtype=torch.float32)
-        if logits.dim() == 1:
-            logits = logits[None]
-        if logits.shape != (rows, self.num_actions):
-            raise ValueError(
-                f"logits must have shape (rows, num_actions) = ({rows}, {self.num_actions}) "
-                f"for shared={self.shared}, got {tuple(logits.shape)}"
-            )
-        self.logits = nn.Parameter(logits.clone())
+        self.logits = nn.Parameter(_check_logits(logits, rows, self.num_actions, self.shared).clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        # load_state_dict is the one other way in for the logits: refuse nan/inf there too.
+        value = state_dict.get(prefix + "logits")
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            check_finite(value, "logits", "a checkpoint's logits must be finite")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def for_env(
         cls, env: Any, *, shared: bool = False, logits: torch.Tensor | None = None
     ) -> TabularPolicy:
+        _check_env(env, ("num_states", "num_actions", "states_per_prompt"), "TabularPolicy")
         return cls(env.num_states, env.num_actions, env.states_per_prompt, shared, logits)
 
     def get_config(self) -> dict[str, Any]:
@@ -176,6 +211,7 @@ class TabularPolicy(_StepwisePolicy):
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
         """The policy as a probability table ``(rows, num_actions)``, detached; feed it to
         a sandbox's exact ``success_probability`` / ``q_values``."""
+        validate_sampling_args(1, temperature)
         with torch.no_grad():
             return torch.softmax(self.logits / temperature, dim=-1)
 
@@ -203,12 +239,18 @@ class MLPPolicy(_StepwisePolicy):
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
         if activation not in acts:
             raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-        if int(feature_dim) < 1 or int(num_actions) < 1:
-            raise ValueError(
-                f"feature_dim and num_actions must be >= 1, got {feature_dim}, {num_actions}"
+        feature_dim = check_int(feature_dim, "feature_dim", 1, meaning="env.feature_dim")
+        num_actions = check_int(num_actions, "num_actions", 1, meaning="env.num_actions")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (list, tuple)):
+            raise TypeError(
+                f"hidden must be a tuple or list of layer widths such as (64,) or (64, 64), got "
+                f"{type(hidden).__name__} {hidden!r}"
             )
-        self.feature_dim, self.num_actions = int(feature_dim), int(num_actions)
-        self.hidden, self.activation, self.seed = [int(h) for h in hidden], activation, int(seed)
+        hidden = [check_int(h, f"hidden[{i}]", 1, meaning="width of a hidden layer")
+                  for i, h in enumerate(hidden)]
+        self.feature_dim, self.num_actions = feature_dim, num_actions
+        self.hidden, self.activation = hidden, activation
+        self.seed = check_int(seed, "seed", 0)
         sizes = [self.feature_dim, *self.hidden, self.num_actions]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -227,6 +269,7 @@ class MLPPolicy(_StepwisePolicy):
 
     @classmethod
     def for_env(cls, env: Any, **kwargs: Any) -> MLPPolicy:
+        _check_env(env, ("feature_dim", "num_actions", "state_features"), "MLPPolicy")
         return cls(env.feature_dim, env.num_actions, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
@@ -248,6 +291,7 @@ class MLPPolicy(_StepwisePolicy):
 
     def probs(self, env: Any, temperature: float = 1.0) -> torch.Tensor:
         """Probability table over every state of ``env``: ``(num_states, num_actions)``."""
+        validate_sampling_args(1, temperature)
         with torch.no_grad():
             states = torch.arange(env.num_states)
             return torch.softmax(self.net(env.state_features(states)) / temperature, dim=-1)
