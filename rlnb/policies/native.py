@@ -13,6 +13,11 @@ source, the compiler and this CPU (it is built for the CPU it runs on), then loa
 library is loaded. Where there is no compiler, the build fails or the check fails, every
 caller uses its PyTorch operations instead (same results within float rounding);
 :func:`status` says which and why. ``RLNB_NATIVE=0`` turns the kernels off.
+
+A library is loaded only from a private cache: never from a folder (or a file) that another
+user owns or may write to, where they could have planted their own. Such a cache is left
+alone and the kernels are built into a per-user folder of mode 0o700 instead
+(:func:`rlnb.cache.private_dir`); :func:`status` says so.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 
 from rlnb.cache import cache_dir as _cache_dir
+from rlnb.cache import private_dir, untrusted
 
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
@@ -58,7 +64,8 @@ def enabled() -> bool:
 
 
 def status() -> str:
-    """``"loaded: <path>"``, ``"disabled: ..."`` or ``"unavailable: <why>"``."""
+    """``"loaded: <path>"``, ``"disabled: ..."`` or ``"unavailable: <why>"``; followed by
+    ``(... built in the private folder ...)`` when the cache was not private."""
     kernels()
     return str(_state.get("status", "not loaded"))
 
@@ -70,16 +77,17 @@ def kernels() -> Kernels | None:
         _state["status"] = "disabled: RLNB_NATIVE=" + os.environ.get("RLNB_NATIVE", "")
         return None
     if "kernels" not in _state:
+        note: list[str] = []
         try:
-            k = Kernels(_build())
+            k = Kernels(_build(note))
             # The first caller may be sampling under inference mode; the check differentiates.
             with torch.inference_mode(False), torch.enable_grad():
                 k.self_check()
             _state["kernels"] = k
-            _state["status"] = f"loaded: {k.path}"
+            _state["status"] = f"loaded: {k.path}" + "".join(note)
         except Exception as e:  # no compiler, a failed build or check: PyTorch ops instead
             _state["kernels"] = None
-            _state["status"] = f"unavailable: {e}"
+            _state["status"] = f"unavailable: {e}" + "".join(note)
             _log.info("rlnb native kernels unavailable (%s); using PyTorch operations", e)
     return _state["kernels"]  # type: ignore[return-value]
 
@@ -96,7 +104,26 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build() -> Path:
+def _library_name(cc: str, version: str) -> str:
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    return f"kernels-{key}.so"
+
+
+def _private_cache(directory: Path) -> str | None:
+    """Make ``directory`` (mode 0o700) if missing; why it is not private, or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        return f"{directory} cannot be made ({err.strerror or err})"
+    return untrusted(directory)
+
+
+def _build(note: list[str] | None = None) -> Path:
+    """The compiled library: from the cache if it is there and private, else built. A
+    cache another user can write to is not used (``note`` receives why)."""
+    note = [] if note is None else note
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
@@ -105,20 +132,29 @@ def _build() -> Path:
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"the C compiler {cc!r} does not run: {e}") from e
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
-    out = cache_dir() / f"kernels-{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    name = _library_name(cc, version)
+    directory = cache_dir()
+    problem = _private_cache(directory)
+    if problem is None and (os.path.lexists(directory / name)):
+        problem = untrusted(directory / name)
+        if problem is None:
+            return directory / name
+    if problem is not None:
+        directory = private_dir("native")
+        note.append(f" (the kernel cache is not private: {problem}; nothing was loaded from "
+                    f"it, the kernels were built in the private folder {directory} instead)")
+        out = directory / name
+        if os.path.lexists(out) and untrusted(out) is None:
+            return out
+    out = directory / name
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
         res = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"],
                              capture_output=True, text=True, timeout=300)
         if res.returncode:
             raise RuntimeError(f"{cc} failed: {res.stderr.strip()[-2000:]}")
+        os.chmod(tmp, 0o755)  # never group- or world-writable, whatever the umask
         os.replace(tmp, out)  # atomic: a concurrent build writes the same bytes
     finally:
         if os.path.exists(tmp):
