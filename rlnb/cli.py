@@ -16,16 +16,27 @@ Files written to ``--out``:
 * ``boundary.csv`` (with ``--compare``): problems solved by both / the first model only /
   the second only / neither, at several k (:func:`rlnb.probes.boundary`).
 
-Errors in the arguments (a missing model directory, an unknown task, a malformed
-``--task-arg``) exit with status 2 and a one-line message.
+Errors in the arguments (a missing or broken model directory, an unknown task or task
+option, a number out of range, an ``--out`` that cannot be a directory, a model that cannot
+read the task's prompts within its context) exit with status 2 and a one-line message on
+standard error. All of them are checked before anything is sampled, and ``--out`` is created
+only after they pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import difflib
+import inspect
+import json
+import logging
+import math
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +69,21 @@ def parse_task_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _task_options(name: str) -> list[str] | None:
+    """The keyword options of a built-in task generator (None for reasoning-gym data
+    sets, whose options depend on the data set)."""
+    from rlnb.envs.text_tasks import TASKS
+
+    fn = TASKS.get(name)
+    if fn is None:
+        return None
+    P = inspect.Parameter
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is P.VAR_KEYWORD for p in params):
+        return None
+    return sorted(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY))
+
+
 def _make_task(name: str, num_problems: int, seed: int, extra: dict[str, Any]) -> Any:
     from rlnb.envs.text_tasks import make_task
 
@@ -67,29 +93,176 @@ def _make_task(name: str, num_problems: int, seed: int, extra: dict[str, Any]) -
     else:
         kwargs.setdefault("num_prompts", num_problems)
     kwargs.setdefault("seed", seed)
+    valid = _task_options(name)
+    if valid is not None:
+        unknown = sorted(set(extra) - set(valid))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CLIError(f"--task-arg {unknown[0]}: task {name!r} has no option "
+                           f"{unknown[0]!r}{hint}; valid: {', '.join(valid)}")
     try:
         return make_task(name, **kwargs)
-    except TypeError as e:  # an unknown keyword of the generator
-        raise CLIError(f"task {name!r} rejected its arguments {kwargs}: {e}") from None
+    except TypeError as e:  # an option of the wrong type, or unknown to a reasoning-gym set
+        raise CLIError(f"task {name!r} rejected its arguments {kwargs}: "
+                       f"{_first_line(e)}") from None
     except (ValueError, KeyError, ImportError) as e:
-        msg = str(e.args[0]) if e.args else str(e)
-        raise CLIError(msg.splitlines()[0] if msg else type(e).__name__) from None
+        raise CLIError(_first_line(e)) from None
 
 
-def _load_policy(path: str, args: argparse.Namespace) -> Any:
+def _first_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if e.args else str(e)
+    msg = msg.strip().splitlines()[0] if msg.strip() else ""
+    return msg or type(e).__name__
+
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def _check_model_dir(flag: str, path: str) -> None:
+    """What can be checked of a model directory without loading it: it exists, holds a
+    model configuration (a JSON object with ``model_type``) and weights."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CLIError(f"{flag}: model directory {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise CLIError(f"{flag}: {str(p)!r} is a file, not a model directory (a folder written "
+                       "by save_pretrained)")
+    config = p / "config.json"
+    if not config.is_file():
+        raise CLIError(f"{flag}: {str(p)!r} holds no model: expected config.json and weights "
+                       "written by save_pretrained")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CLIError(f"{flag}: {str(config)!r} is not valid JSON ({e}); expected the model "
+                       "configuration written by save_pretrained") from None
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot read {str(config)!r}: {e.strerror or e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        what = (f"a JSON {type(data).__name__}" if not isinstance(data, dict)
+                else "an object without model_type")
+        raise CLIError(f"{flag}: {str(config)!r} holds {what}, not a model configuration (a "
+                       "JSON object with model_type, written by save_pretrained)")
+    if not any((p / name).is_file() for name in _WEIGHTS) and not any(p.glob("*.safetensors")):
+        raise CLIError(f"{flag}: {str(p)!r} holds config.json but no weights (expected "
+                       "model.safetensors or pytorch_model.bin, written by save_pretrained)")
+
+
+def _check_out(path: str) -> Path:
+    """``--out`` must be a directory that exists or can be made: not a file, not under a
+    file, writable. Nothing is created here."""
+    out = Path(path).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise CLIError(f"--out {path!r} is a file; give a directory (it is created if "
+                           "missing)")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise CLIError(f"--out {path!r} is not writable")
+        return out
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"--out {path!r} cannot be created: {str(parent)!r} is a file, not a "
+                       "directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {path!r} cannot be created: {str(parent)!r} is not writable")
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument that can be checked before a model is loaded."""
+    for flag, value, low, what in (
+        ("--n", args.n, 1, "sample per problem"),
+        ("--num-problems", args.num_problems, 1, "problem"),
+        ("--max-new-tokens", args.max_new_tokens, 1, "token"),
+        ("--batch-size", args.batch_size, 1, "completion sampled at once"),
+        ("--bootstrap", args.bootstrap, 0, "resamples (0: no band)"),
+        ("--seed", args.seed, 0, "(seeds the task and the bootstrap)"),
+    ):
+        if value < low:
+            raise CLIError(f"{flag} must be >= {low} {what}, got {value}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not -(2**63) <= args.sample_seed < 2**64:
+        raise CLIError(f"--sample-seed must be in [-2**63, 2**64), got {args.sample_seed}")
+
+
+def _check_device_and_dtype(args: argparse.Namespace) -> None:
+    import torch
+
+    from rlnb.policies.lm import _check_device, _resolve_dtype
+
+    device = args.device if args.device is not None else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = _check_device(device)
+    except ValueError as e:
+        raise CLIError(f"--device {device!r}: {_first_line(e)}") from None
+    try:
+        _resolve_dtype(args.dtype, dev)
+    except ValueError as e:
+        raise CLIError(f"--dtype {args.dtype!r}: {_first_line(e)}, e.g. float32, bfloat16 or "
+                       "float16") from None
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[list[str]]:
+    """Hold back what loading a model prints (transformers' progress bar and log
+    warnings, Python warnings): an error must be the only line on standard error. The
+    caller shows the held messages once the model is loaded and checked."""
+    from transformers.utils import logging as hf_logging
+
+    held: list[str] = []
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    logger = logging.getLogger("transformers")
+    handlers, propagate = logger.handlers[:], logger.propagate
+    collect = _Collect()
+    logger.handlers, logger.propagate = [collect], False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield held
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+        if bar:
+            hf_logging.enable_progress_bar()
+        held.extend(collect.messages)
+        held.extend(str(w.message) for w in caught)
+
+
+def _load_policy(flag: str, path: str, args: argparse.Namespace, task: Any) -> Any:
+    """Load the model of ``path`` and check that it can read every prompt of ``task``
+    within its context; then show what loading printed."""
     from rlnb.policies import LMPolicy
 
     p = Path(path).expanduser()
-    if not p.exists():
-        raise CLIError(f"model directory {str(p)!r} does not exist")
-    if not (p / "config.json").exists():
-        raise CLIError(f"{str(p)!r} holds no model: expected config.json and weights "
-                       "written by save_pretrained")
-    try:
-        return LMPolicy(p, device=args.device, dtype=args.dtype,
-                        max_new_tokens=args.max_new_tokens)
-    except (ValueError, OSError) as e:
-        raise CLIError(f"cannot load {str(p)!r}: {str(e).splitlines()[0]}") from None
+    with _quiet_loading() as held:
+        try:
+            policy = LMPolicy(p, device=args.device, dtype=args.dtype,
+                              max_new_tokens=args.max_new_tokens)
+        except Exception as e:  # transformers reports a broken directory in many ways
+            raise CLIError(f"{flag}: cannot load {str(p)!r}: {_first_line(e)}") from None
+        try:
+            policy.check_prompts(task.prompts)
+        except ValueError as e:
+            raise CLIError(f"{flag} {str(p)!r} cannot answer --task {args.task!r}: "
+                           f"{_first_line(e)}") from None
+    for message in held:
+        print(f"rlnb: warning: {_first_line(RuntimeError(message))}", file=sys.stderr)
+    return policy
 
 
 def _label(path: str, taken: set[str]) -> str:
@@ -102,34 +275,52 @@ def _label(path: str, taken: set[str]) -> str:
 
 
 def probe_passk(args: argparse.Namespace) -> int:
-    """``rlnb probe passk``: sample, verify, write CSVs and an HTML figure."""
+    """``rlnb probe passk``: sample, verify, write CSVs and an HTML figure.
+
+    Every argument is checked, each model loaded and checked against the task's prompts,
+    before anything is sampled or ``--out`` is created."""
+    _check_args(args)
+    out = _check_out(args.out)
+    task_args = parse_task_args(args.task_arg)
+    models = [("--model", args.model)] + ([("--compare", args.compare)] if args.compare else [])
+    for flag, p in models:  # fail on a broken directory before building anything
+        _check_model_dir(flag, p)
+    _check_device_and_dtype(args)
+    task = _make_task(args.task, args.num_problems, args.seed, task_args)
+    # Each model is loaded and checked before anything is sampled; the --compare model is
+    # checked first and freed, then loaded again for its turn: one model in memory at a time.
+    for flag, p in models[1:]:
+        del_me = _load_policy(flag, p, args, task)
+        del del_me
+    first = _load_policy(*models[0], args, task)
+
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {args.out!r} cannot be created: {e.strerror or e}") from None
+    try:
+        return _sample_and_write(args, task, models, first, out)
+    except BaseException:
+        if created:  # leave no empty --out behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _sample_and_write(args: argparse.Namespace, task: Any, models: list[tuple[str, str]],
+                      first: Any, out: Path) -> int:
     import pandas as pd
 
     from rlnb.probes import boundary, default_ks, pass_at_k_curve, sample_counts
     from rlnb.viz import passk_curves, write_html
 
-    if args.n < 1:
-        raise CLIError(f"--n must be >= 1 sample per problem, got {args.n}")
-    if args.num_problems < 1:
-        raise CLIError(f"--num-problems must be >= 1, got {args.num_problems}")
-    if not args.temperature > 0:
-        raise CLIError(f"--temperature must be > 0, got {args.temperature}")
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    task_args = parse_task_args(args.task_arg)
-    paths = [args.model] + ([args.compare] if args.compare else [])
-    for p in paths:  # fail on a missing directory before building anything
-        if not Path(p).expanduser().exists():
-            raise CLIError(f"model directory {p!r} does not exist")
-    task = _make_task(args.task, args.num_problems, args.seed, task_args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
     taken: set[str] = set()
     frames, counts = [], {}
-    for path in paths:
+    for i, (flag, path) in enumerate(models):
         label = _label(path, taken)
-        policy = _load_policy(path, args)
+        policy = first if i == 0 else _load_policy(flag, path, args, task)
+        first = None
         print(f"{label}: sampling {args.n} completions for each of {task.num_prompts} "
               f"problems of {args.task!r} on {policy.device}", file=sys.stderr)
         df = sample_counts(policy, task, n=args.n, temperature=args.temperature,

@@ -80,7 +80,17 @@ def test_same_seed_same_counts(models, tmp_path):
     ({"--model": "/nonexistent/model"}, "does not exist"),
     ({"--task": "factr"}, "unknown text task 'factr'; valid: addition"),
     ({"--task-arg": "digits"}, "must look like key=value"),
-    ({"--task-arg": "colour=3"}, "rejected its arguments"),
+    ({"--task-arg": "colour=3"},
+     "task 'factor' has no option 'colour'; valid: allow_even_and_5, digits, max_prime"),
+    ({"--task-arg": "digits='x'"}, "rejected its arguments"),
+    ({"--bootstrap": "-1"}, "--bootstrap must be >= 0"),
+    ({"--batch-size": "0"}, "--batch-size must be >= 1"),
+    ({"--n": "0"}, "--n must be >= 1"),
+    ({"--seed": "-1"}, "--seed must be >= 0"),
+    ({"--temperature": "nan"}, "--temperature must be a finite number > 0"),
+    ({"--dtype": "nonsense"}, "--dtype 'nonsense'"),
+    ({"--device": "nonsense"}, "--device 'nonsense'"),
+    ({"--max-new-tokens": "100000"}, "context"),
 ])
 def test_user_errors_exit_2_with_one_line(models, tmp_path, capsys, change, message):
     args = _args(models[0], tmp_path / "out")
@@ -93,6 +103,40 @@ def test_user_errors_exit_2_with_one_line(models, tmp_path, capsys, change, mess
     err = capsys.readouterr().err.strip()
     assert err.startswith("rlnb: error: ") and message in err
     assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # checked before --out is made
+
+
+def test_out_must_be_a_directory_that_can_be_made(models, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "file", "is a file"),
+                         (tmp_path / "file" / "out", "cannot be created")):
+        assert main(_args(models[0], out)) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(out) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_broken_model_directories(tmp_path, capsys):
+    cases = {"noweights": '{"model_type": "llama"}', "garbage": "{not json",
+             "alist": "[1, 2]"}
+    for name, text in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+    for name, message in (("noweights", "no weights"), ("garbage", "not valid JSON"),
+                          ("alist", "holds a JSON list, not a model configuration")):
+        assert main(_args(tmp_path / name, tmp_path / "out")) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_read_the_task(models, tmp_path, capsys):
+    args = _args(models[0], tmp_path / "out")
+    args[args.index("--task") + 1] = "addition"  # '+' is not in the factor model's vocabulary
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot answer --task 'addition'" in err and "+" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_directory_without_a_model(tmp_path, capsys):
