@@ -133,9 +133,50 @@ def _load_tokenizer(path: str | os.PathLike) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_RESAVE = ("write the directory again with model.save_pretrained(dir) and "
+           "tokenizer.save_pretrained(dir), or copy it again from where it came from")
+
+
+def _check_model_dir(p: Path) -> None:
+    """Refuse a local model directory whose config.json or weights cannot be read, before
+    ``transformers`` fails on it with a message that names neither the file nor a fix."""
+    import json
+
+    cfg_path = p / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{str(cfg_path)!r} is not valid JSON ({err}); the file is corrupt or truncated: "
+            f"{_RESAVE}"
+        ) from None
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f"{str(cfg_path)!r} holds a JSON {type(cfg).__name__}, not an object of model "
+            f"settings (model_type, hidden_size, ...); {_RESAVE}"
+        )
+    if not isinstance(cfg.get("model_type"), str):
+        raise ValueError(
+            f"{str(cfg_path)!r} has no 'model_type' (such as 'llama' or 'gpt2'), so no model "
+            f"class can be chosen for it; {_RESAVE}"
+        )
+    if not any((p / name).exists() for name in _WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"model directory {str(p)!r} has a config.json but no weights (expected one of "
+            f"{', '.join(_WEIGHT_FILES)}); {_RESAVE}"
+        )
+
+
 def _load(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be a directory path or a hub name (str or Path), got "
+            f"{type(model).__name__}; wrap an already loaded model with LMPolicy.from_model"
+        )
     p = Path(model).expanduser()
     looks_local = p.is_absolute() or str(model).startswith((".", "~")) or p.exists()
     if looks_local:
@@ -150,8 +191,27 @@ def _load(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) ->
                 f"{str(p)!r} holds no model: expected config.json, the weights "
                 "(model.safetensors) and the tokenizer files written by save_pretrained"
             )
-    hf = AutoModelForCausalLM.from_pretrained(str(p if looks_local else model), dtype=dtype)
-    tok = _load_tokenizer(p if looks_local else model)
+        _check_model_dir(p)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+        except Exception as err:  # SafetensorError, OSError, RuntimeError, ... from a bad file
+            files = [name for name in _WEIGHT_FILES if (p / name).exists()]
+            raise ValueError(
+                f"could not load the weights in {str(p / files[0]) if files else str(p)!r}: "
+                f"{type(err).__name__}: {err}. The file is corrupt, truncated or of another "
+                f"model than config.json describes; {_RESAVE}"
+            ) from err
+        try:
+            tok = _load_tokenizer(p)
+        except Exception as err:
+            raise ValueError(
+                f"could not load the tokenizer in {str(p)!r}: {type(err).__name__}: {err}. "
+                f"Its tokenizer files (tokenizer.json, tokenizer_config.json) are missing or "
+                f"corrupt; {_RESAVE}"
+            ) from err
+        return hf.to(device), tok
+    hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype)
+    tok = _load_tokenizer(model)
     return hf.to(device), tok
 
 
@@ -772,6 +832,10 @@ def _plain_fast_tokenizer(tokenizer: Any) -> Any:
     return None
 
 
+def _shorten(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded rows: ``cumsum(mask) - 1``, 0 on the padding.
 
@@ -860,6 +924,16 @@ class LMPolicy(Policy):
         """Wrap an already loaded model (kept on its device and dtype). Such a policy has
         no directory to rebuild from: ``save_pretrained`` it before training with a
         ``run_dir``."""
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                f"model must be a loaded Hugging Face causal LM (a torch.nn.Module with a "
+                f"config), got {type(model).__name__}; for a directory use LMPolicy(path)"
+            )
+        if not all(hasattr(tokenizer, a) for a in ("pad_token_id", "eos_token_id", "decode")):
+            raise TypeError(
+                f"tokenizer must be a Hugging Face tokenizer (pad_token_id, eos_token_id, "
+                f"decode), got {type(tokenizer).__name__}"
+            )
         self = cls.__new__(cls)
         Policy.__init__(self)
         ref = getattr(model, "name_or_path", "") or ""
@@ -874,10 +948,13 @@ class LMPolicy(Policy):
                hidden_states, engine) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        from rlnb.envs._checks import check_int, check_number
+
+        max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1,
+                                   meaning="completion length budget")
+        top_p = check_number(top_p, "top_p", 0, 1, low_open=True, meaning="nucleus sampling")
+        if not isinstance(hidden_states, bool):
+            raise TypeError(f"hidden_states must be True or False, got {hidden_states!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_ref = ref
@@ -918,8 +995,17 @@ class LMPolicy(Policy):
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_ids = sorted(eos)
         self._eos_t = torch.tensor(self.eos_ids, device=self.device)
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.max_positions = None
+        self._context_source = None
+        for key in ("max_position_embeddings", "n_positions"):
+            value = getattr(model.config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.max_positions, self._context_source = value, key
+                break
         self._prompt_cache: dict[str, list[int]] = {}
+        self._prompt_ok: set[str] = set()  # prompts whose tokens are all in the vocabulary
+        unk = getattr(tokenizer, "unk_token_id", None)
+        self._unk_id = int(unk) if isinstance(unk, int) else None
         self._rope_cache: dict = {}
         self._num_params = sum(p.numel() for p in model.parameters())
         try:
@@ -1001,18 +1087,79 @@ class LMPolicy(Policy):
             self._prompt_cache[text] = ids
         return ids
 
-    def _check_lengths(self, seqs: Sequence[Sequence[int]], labels: Sequence[Any],
-                       max_new_tokens: int) -> None:
+    def check_prompts(self, prompts: Sequence[str], *, max_new_tokens: int | None = None) -> None:
+        """Refuse prompts this policy cannot answer faithfully, before any sampling:
+
+        * a prompt with characters the tokenizer cannot represent (they would become its
+          unknown token, and the model would see something else than the text);
+        * a prompt whose token length plus ``max_new_tokens`` (default: the policy's)
+          exceeds the model's context (``max_position_embeddings`` / ``n_positions`` of
+          its config, when it has one).
+
+        ``TypeError`` for a single string or a non-string entry, else ``ValueError`` naming
+        the first bad prompt (index and repr) and what to do. The vocabulary check is done
+        once per distinct prompt (cached), so calling this before every sampling call
+        costs a set lookup per prompt.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single string; "
+                            "wrap it in a list: [prompt]")
+        T = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        texts = list(prompts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"prompt {i} must be a str, got {type(t).__name__} {t!r}"[:200])
+        self._check_prompt_texts(texts, [self.encode_prompt(t) for t in texts],
+                                 [f"prompt {i}" for i in range(len(texts))], T)
+
+    def _check_prompt_texts(self, texts: Sequence[str], seqs: Sequence[Sequence[int]],
+                            labels: Sequence[str], max_new_tokens: int) -> None:
+        ok = self._prompt_ok
+        for text, ids, label in zip(texts, seqs, labels):
+            if text in ok:
+                continue
+            if self._unk_id is not None and self._unk_id in ids:
+                bad = self._unrepresentable(text)
+                if bad:
+                    raise ValueError(
+                        f"{label} {_shorten(text)} holds characters the tokenizer cannot "
+                        f"represent: {', '.join(map(repr, bad))} (each becomes its unknown token "
+                        f"{self.tokenizer.unk_token!r}, so the model would not see the text); "
+                        "remove or replace them, or use a tokenizer whose vocabulary has them "
+                        "(char_tokenizer(task.alphabet) for a text task)"
+                    )
+            if len(ok) > 100_000:
+                ok.clear()
+            ok.add(text)
         if self.max_positions is None:
             return
-        for i, (s, label) in enumerate(zip(seqs, labels)):
-            if len(s) + max_new_tokens > self.max_positions:
+        for text, ids, label in zip(texts, seqs, labels):
+            if len(ids) + max_new_tokens > self.max_positions:
+                room = self.max_positions - len(ids)
                 raise ValueError(
-                    f"prompt {label} (row {i}) has {len(s)} tokens; with max_new_tokens="
-                    f"{max_new_tokens} that is {len(s) + max_new_tokens} positions, more than "
-                    f"the model's context of {self.max_positions} (max_position_embeddings). "
-                    "Shorten the prompt or lower max_new_tokens"
+                    f"{label} {_shorten(text)} has {len(ids)} tokens; with max_new_tokens="
+                    f"{max_new_tokens} that is {len(ids) + max_new_tokens} positions, more than "
+                    f"the model's context of {self.max_positions} ({self._context_source}). "
+                    "Use shorter prompts or a smaller max_new_tokens"
+                    + (f" (at most {room - 1} for this prompt)" if room > 1 else "")
                 )
+
+    def _unrepresentable(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that the tokenizer maps to its unknown token
+        (a literal unknown-token string in the text is not one of them)."""
+        unk, unk_text = self._unk_id, getattr(self.tokenizer, "unk_token", None)
+        bad: list[str] = []
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            pieces = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+                      if i == unk]
+        except (NotImplementedError, TypeError, ValueError, KeyError):  # a slow tokenizer
+            pieces = [ch for ch in dict.fromkeys(text)
+                      if unk in self.tokenizer(ch, add_special_tokens=False)["input_ids"]]
+        for piece in pieces:
+            if piece and piece != unk_text and piece not in bad:
+                bad.append(piece)
+        return bad
 
     # --- sampling -------------------------------------------------------------------------
     def rollout(
@@ -1052,8 +1199,8 @@ class LMPolicy(Policy):
         prompts = torch.as_tensor(prompts, dtype=torch.long).reshape(-1).cpu()
         texts = [env.prompt(int(i)) for i in prompts.tolist()]
         seqs = [self.encode_prompt(t) for t in texts]
-        self._check_lengths(seqs, [f"{int(i)} ({t!r})" for i, t in zip(prompts, texts)],
-                            self.max_new_tokens)
+        self._check_prompt_texts(texts, seqs, [f"prompt {int(i)}" for i in prompts.tolist()],
+                                 self.max_new_tokens)
         keep = keep_activations and self.replay_supported
         out = self._sample(seqs, n, temperature, generator, self.max_new_tokens, keep)
         rollout = Rollout(
@@ -1120,9 +1267,14 @@ class LMPolicy(Policy):
         validate_sampling_args(n, temperature)
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, got a single string")
-        T = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        from rlnb.envs._checks import check_int
+
+        T = self.max_new_tokens if max_new_tokens is None else check_int(
+            max_new_tokens, "max_new_tokens", 1, meaning="completion length budget")
+        batch_size = check_int(batch_size, "batch_size", 1, meaning="completions sampled at once")
+        prompts = list(prompts)
+        self.check_prompts(prompts, max_new_tokens=T)
         seqs = [self.encode_prompt(p) for p in prompts]
-        self._check_lengths(seqs, [repr(p) for p in prompts], T)
         per = max(1, batch_size // n)
         texts: list[list[str]] = []
         flags: list[list[bool]] = []
@@ -1519,6 +1671,8 @@ class LMPolicy(Policy):
         else:
             if isinstance(source, str):
                 raise TypeError("pass a list of texts, not a single string")
+            source = list(source)
+            self.check_prompts(source, max_new_tokens=0)
             ids, am = _left_pad([self.encode_prompt(t) for t in source], self.pad_id)
         ids, am = ids.to(self.device), am.to(self.device)
         n_layers = self.model.config.num_hidden_layers
