@@ -107,7 +107,7 @@ def _make_task(name: str, num_problems: int, seed: int, extra: dict[str, Any]) -
         raise CLIError(f"task {name!r} rejected its arguments {kwargs}: "
                        f"{_first_line(e)}") from None
     except (ValueError, KeyError, ImportError) as e:
-        raise CLIError(_first_line(e)) from None
+        raise CLIError(f"--task {name!r}: {_first_line(e)}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -203,9 +203,9 @@ def _check_device_and_dtype(args: argparse.Namespace) -> None:
         raise CLIError(f"--device {device!r}: {_first_line(e)}") from None
     try:
         _resolve_dtype(args.dtype, dev)
-    except ValueError as e:
-        raise CLIError(f"--dtype {args.dtype!r}: {_first_line(e)}, e.g. float32, bfloat16 or "
-                       "float16") from None
+    except ValueError:
+        raise CLIError(f"--dtype {args.dtype!r} is not a floating torch dtype; use float32, "
+                       "bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)") from None
 
 
 class _Collect(logging.Handler):

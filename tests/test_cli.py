@@ -164,3 +164,18 @@ def test_runs_as_a_command(models, tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "does not exist" in bad.stderr
+
+
+def test_the_compare_model_is_checked_before_anything_is_sampled(models, tmp_path, capsys):
+    blind = tmp_path / "blind"  # a vocabulary without '=': it cannot read factor's prompts
+    tok = char_tokenizer("0123456789")
+    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=16, n_head=2,
+                                   n_kv_head=1))
+    model.save_pretrained(blind)
+    tok.save_pretrained(blind)
+    capsys.readouterr()
+    assert main(_args(models[0], tmp_path / "out", "--compare", str(blind))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlnb: error: --compare") and "cannot represent: '='" in err
+    assert len(err.splitlines()) == 1  # nothing sampled: no 'base: sampling ...' line
+    assert not (tmp_path / "out").exists()

@@ -234,3 +234,40 @@ def test_update_config_between_steps():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         trainer.update_config(temperature=0.0)
     assert trainer.config.temperature == 0.7  # a refused change leaves the config as it was
+
+
+def test_a_bad_config_writes_no_run_dir_and_the_fixed_one_then_trains(tmp_path):
+    env = _sandbox("bandit")
+    bad = _cfg(max_steps=2)
+    bad.advantage, bad.num_generations = "rloo", 1  # set after construction: Trainer checks
+    with pytest.raises(ValueError, match="'rloo' needs num_generations >= 2"):
+        Trainer(TabularPolicy.for_env(env), env, bad, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    fixed = _cfg(max_steps=2, advantage="rloo", num_generations=2)
+    Trainer(TabularPolicy.for_env(env), env, fixed, run_dir=tmp_path / "run").train()
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+
+
+def test_the_policy_must_fit_its_sandbox(tmp_path):
+    env = StrategyBandit.from_card(generator=_gen())  # 64 strategies, 64 problems
+    with pytest.raises(ValueError, match=r"num_actions=3 but StrategyBandit has "
+                                         r"num_actions=64 .*TabularPolicy\.for_env\(env\)"):
+        Trainer(TabularPolicy(1, 3, shared=True), env, _cfg(), run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match=r"num_states=2 but StrategyBandit has num_states=64"):
+        Trainer(TabularPolicy(2, 64), env, _cfg(), run_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match=r"feature_dim=3 but StrategyBandit has feature_dim=64"):
+        Trainer(MLPPolicy(3, 64), env, _cfg())
+    assert list(tmp_path.iterdir()) == []
+    # shared tables fit any number of prompts; the sizes the sandbox builds always fit
+    Trainer(TabularPolicy(1, 64, shared=True), env, _cfg(max_steps=1)).train()
+    Trainer(MLPPolicy.for_env(env), env, _cfg(max_steps=1)).train()
+
+
+def test_update_config_refuses_a_wrong_type_and_keeps_the_config():
+    env = _sandbox("bandit")
+    trainer = Trainer(TabularPolicy.for_env(env), env, _cfg())
+    with pytest.raises(TypeError, match="learning_rate must be a float, got str '0.5'"):
+        trainer.update_config(learning_rate="0.5")
+    with pytest.raises(ValueError, match=r"delta \(the dual clip\) must be > 1 \+ epsilon"):
+        trainer.update_config(delta=1.1)
+    assert trainer.config.learning_rate == 0.1 and trainer.config.delta is None
