@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import math
-import time
 from collections import Counter
 
 import pytest
@@ -208,7 +207,7 @@ def test_score_never_raises_on_arbitrary_text(data):
 
 
 @pytest.mark.parametrize("task", ROBUST_TASKS, ids=lambda t: t.task_name)
-def test_score_edge_cases_and_speed(task):
+def test_score_edge_cases(task):
     p = task.prompt(0)
     megabyte = "7" * 1_000_000
     cases = [
@@ -229,11 +228,8 @@ def test_score_edge_cases_and_speed(task):
     for c in cases:
         assert task.score(p, c) in (0.0, 1.0)
     assert task.score(p, task.answer(0) + " " * 1_000_000) == 1.0
-    for c in (megabyte, "(" * 1_000_000, "1+" * 500_000 + "1"):
-        t0 = time.perf_counter()
-        task.score(p, c)
-        # scoring is capped before parsing; a parser fed a megabyte would take minutes
-        assert time.perf_counter() - t0 < 1.0
+    # How fast hostile completions are scored is measured by
+    # benchmarks/adversarial_scoring.py (a parser fed a megabyte takes minutes), not here.
     with pytest.raises(TypeError, match="must be a str"):
         task.score(p, b"12")
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from rlnb.envs.text_tasks import make_task
 from rlnb.policies.lm import LMPolicy
 from rlnb.policies.tiny import (
     char_tokenizer,
@@ -15,13 +16,6 @@ from rlnb.policies.tiny import (
     tiny_config,
     tiny_model,
 )
-
-try:
-    from rlnb.envs.text_tasks import make_task
-except ImportError:  # pragma: no cover - only while rlnb.envs.text_tasks is missing
-    make_task = None
-
-needs_tasks = pytest.mark.skipif(make_task is None, reason="rlnb.envs.text_tasks is not available")
 
 ALPHABET = "0123456789+= \nabc"
 
@@ -108,7 +102,6 @@ def _pass_at_1(policy, task, n=16):
     return sum(task.score(p, t) for p, row in zip(prompts, texts) for t in row) / (n * len(prompts))
 
 
-@needs_tasks
 def test_pretrain_base_caches_keys_and_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("RLNB_CACHE", str(tmp_path / "rlnb"))
     task = _task()
@@ -136,7 +129,6 @@ def test_pretrain_base_caches_keys_and_learns(tmp_path, monkeypatch):
     assert abs(p_trained - record["final"]["pass_at_1"]) < 0.15  # consistent with its log
 
 
-@needs_tasks
 def test_pretrain_base_key_covers_settings_and_task(tmp_path):
     task = _task()
     quick = {**TINY, "steps": 10, "eval_every": 10, "cache_dir": tmp_path}
@@ -157,7 +149,6 @@ def test_pretrain_base_key_covers_settings_and_task(tmp_path):
     assert wa.keys() == wd.keys() and all(torch.equal(wa[k], wd[k]) for k in wa)
 
 
-@needs_tasks
 def test_pretrain_base_stops_at_its_targets(tmp_path):
     path = pretrain_base(_task(), **{**TINY, "steps": 200, "eval_every": 10,
                                       "target_pass_at_1": 0.1, "target_malformed": 0.2,

@@ -8,6 +8,7 @@ from rlnb.envs import addition
 from rlnb.policies import LMPolicy, char_tokenizer, tiny_config, tiny_model
 from rlnb.train import TrainConfig, Trainer, load_run, resume
 from rlnb.train.rundir import read_metrics
+from tests._numerics import assert_close
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +101,7 @@ def test_replayed_updates_train_like_the_forward_pass(model_dir, monkeypatch, nu
     for name in ("reward", "loss", "entropy", "kl", "completions/mean_length"):
         assert h1[name].tolist() == pytest.approx(h2[name].tolist(), rel=1e-4, abs=1e-6), name
     for a, b in zip(replayed.policy.parameters(), plain.policy.parameters()):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert_close(a, b)
 
 
 def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):

@@ -26,7 +26,6 @@ scores with the forward pass.
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 import torch
@@ -184,48 +183,18 @@ def _add(grads: dict[int, torch.Tensor], p: torch.Tensor | None, g: torch.Tensor
     grads[key] = g if key not in grads else grads[key] + g
 
 
-class _ThreadPicker:
-    """Chooses the thread count of the backward pass's large matrix products: 1, or the
-    ``n`` the trainer allows. Both are timed (seconds per multiply-add, a running mean
-    each) and the faster is used; the other is tried again every ``explore_every``
-    passes, so that a change of load is noticed (a second thread helps on an idle
-    machine, ~1.8x on a 700 x 512 x 64 product here, and hurts when another process
-    holds the other core)."""
-
-    explore_every = 16
-
-    def __init__(self) -> None:
-        self.cost: dict[int, float] = {}
-        self.passes = 0
-
-    def choose(self, n: int) -> int:
-        if n <= 1:
-            return 1
-        self.passes += 1
-        for option in (1, n):
-            if option not in self.cost:
-                return option
-        best, other = (1, n) if self.cost[1] <= self.cost[n] else (n, 1)
-        return other if self.passes % self.explore_every == 0 else best
-
-    def record(self, threads: int, seconds: float, work: float) -> None:
-        if work <= 0:
-            return
-        cost = seconds / work
-        old = self.cost.get(threads)
-        self.cost[threads] = cost if old is None else 0.7 * old + 0.3 * cost
-
-
-_PICKER = _ThreadPicker()
-_MATMUL_THREADS = 1  # what the trainer allows (matmul_threads)
-_MM_MIN_WORK = 1 << 20  # multiply-adds below which one thread always runs
+_MATMUL_THREADS = 1  # what the trainer sets (matmul_threads): TrainConfig.matmul_threads
+_MM_MIN_WORK = 1 << 20  # multiply-adds below which a product runs on torch's current count
 
 
 @contextlib.contextmanager
 def matmul_threads(n: int):
-    """Let the backward pass run its large matrix products on up to ``n`` threads (the
-    faster of 1 and ``n``, by timing: :class:`_ThreadPicker`) while the rest of the
-    work stays on torch's current count. The trainer uses it on the CPU."""
+    """Run the backward pass's large matrix products (``_MM_MIN_WORK`` multiply-adds and
+    more) on ``n`` threads while the rest of the work stays on torch's current count.
+
+    The count is a setting, never chosen by timing: a product is not bitwise the same on
+    1 and 2 threads, so a choice made by the load of the machine would change a run's
+    numbers. The trainer passes ``TrainConfig.matmul_threads``."""
     global _MATMUL_THREADS
     before = _MATMUL_THREADS
     _MATMUL_THREADS = max(1, int(n))
@@ -235,32 +204,19 @@ def matmul_threads(n: int):
         _MATMUL_THREADS = before
 
 
-class _Matmuls:
-    """The large products of one backward pass, on the chosen thread count, timed."""
-
-    def __init__(self) -> None:
-        self.threads = _PICKER.choose(_MATMUL_THREADS)
-        self.seconds = 0.0
-        self.work = 0.0
-
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        work = a.shape[0] * a.shape[1] * b.shape[1]
-        if work < _MM_MIN_WORK:
-            return a @ b
-        before = torch.get_num_threads()
-        start = time.perf_counter()
-        if before != self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            return a @ b
-        finally:
-            if before != self.threads:
-                torch.set_num_threads(before)
-            self.seconds += time.perf_counter() - start
-            self.work += work
-
-    def done(self) -> None:
-        _PICKER.record(self.threads, self.seconds, self.work)
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``, a large one on the configured thread count (:func:`matmul_threads`)."""
+    threads = _MATMUL_THREADS
+    if a.shape[0] * a.shape[1] * b.shape[1] < _MM_MIN_WORK:
+        return a @ b
+    before = torch.get_num_threads()
+    if before == threads:
+        return a @ b
+    torch.set_num_threads(threads)
+    try:
+        return a @ b
+    finally:
+        torch.set_num_threads(before)
 
 
 def _every_prompt_position(x: torch.Tensor, G: int, Lp: int) -> torch.Tensor:
@@ -292,7 +248,6 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
     num_layers = len(f.layers)
     inner = f.model.model
     grads: dict[int, torch.Tensor] = {}
-    _mm = _Matmuls()
 
     # Completion cells, in tape order (iteration after iteration). Their attention's keys
     # are the group's prompt, then the row's own completion up to the query (causal): the
@@ -409,5 +364,4 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
     if f.padding_idx is not None:
         dE[f.padding_idx] = 0
     _add(grads, f.embed, dE)
-    _mm.done()
     return grads

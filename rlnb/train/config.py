@@ -128,11 +128,18 @@ class TrainConfig:
     torch_threads: int | None = None
     """CPU threads torch may use while training (restored afterwards). None = automatic:
     1 thread for policies under a million parameters, whose tiny tensor ops run many
-    times slower when split across threads, and torch's own setting otherwise; the large
-    matrix products of an update replayed from the sampler's activations
-    (:mod:`rlnb.policies.lm_replay`) then run on torch's own count (up to 4) whenever
-    timing shows it is faster than one thread (it is not when another process holds the
-    cores). An explicit count applies to everything."""
+    times slower when split across threads, and torch's own setting otherwise (a
+    function of the policy's size and of the machine, never of its load). Float sums
+    are split differently on another count, so runs compare bit for bit only at the
+    same count."""
+    matmul_threads: int = 1
+    """Threads for the large matrix products (a million multiply-adds and more) of an
+    update replayed from the sampler's activations (:mod:`rlnb.policies.lm_replay`),
+    while the rest of the step stays on ``torch_threads``. 1 (default) gives the same
+    numbers on every machine whatever its load; 2 or more can be faster for models of
+    hidden size 256 and up on idle cores (a product is not bitwise the same on 1 and 2
+    threads, so this is a setting of the run, recorded in its config, never picked by
+    timing)."""
     keep_freed_memory: bool = True
     """On the CPU under Linux, ask the C allocator (glibc) to keep freed memory for re-use
     instead of handing it back to the system after every step: the step's large
@@ -141,9 +148,10 @@ class TrainConfig:
     fsync: bool = True
     """Flush each metrics line and checkpoint to the disk (``os.fsync``, and the directory
     after a rename) before the step counts as done, so a power cut or a kernel crash loses
-    at most the step in flight, as a killed process does. Costs a few milliseconds per
-    step on most disks (measurable on tiny runs, see docs); False keeps the writes in the
-    page cache (a killed process still loses nothing). Not part of what defines a run."""
+    at most the step in flight, as a killed process does. Three fsyncs per step cost
+    ~2-3 ms on an ext4 virtual disk: the README's 200-step strategy-bandit run took ~8
+    ms per step with them, ~6 without (~3 in memory). False keeps the writes in the page
+    cache (a killed process still loses nothing). Not part of what defines a run."""
 
     # --- logging and checkpoints ----------------------------------------------------
     save_steps: int = 1
@@ -238,6 +246,7 @@ class TrainConfig:
         at_least("weight_decay", 0)
         positive("max_grad_norm", none=True)
         at_least("torch_threads", 1, none=True)
+        at_least("matmul_threads", 1)
         at_least("save_steps", 1)
         at_least("log_rollouts_steps", 0)
         at_least("log_rollouts_count", 1)

@@ -387,11 +387,9 @@ class Trainer:
             allocator.keep_freed_memory()
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads())
-        # Automatic threads: the large matrix products of a replayed update may use the
-        # cores torch had (up to 4) when timing shows they gain from it.
-        matmul = threads_before if self.config.torch_threads is None else self.threads()
         try:
-            with lm_replay.matmul_threads(min(matmul, 4)):
+            # Thread counts are settings of the run, never chosen by timing or load.
+            with lm_replay.matmul_threads(self.config.matmul_threads):
                 while self.step < total and not self._stop:
                     metrics = self.train_step()
                     bar.update(1)
