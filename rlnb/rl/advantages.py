@@ -123,7 +123,10 @@ def grpo(
     >>> grpo(torch.tensor([1., 0., 0., 0.]), 4, scale_rewards="none")
     tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
     """
+    from rlnb.envs._checks import check_number
+
     scale = _check_scale_rewards(scale_rewards)
+    check_number(std_eps, "std_eps", 0, low_open=True, meaning="added to the std before dividing")
     grouped = rewards.view(-1, group_size)  # (P, G)
     adv = grouped - grouped.mean(dim=1, keepdim=True)  # (P, G)
     if scale == "group":
@@ -170,6 +173,9 @@ def w_reinforce(rewards: Tensor, group_size: int, *, lam: float = 0.1) -> Tensor
     >>> w_reinforce(torch.tensor([1., 0.]), 2)
     tensor([ 0.1000, -1.0000])
     """
+    from rlnb.envs._checks import check_number
+
+    check_number(lam, "lam", 0, meaning="advantage of a correct sample; the paper uses 0.1")
     return lam * rewards - (1 - rewards)
 
 
@@ -202,6 +208,13 @@ def gae(
     >>> adv, ret
     (tensor([[0.5000, 0.5000]]), tensor([[1., 1.]]))
     """
+    from rlnb.envs._checks import check_number
+
+    check_number(gamma, "gamma", 0, 1, meaning="discount")
+    check_number(lam, "lam", 0, 1, meaning="GAE lambda")
+    for name, x in (("token_rewards", token_rewards), ("values", values), ("mask", mask)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be an (N, T) tensor, got {type(x).__name__}")
     if not (token_rewards.shape == values.shape == mask.shape) or values.dim() != 2:
         raise ValueError(
             f"token_rewards {tuple(token_rewards.shape)}, values {tuple(values.shape)} and "
@@ -279,9 +292,13 @@ def compute_advantages(
     >>> compute_advantages(torch.tensor([1., 0., 1., 1.]), group_size=2)
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
     """
+    from rlnb.envs._checks import as_tensor
+
     group_size = _check_group_size(group_size)
     fn = ADVANTAGES[method]
-    rewards = torch.as_tensor(rewards)
+    rewards = as_tensor(rewards, "rewards", "a (N,) tensor of numbers, one reward per completion")
+    if rewards.dtype == torch.bool or rewards.is_complex():
+        raise TypeError(f"rewards must hold real numbers, got dtype {rewards.dtype}")
     if not rewards.is_floating_point():
         rewards = rewards.to(torch.get_default_dtype())
     if rewards.dim() != 1 and not (method == "gae" and rewards.dim() == 2):

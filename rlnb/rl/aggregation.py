@@ -89,6 +89,11 @@ def agg_loss(
             f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must both be (N, T)"
         )
     n, t = loss_mat.shape
+    if max_len is not None:  # checked in every mode: a bad budget is a bug wherever it is
+        from rlnb.envs._checks import check_number
+
+        check_number(max_len, "max_len", 0, low_open=True,
+                     meaning="generation budget in tokens, TRL's max_completion_length")
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     if mode == "seq-mean-token-mean":

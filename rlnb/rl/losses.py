@@ -34,6 +34,13 @@ Metrics = dict[str, float]
 def _prepare(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, agg: str):
     """Check shapes and agg; return (adv (N, T), mask as logp's dtype, log_ratio (N, T))."""
     check_agg_mode(agg)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages),
+                    ("mask", mask)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch tensor, got {type(x).__name__}; wrap it in "
+                "torch.as_tensor(...)"
+            )
     if logp.dim() != 2 or logp.shape != old_logp.shape or logp.shape != mask.shape:
         raise ValueError(
             f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
@@ -45,17 +52,23 @@ def _prepare(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, a
         adv = adv[:, None].expand(n, t)  # (N,) -> (N, T)
     elif adv.shape != (n, t):
         raise ValueError(f"advantages must be ({n},) or ({n}, {t}), got {tuple(adv.shape)}")
+    if not bool(torch.isfinite(advantages).all()):
+        raise ValueError(
+            "advantages must be finite, got nan or inf; check the rewards and the advantage "
+            "method's options (compute_advantages refuses non-finite rewards)"
+        )
     log_ratio = torch.clamp(logp - old_logp.detach(), -20.0, 20.0)  # (N, T)
     return adv, mask.to(logp.dtype), log_ratio
 
 
 def _check_clip(epsilon: float, epsilon_high: float | None) -> tuple[float, float]:
-    eps_high = epsilon if epsilon_high is None else epsilon_high
-    if not epsilon > 0 or not eps_high > 0:
-        raise ValueError(
-            f"clip ranges must be > 0, got epsilon={epsilon}, epsilon_high={epsilon_high}: "
-            f"the ratio is kept in [1 - epsilon, 1 + epsilon_high]"
-        )
+    from rlnb.envs._checks import check_number
+
+    why = "the ratio is kept in [1 - epsilon, 1 + epsilon_high]"
+    epsilon = check_number(epsilon, "epsilon", 0, 1, low_open=True, high_open=True,
+                           meaning=f"{why}; 0.2 is usual")
+    eps_high = epsilon if epsilon_high is None else check_number(
+        epsilon_high, "epsilon_high", 0, low_open=True, meaning=f"{why}; DAPO uses 0.28")
     return epsilon, eps_high
 
 
