@@ -62,7 +62,8 @@ def test_degenerate_inputs_are_stable_and_documented():
     assert effective_rank(torch.zeros(6, 4), center=False) == 1.0
     assert effective_rank(torch.full((9, 5), 3.7)) == 1.0
     assert effective_rank(torch.randn(1, 5)) == 1.0
-    assert effective_rank(np.zeros((0, 3))) == 1.0
+    with pytest.raises(ValueError, match=r"Z of shape \(0, 3\) is empty"):  # no token at all
+        effective_rank(np.zeros((0, 3)))
 
 
 def test_known_spectrum_matches_formula():

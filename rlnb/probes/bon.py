@@ -96,6 +96,12 @@ def kl_divergence(q: Any, p: Any) -> float:
     q_, p_ = _vector(q, "q"), _vector(p, "p")
     if q_.shape != p_.shape:
         raise ValueError(f"q {q_.shape} and p {p_.shape} must have the same shape")
+    for name, x in (("q", q_), ("p", p_)):
+        if x.size and (x.min() < 0 or abs(x.sum() - 1) > 1e-6):
+            raise ValueError(
+                f"{name} must be a distribution (>= 0, summing to 1), got min {x.min():.4g} "
+                f"and sum {x.sum():.4g}; pass probabilities, not logits"
+            )
     on = q_ > 0
     if np.any(p_[on] <= 0):
         return float("inf")

@@ -179,8 +179,20 @@ def sample_counts(
         raise ValueError(f"n (samples per problem) must be an integer >= 1, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    from rlnb.envs._checks import check_number
+
+    check_number(temperature, "temperature", 0, low_open=True, meaning="sampling temperature")
+    if not callable(getattr(policy, "rollout", None)):
+        raise TypeError(
+            f"policy must be a language-model policy with rollout() (rlnb.policies.LMPolicy), "
+            f"got {type(policy).__name__}"
+        )
+    missing = [a for a in ("num_prompts", "prompt", "score") if not hasattr(task, a)]
+    if missing:
+        raise TypeError(
+            f"task must be a text task (rlnb.envs.TextTask: num_prompts, prompt(i), "
+            f"score(prompt, text)), got {type(task).__name__}, which lacks {', '.join(missing)}"
+        )
     idx = _problem_indices(task, problems)
     generator = torch.Generator().manual_seed(int(seed))
     per_chunk = max(1, batch_size // n)

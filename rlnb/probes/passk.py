@@ -30,7 +30,10 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
     """An int64 numpy array from an int, a sequence, a numpy array or a torch tensor."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as err:  # a ragged list
+        raise ValueError(f"{name} must be a flat list or array of counts: {err}") from None
     if arr.dtype == bool:
         arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.number):
@@ -80,7 +83,15 @@ def pass_at_k(n: Any, c: Any, k: int) -> np.ndarray | float:
         raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
     k = int(k)
     scalar = np.ndim(n) == 0 and np.ndim(c) == 0
-    n_arr, c_arr = np.broadcast_arrays(_as_int_array(n, "n"), _as_int_array(c, "c"))
+    try:
+        n_arr, c_arr = np.broadcast_arrays(_as_int_array(n, "n"), _as_int_array(c, "c"))
+    except ValueError as err:
+        if "broadcast" not in str(err):
+            raise
+        raise ValueError(
+            f"n has shape {np.shape(n)} and c has shape {np.shape(c)}: give one n for all "
+            "problems or one per problem, and one c per problem (the same length)"
+        ) from None
     if k < 1:
         raise ValueError(f"k ({k}) must be at least 1: pass@k is the chance that k samples hit")
     if np.any(n_arr < 0):
@@ -171,6 +182,8 @@ def pass_at_k_from_probs(p: Any, k: Any, *, reduce: str = "mean") -> np.ndarray 
 
 def default_ks(n: int) -> list[int]:
     """Powers of two up to ``n``, plus ``n`` itself: ``default_ks(12) == [1, 2, 4, 8, 12]``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int (samples per problem), got {type(n).__name__} {n!r}")
     if n < 1:
         raise ValueError(f"n ({n}) must be at least 1")
     ks = [2**j for j in range(int(n).bit_length()) if 2**j <= n]

@@ -40,7 +40,14 @@ __all__ = ["RankDynamics", "effective_rank", "rank_by_layer", "rank_dynamics"]
 def _as_float64(Z: Any, name: str = "Z") -> tuple[torch.Tensor, bool, float]:
     """``(float64 tensor, was_numpy, rounding unit of the input)``."""
     was_numpy = not isinstance(Z, torch.Tensor)
-    z = torch.as_tensor(np.asarray(Z)) if was_numpy else Z.detach()
+    if was_numpy:
+        try:
+            arr = np.asarray(Z)
+        except ValueError as err:  # a ragged list
+            raise ValueError(f"{name} must be a (tokens, hidden) matrix: {err}") from None
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    z = torch.as_tensor(arr) if was_numpy else Z.detach()
     if z.dtype == torch.bool or z.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {z.dtype}")
     # Values stored in float32 or coarser carry float32-level rounding at best; integers
@@ -79,7 +86,10 @@ def effective_rank(Z: Any, *, center: bool = True) -> Any:
       subtracted; a direction that weak is below the resolution Z was stored at;
     - a zero matrix -- and so one token, or T identical tokens, after centring -- gives
       1.0: ``exp`` of the entropy 0 of an empty spectrum, what the VERL code returns
-      (``batched_effective_rank``: ``p = 0``, ``H = 0``). It is not 0, the classical rank.
+      (``batched_effective_rank``: ``p = 0``, ``H = 0``). It is not 0, the classical rank;
+    - an empty matrix (no token or no hidden unit) is a ``ValueError``: select the
+      response's tokens first (:func:`rank_by_layer` reports 1.0 for a response whose
+      mask selects nothing).
 
     >>> effective_rank(torch.eye(4), center=False)   # 4 equal singular values
     4.0
@@ -94,6 +104,19 @@ def effective_rank(Z: Any, *, center: bool = True) -> Any:
     (1.17, True)
     """
     z, was_numpy, unit = _as_float64(Z)
+    if z.shape[-2] == 0 or z.shape[-1] == 0:
+        raise ValueError(
+            f"Z of shape {tuple(z.shape)} is empty: the effective rank needs at least one "
+            "token and one hidden unit; select the response's tokens (a non-empty mask) first"
+        )
+    return _effective_rank(z, was_numpy, unit, center, Z)
+
+
+def _effective_rank(z: torch.Tensor, was_numpy: bool, unit: float, center: bool, Z: Any) -> Any:
+    """:func:`effective_rank` of a checked float64 ``z``; 1.0 for an empty one (a response
+    without tokens inside :func:`rank_by_layer`)."""
+    if not isinstance(center, bool):
+        raise TypeError(f"center must be True or False, got {center!r}")
     T, d = z.shape[-2], z.shape[-1]
     eps64 = torch.finfo(torch.float64).eps
     scale = torch.linalg.matrix_norm(z) if z.numel() else torch.zeros(z.shape[:-2], dtype=z.dtype)
@@ -152,14 +175,14 @@ def rank_dynamics(Z: Any, stride: int = 1, *, center: bool = True) -> RankDynami
     Here ER_t = t, so Delta_t = t - mean(1..t-1) = t/2: 1, 1.5, 2 (ERV 1.5), and ERA_t =
     0.5 at t = 3 and 4 (ERA 0.5): a response that opens a new direction every token.
     """
-    z, _, _ = _as_float64(Z)
+    z, _, unit = _as_float64(Z)
     if z.ndim != 2:
         raise ValueError(f"rank_dynamics takes one response, Z of shape (T, d); got {tuple(z.shape)}")
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride must be an int >= 1 (tokens between prefixes), got {stride!r}")
     T = z.shape[0]
     ts = list(range(int(stride), T + 1, int(stride)))
-    ers = [effective_rank(z[:t], center=center) for t in ts]
+    ers = [_effective_rank(z[:t], False, unit, center, z) for t in ts]
     deltas: list[float] = []
     eras: list[float] = []
     for j, er in enumerate(ers):
@@ -175,7 +198,7 @@ def rank_dynamics(Z: Any, stride: int = 1, *, center: bool = True) -> RankDynami
     )
     erv = float(np.mean(deltas[1:])) if len(deltas) > 1 else float("nan")
     era = float(np.mean(eras[2:])) if len(eras) > 2 else float("nan")
-    return RankDynamics(frame, effective_rank(z, center=center), erv, era)
+    return RankDynamics(frame, _effective_rank(z, False, unit, center, z), erv, era)
 
 
 def rank_by_layer(
@@ -225,7 +248,8 @@ def rank_by_layer(
             z = h[i][m[i].to(h.device)]  # (T_i, d) the response's own tokens
             row = {"name": name, "row": i, "tokens": int(z.shape[0])}
             if stride is None:
-                row["er"] = effective_rank(z, center=center)
+                zz, _, unit = _as_float64(z)
+                row["er"] = _effective_rank(zz, False, unit, center, z)
             else:
                 dyn = rank_dynamics(z, stride, center=center)
                 row.update(er=dyn.er, erv=dyn.erv, era=dyn.era)
