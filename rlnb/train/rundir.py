@@ -259,9 +259,8 @@ class Checkpoint:
         if mine != saved:
             diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
             raise ValueError(
-                f"{self.path} does not fit the policy given: parameters {diff[:6]} differ "
-                "(names or shapes); continue the run with rlnb.train.resume(run_dir), which "
-                "rebuilds its policy, or choose a new run_dir")
+                f"{self.path} does not fit this run's policy: parameters {diff[:6]} differ "
+                f"(names or shapes), so it is not a checkpoint of this run; {_DAMAGED}")
 
     def apply(self, *, policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
               generator: torch.Generator | None = None) -> int:
