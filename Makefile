@@ -15,11 +15,12 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install lab test lint reproduce reproduce-quick chromium clean help
+.PHONY: install lab test test-numerics lint reproduce reproduce-quick chromium clean help
 
 help:
 	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
 	@echo "make test       set up, lint (ruff) and run the whole test suite"
+	@echo "make test-numerics  the numerics tests under every CPU kernel set of this machine"
 	@echo "make reproduce  run every paper-figure reproduction into reports/latest"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -52,6 +53,19 @@ lint: install
 
 test: install chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The numerics-sensitive tests (LM scoring, the replayed update, the CPU kernels,
+# gradients, losses) under every CPU kernel set torch can use on this machine
+# (ATEN_CPU_CAPABILITY): float32 sums change with it, the tests must not.
+NUMERICS_TESTS ?= tests/test_lm_policy.py tests/test_native.py tests/test_trainer_lm.py \
+  tests/test_lm_grpo.py tests/test_rl_losses.py tests/test_rl_advantages.py
+CPU_CAPABILITIES ?= $(shell sh .ci/cpu_capabilities)
+test-numerics: install
+	@for cap in $(CPU_CAPABILITIES); do \
+	  echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) \
+	    || exit 1; \
+	done
 
 reproduce: install chromium
 	$(BIN)/python -m analysis --out reports/latest

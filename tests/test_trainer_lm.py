@@ -100,8 +100,12 @@ def test_replayed_updates_train_like_the_forward_pass(model_dir, monkeypatch, nu
     assert len(calls) == 4
     for name in ("reward", "loss", "entropy", "kl", "completions/mean_length"):
         assert h1[name].tolist() == pytest.approx(h2[name].tolist(), rel=1e-4, abs=1e-6), name
-    for a, b in zip(replayed.policy.parameters(), plain.policy.parameters()):
-        assert_close(a, b)
+    # Weights compare at the scale of the model's weights: Adam divides each gradient by
+    # its own running size, so float rounding in a near-zero gradient entry moves that
+    # weight by up to a step, whatever the tensor's own magnitude.
+    scale = max(float(p.detach().abs().max()) for p in plain.policy.parameters())
+    for (name, a), b in zip(replayed.policy.named_parameters(), plain.policy.parameters()):
+        assert_close(a, b, scale=scale, what=name)
 
 
 def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
