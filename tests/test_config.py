@@ -133,3 +133,14 @@ def test_validate_catches_a_field_set_after_construction():
 def test_from_dict_needs_a_mapping():
     with pytest.raises(TypeError, match="from_dict needs a dict of options, got list"):
         TrainConfig.from_dict([("max_steps", 3)])
+
+
+def test_doctests():
+    import doctest
+
+    import rlnb.train.compat
+    import rlnb.train.config
+
+    for module in (rlnb.train.config, rlnb.train.compat):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

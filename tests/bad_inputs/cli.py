@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.bad_inputs import BadInput, CLIExit, cli
@@ -74,11 +75,8 @@ def _dir(name: str):
     return setup
 
 
-_no_cuda = () if torch.cuda.is_available() else ()
-if torch.cuda.is_available():  # the row checks the message for a GPU this torch cannot see
-    import pytest
-
-    _no_cuda = (pytest.mark.skip(reason="a CUDA GPU is visible here"),)
+#: The --device cuda row checks the message for a GPU this torch cannot see.
+_no_cuda = (pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible"),)
 
 
 CASES = [
