@@ -82,14 +82,15 @@ def pass_at_k(n: Any, c: Any, k: int) -> np.ndarray | float:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
     k = int(k)
-    scalar = np.ndim(n) == 0 and np.ndim(c) == 0
+    n_in, c_in = _as_int_array(n, "n"), _as_int_array(c, "c")
+    scalar = n_in.ndim == 0 and c_in.ndim == 0
     try:
-        n_arr, c_arr = np.broadcast_arrays(_as_int_array(n, "n"), _as_int_array(c, "c"))
+        n_arr, c_arr = np.broadcast_arrays(n_in, c_in)
     except ValueError as err:
         if "broadcast" not in str(err):
             raise
         raise ValueError(
-            f"n has shape {np.shape(n)} and c has shape {np.shape(c)}: give one n for all "
+            f"n has shape {n_in.shape} and c has shape {c_in.shape}: give one n for all "
             "problems or one per problem, and one c per problem (the same length)"
         ) from None
     if k < 1:
