@@ -375,6 +375,11 @@ class RunDirLock:
                 if create:
                     raise
                 return False
+            except PermissionError as err:
+                raise PermissionError(
+                    f"cannot open {self.path} to lock {self.directory} ({err.strerror}): the "
+                    "run directory is not writable by you; copy it, or choose another "
+                    "run_dir (reading it with load_runs needs no lock)") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
