@@ -271,3 +271,34 @@ def test_update_config_refuses_a_wrong_type_and_keeps_the_config():
     with pytest.raises(ValueError, match=r"delta \(the dual clip\) must be > 1 \+ epsilon"):
         trainer.update_config(delta=1.1)
     assert trainer.config.learning_rate == 0.1 and trainer.config.delta is None
+
+
+def test_update_config_checks_types_before_comparing():
+    env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(TabularPolicy.for_env(env, shared=True), env,
+                      TrainConfig(max_steps=1, progress_bar=False))
+    with pytest.raises(TypeError, match="beta"):
+        trainer.update_config(beta="0.1")
+    with pytest.raises(ValueError, match="no reference policy"):
+        trainer.update_config(beta=0.1)
+    assert trainer.config.beta == 0
+
+
+def test_a_config_given_as_a_dict_is_refused_with_the_fix():
+    env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"TrainConfig\(\*\*options\)"):
+        Trainer(TabularPolicy.for_env(env, shared=True), env, {"max_steps": 1})
+
+
+def test_a_run_made_before_an_option_existed_continues(tmp_path):
+    """config.json of an older run lacks options added since: they take their defaults."""
+    env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(max_steps=2, progress_bar=False)
+    with Trainer(TabularPolicy.for_env(env, shared=True), env, cfg, run_dir=tmp_path / "r") as t:
+        t.train()
+    path = tmp_path / "r" / "config.json"
+    old = json.loads(path.read_text())
+    del old["matmul_threads"], old["fsync"]
+    path.write_text(json.dumps(old))
+    t = resume(tmp_path / "r", max_steps=3, progress_bar=False)
+    assert t.step == 3

@@ -278,6 +278,18 @@ class TrainConfig:
         """
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every option's default, as :meth:`to_dict` writes it (a run directory written
+        before an option existed ran with its default)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(self.adam_betas)

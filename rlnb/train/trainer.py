@@ -95,6 +95,10 @@ class Trainer:
         self._resources = _RunResources()
         self._finalizer = weakref.finalize(self, self._resources.close)
         self.policy, self.env = policy, env
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(
+                f"config must be a TrainConfig, got {type(config).__name__}; build one with "
+                "TrainConfig(**options) (or TrainConfig.from_dict(d) from a dict)")
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
         check_pair(policy, env)
@@ -210,7 +214,8 @@ class Trainer:
                 json.dumps(obj.spec())  # a component that cannot be saved fails here
             plan["fresh"] = True
             return plan
-        saved = rundir.read_config(d)
+        # Options added to TrainConfig after the run was made take their defaults.
+        saved = {**TrainConfig.defaults(), **rundir.read_config(d)}
         mine = self.config.to_dict()
         diff = sorted(k for k in set(saved) | set(mine)
                       if k not in self.NOT_COMPARED and saved.get(k) != mine.get(k))
@@ -357,10 +362,10 @@ class Trainer:
                 f"options {unknown} cannot change during a run (they define what a step is); "
                 f"start a new run. Live options: {sorted(self.LIVE_OPTIONS)}"
             )
-        if changes.get("beta", 0) > 0 and self.reference is None:
+        candidate = self.config.replace(**changes)  # validates types and ranges first
+        if candidate.beta > 0 and self.reference is None:
             raise ValueError("this run started with beta = 0 and has no reference policy; "
                              "start a new run with beta > 0 to add a KL penalty")
-        candidate = TrainConfig.from_dict({**self.config.to_dict(), **changes})  # validates
         for name in changes:
             setattr(self.config, name, getattr(candidate, name))
         if "learning_rate" in changes:
