@@ -302,3 +302,20 @@ def test_a_run_made_before_an_option_existed_continues(tmp_path):
     path.write_text(json.dumps(old))
     t = resume(tmp_path / "r", max_steps=3, progress_bar=False)
     assert t.step == 3
+
+
+def test_the_runtime_is_recorded_and_a_change_on_resume_is_named(tmp_path):
+    """runtime.json holds what the numbers depend on besides the config; continuing a run
+    under another thread count warns that its later steps are not bitwise the same."""
+    env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(max_steps=2, progress_bar=False)
+    with Trainer(TabularPolicy.for_env(env, shared=True), env, cfg, run_dir=tmp_path / "r") as t:
+        t.train()
+    recorded = json.loads((tmp_path / "r" / "runtime.json").read_text())
+    assert recorded["torch_threads"] == 1 and recorded["matmul_threads"] == 1
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    with pytest.warns(UserWarning, match=r"torch_threads: 1 -> 2"):
+        t2 = Trainer(TabularPolicy.for_env(env, shared=True), env,
+                     cfg.replace(max_steps=3, torch_threads=2), run_dir=tmp_path / "r")
+    t2.close()
+    assert json.loads((tmp_path / "r" / "runtime.json").read_text())["torch_threads"] == 2

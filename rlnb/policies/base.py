@@ -77,6 +77,12 @@ class Policy(torch.nn.Module, Serializable):
         distribution at each position. Values outside ``rollout.mask`` are 0."""
         raise NotImplementedError
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What this policy's numbers depend on besides its weights and the run's config:
+        which engine and kernels compute them on this machine (JSON-able). The trainer
+        records it in the run directory (``runtime.json``)."""
+        return {}
+
 
 def validate_sampling_args(n: int, temperature: float) -> None:
     """``n`` an integer >= 1, ``temperature`` a finite real > 0 (``TypeError`` for a bad

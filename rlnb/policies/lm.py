@@ -1223,6 +1223,17 @@ class LMPolicy(Policy):
             rollout.extra["hidden_states"] = self.hidden_states(rollout)
         return rollout
 
+    def runtime_info(self) -> dict[str, Any]:
+        """The engine, device, dtype and (for the fast engine on the CPU) whether the
+        fused kernels are in use: each changes the last bits of the numbers."""
+        info: dict[str, Any] = {"engine": self.engine, "device": str(self.device),
+                                "dtype": str(next(self.model.parameters()).dtype)}
+        if self.engine == "fast" and self.device.type == "cpu":
+            from rlnb.policies import native
+
+            info["native_kernels"] = native.kernels() is not None
+        return info
+
     @property
     def replay_supported(self) -> bool:
         """Whether ``rollout(..., keep_activations=True)`` can spare the next update its

@@ -10,6 +10,8 @@
       metrics.jsonl            one JSON object per finished step, appended as it happens
       checkpoint.safetensors   policy, optimiser and sampler state of the last saved step
       rollouts.jsonl           samples of completions (when log_rollouts_steps > 0)
+      runtime.json             what the numbers depend on besides the config: thread
+                               counts, CPU kernel set, torch, engine (Trainer.runtime)
 
 Crash safety: each step appends its metrics line first and then replaces the checkpoint
 atomically (temporary file + ``os.replace``). A process killed at any instant leaves at
@@ -59,6 +61,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 REFERENCE = "reference.safetensors"
 ROLLOUTS = "rollouts.jsonl"
+RUNTIME = "runtime.json"
 LOCK = ".rlnb.lock"
 #: The files rlnb writes atomically in a run directory (their temporaries are cleaned up).
 WRITTEN = (CONFIG, METRICS, CHECKPOINT, REFERENCE, "env.json", "env.safetensors",

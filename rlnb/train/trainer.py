@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -312,6 +313,39 @@ class Trainer:
                                fsync=fsync)
         self.history = rows
         self._resources.metrics = rundir.MetricsWriter(metrics_path, fsync=fsync)
+        self._record_runtime(d)
+
+    def runtime(self) -> dict[str, Any]:
+        """What a step's numbers depend on besides the config and the weights, resolved on
+        this machine: thread counts, torch's CPU kernel set and version, the policy's
+        engine and kernels (:meth:`rlnb.policies.Policy.runtime_info`). Same config, same
+        runtime, same numbers, bit for bit."""
+        return {
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": self.threads(),
+            "matmul_threads": self.config.matmul_threads,
+            **self.policy.runtime_info(),
+        }
+
+    def _record_runtime(self, d: Path) -> None:
+        """Write runtime.json; warn when a run continues under another runtime (its later
+        steps then differ in the last bits from those of a run that never stopped)."""
+        now, path = self.runtime(), d / rundir.RUNTIME
+        try:
+            before = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            before = None
+        if isinstance(before, dict) and self.step > 0:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if changed:
+                warnings.warn(
+                    f"{d} continues at step {self.step} under another runtime than it ran "
+                    f"with ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed)}); "
+                    "the following steps will not be bitwise those of an uninterrupted run. "
+                    "Set TrainConfig.torch_threads (or RLNB_NATIVE, ATEN_CPU_CAPABILITY) as "
+                    "before to repeat its numbers exactly", stacklevel=3)
+        atomic_write_bytes(path, json.dumps(now, indent=2).encode(), fsync=self.config.fsync)
 
     def _writable(self) -> Path:
         """The run directory, when this Trainer holds its lock (else a clear error)."""
