@@ -786,3 +786,16 @@ def test_replay_at_edge_shapes(T, n, prompts, top_p, replays):
     r = pi.rollout(MIXED, torch.tensor(prompts), n, generator=_gen(3), keep_activations=True)
     _assert_same_scores(pi, r)
     assert len(replays) == 1
+
+
+def test_weights_held_only_as_a_pickle_are_refused(tmp_path):
+    """Checkpoints load as safetensors, never by unpickling: a model directory whose
+    weights are only pytorch_model.bin is refused with the way to convert it."""
+    model, tok = _model()
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin \(a pickle.*safetensors only"):
+        LMPolicy(d)

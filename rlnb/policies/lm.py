@@ -162,6 +162,14 @@ def _check_model_dir(p: Path) -> None:
             f"{str(cfg_path)!r} has no 'model_type' (such as 'llama' or 'gpt2'), so no model "
             f"class can be chosen for it; {_RESAVE}"
         )
+    pickled = [name for name in _WEIGHT_FILES if "safetensors" not in name and (p / name).exists()]
+    if pickled and not any((p / name).exists() for name in _WEIGHT_FILES if "safetensors" in name):
+        raise ValueError(
+            f"model directory {str(p)!r} holds its weights only as {pickled[0]} (a pickle, "
+            "which runs code when loaded); rlnb loads weights from safetensors only. If you "
+            "trust the file, convert it once: AutoModelForCausalLM.from_pretrained(dir, "
+            "use_safetensors=False).save_pretrained(dir) writes model.safetensors"
+        )
     if not any((p / name).exists() for name in _WEIGHT_FILES):
         raise FileNotFoundError(
             f"model directory {str(p)!r} has a config.json but no weights (expected one of "
@@ -193,7 +201,7 @@ def _load(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) ->
             )
         _check_model_dir(p)
         try:
-            hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+            hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype, use_safetensors=True)
         except Exception as err:  # SafetensorError, OSError, RuntimeError, ... from a bad file
             files = [name for name in _WEIGHT_FILES if (p / name).exists()]
             raise ValueError(
@@ -210,7 +218,7 @@ def _load(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) ->
                 f"corrupt; {_RESAVE}"
             ) from err
         return hf.to(device), tok
-    hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, use_safetensors=True)
     tok = _load_tokenizer(model)
     return hf.to(device), tok
 
