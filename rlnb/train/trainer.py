@@ -26,6 +26,7 @@ Each step logs TRL's metric names where they exist (``reward``, ``reward_std``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -424,20 +425,29 @@ class Trainer:
                    desc="training", unit="step", leave=True)
         if self.config.keep_freed_memory and _on_cpu(self.policy):
             allocator.keep_freed_memory()
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(self.threads())
         try:
-            # Thread counts are settings of the run, never chosen by timing or load.
-            with lm_replay.matmul_threads(self.config.matmul_threads):
+            with self.thread_settings():
                 while self.step < total and not self._stop:
                     metrics = self.train_step()
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}",
                                     entropy=f"{metrics['entropy']:.3f}", refresh=False)
         finally:
-            torch.set_num_threads(threads_before)
             bar.close()
         return self.metrics_frame()
+
+    @contextlib.contextmanager
+    def thread_settings(self):
+        """The thread counts of the run while stepping (``torch_threads`` resolved,
+        ``matmul_threads``), restored afterwards. Settings of the run, never chosen by
+        timing or load: :meth:`train` and the dashboards step inside it."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads())
+        try:
+            with lm_replay.matmul_threads(self.config.matmul_threads):
+                yield
+        finally:
+            torch.set_num_threads(before)
 
     def threads(self) -> int:
         """The CPU thread count training uses (``TrainConfig.torch_threads``, resolved)."""

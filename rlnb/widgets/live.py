@@ -52,7 +52,6 @@ from typing import Any
 import ipywidgets as W
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 
 from rlnb import rl
@@ -437,33 +436,30 @@ class LiveTraining:
     def _work(self, trainer: Trainer) -> None:
         """The worker thread: steps until max_steps, a pause or a stop request."""
         end, last_refresh = "finished", 0.0
-        # As Trainer.train does: tiny policies run many times faster on one thread.
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(trainer.threads())
-        try:
-            while True:
-                with self._state_lock:
-                    if self._request is not None:
-                        end = "paused" if self._request == "pause" else "stopped"
-                        break
-                    pending, self._pending = self._pending, {}
-                with self.lock:
-                    self._apply(trainer, pending)
-                    # trainer.stop() from a callback (e.g. early stopping) ends the run too.
-                    if trainer.step >= trainer.config.max_steps or trainer.stop_requested:
-                        break
-                    metrics = trainer.train_step()
-                with self._state_lock:
-                    self._rows[self._run_name].append(_plain(metrics))
-                    self._step_times.append(time.perf_counter())
-                now = time.perf_counter()
-                if now - last_refresh >= self.refresh_seconds:
-                    self._refresh()
-                    last_refresh = time.perf_counter()
-        except Exception as err:  # shown in the status line and re-raised by wait()
-            self.error, end = err, "error"
-        finally:
-            torch.set_num_threads(threads_before)
+        # The run's thread counts, as Trainer.train uses them.
+        with trainer.thread_settings():
+            try:
+                while True:
+                    with self._state_lock:
+                        if self._request is not None:
+                            end = "paused" if self._request == "pause" else "stopped"
+                            break
+                        pending, self._pending = self._pending, {}
+                    with self.lock:
+                        self._apply(trainer, pending)
+                        # trainer.stop() from a callback (e.g. early stopping) ends the run too.
+                        if trainer.step >= trainer.config.max_steps or trainer.stop_requested:
+                            break
+                        metrics = trainer.train_step()
+                    with self._state_lock:
+                        self._rows[self._run_name].append(_plain(metrics))
+                        self._step_times.append(time.perf_counter())
+                    now = time.perf_counter()
+                    if now - last_refresh >= self.refresh_seconds:
+                        self._refresh()
+                        last_refresh = time.perf_counter()
+            except Exception as err:  # shown in the status line and re-raised by wait()
+                self.error, end = err, "error"
         with self.lock:
             if end == "paused":
                 try:
