@@ -55,6 +55,7 @@ reach ``V*`` of a finite-horizon MDP.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,6 +167,21 @@ class FiniteMDP:
 # --- policy evaluation and value iteration --------------------------------------------
 
 
+def _takes_mdp(fn):
+    """Refuse anything but a :class:`FiniteMDP` as the first argument, by name."""
+
+    @functools.wraps(fn)
+    def wrapper(mdp, *args, **kwargs):
+        if not isinstance(mdp, FiniteMDP):
+            raise TypeError(
+                f"{fn.__name__} needs a FiniteMDP as its first argument, got "
+                f"{type(mdp).__name__}; build one with FiniteMDP(transitions, rewards, "
+                "initial) or take a sandbox's own, e.g. Gridworld.mdp()")
+        return fn(mdp, *args, **kwargs)
+
+    return wrapper
+
+
 def _time_policy(mdp: FiniteMDP, policy: torch.Tensor) -> torch.Tensor:
     pi = torch.as_tensor(policy, dtype=torch.float64)
     T, S, A = mdp.horizon, mdp.num_states, mdp.num_actions
@@ -180,6 +196,7 @@ def _time_policy(mdp: FiniteMDP, policy: torch.Tensor) -> torch.Tensor:
     return pi
 
 
+@_takes_mdp
 def policy_evaluation(mdp: FiniteMDP, policy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``(Q^pi (T, S, A), V^pi (T + 1, S))`` of a policy ``(T, S, A)`` or ``(S, A)``."""
     pi = _time_policy(mdp, policy)
@@ -192,11 +209,13 @@ def policy_evaluation(mdp: FiniteMDP, policy: torch.Tensor) -> tuple[torch.Tenso
     return Q, V
 
 
+@_takes_mdp
 def expected_return(mdp: FiniteMDP, policy: torch.Tensor) -> float:
     """``J(pi) = sum_s initial[s] V^pi[0, s]``."""
     return float(mdp.initial @ policy_evaluation(mdp, policy)[1][0])
 
 
+@_takes_mdp
 def random_policy_q(mdp: FiniteMDP) -> torch.Tensor:
     """``Q^{pi_rand}`` of the uniform random policy, ``(T, S, A)`` (= ``Q^1``)."""
     uniform = torch.full((mdp.num_states, mdp.num_actions), 1.0 / mdp.num_actions)
@@ -213,16 +232,19 @@ def _extreme_values(mdp: FiniteMDP, reduce) -> tuple[torch.Tensor, torch.Tensor]
     return Q, V
 
 
+@_takes_mdp
 def value_iteration(mdp: FiniteMDP) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward induction: ``(Q* (T, S, A), V* (T + 1, S))``."""
     return _extreme_values(mdp, lambda q: q.amax(-1))
 
 
+@_takes_mdp
 def worst_q(mdp: FiniteMDP) -> torch.Tensor:
     """``Q^worst`` (always the worst action afterwards), ``(T, S, A)``."""
     return _extreme_values(mdp, lambda q: q.amin(-1))[0]
 
 
+@_takes_mdp
 def bellman_backup(mdp: FiniteMDP, Q: torch.Tensor) -> torch.Tensor:
     """One optimal backup of a time-indexed ``Q (T, S, A)``:
     ``Q'[t] = R[t] + P max_a Q[t + 1]`` for ``t < T - 1`` and ``Q'[T - 1] = R[T - 1]``."""
@@ -233,6 +255,7 @@ def bellman_backup(mdp: FiniteMDP, Q: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@_takes_mdp
 def q_k(mdp: FiniteMDP, k: int) -> torch.Tensor:
     """``Q^k``: ``k - 1`` optimal backups of ``Q^{pi_rand}``, ``(T, S, A)``.
     ``Q^k = Q*`` once ``k >= T``."""
@@ -247,6 +270,7 @@ def q_k(mdp: FiniteMDP, k: int) -> torch.Tensor:
 # --- greedy policies and solvability ----------------------------------------------------
 
 
+@_takes_mdp
 def optimal_actions(mdp: FiniteMDP, tol: float = TOL) -> torch.Tensor:
     """``(T, S, A)`` bool: actions with ``Q* >= V* - tol``."""
     Qs, Vs = value_iteration(mdp)
@@ -260,6 +284,7 @@ def greedy_policy(Q: torch.Tensor, tol: float = TOL) -> torch.Tensor:
     return best.double() / best.sum(-1, keepdim=True)
 
 
+@_takes_mdp
 def reachable(mdp: FiniteMDP, allowed: torch.Tensor) -> torch.Tensor:
     """States reachable with positive probability when only ``allowed (T, S, A)`` actions
     are taken, starting from the support of ``mdp.initial``: ``(T, S)`` bool."""
@@ -280,6 +305,7 @@ def _greedy_bad(mdp: FiniteMDP, Qk: torch.Tensor, opt: torch.Tensor, tol: float)
 
 
 @one_thread()
+@_takes_mdp
 def is_k_qvi_solvable(mdp: FiniteMDP, k: int, tol: float = TOL) -> bool:
     """True if every policy greedy w.r.t. ``Q^k`` is optimal (paper's
     ``calculate_minimum_k``): on every state such policies reach, every argmax action of
@@ -288,6 +314,7 @@ def is_k_qvi_solvable(mdp: FiniteMDP, k: int, tol: float = TOL) -> bool:
 
 
 @one_thread()
+@_takes_mdp
 def min_qvi_k(mdp: FiniteMDP, max_k: int | None = None, tol: float = TOL) -> int | None:
     """Smallest ``k`` for which the MDP is k-QVI-solvable (at most ``T``: ``Q^T = Q*``);
     None if none up to ``max_k``."""
@@ -347,6 +374,7 @@ def _var_backup(mdp: FiniteMDP, var: torch.Tensor) -> torch.Tensor:
 
 
 @one_thread()
+@_takes_mdp
 def effective_horizon(mdp: FiniteMDP, max_k: int | None = None, tol: float = TOL) -> EffectiveHorizon:
     """The effective horizon ``H`` of card 9 (``gorp_bounds.jl``), with one row per ``k``.
 

@@ -88,6 +88,11 @@ def agg_loss(
         raise ValueError(
             f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must both be (N, T)"
         )
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        bad = mask[(mask != 0) & (mask != 1)][0].item()
+        raise ValueError(
+            f"mask must hold only 0 and 1 (which tokens count), got {bad:.4g}; a mask is not a "
+            "weight: scale the per-token loss instead, or pass a bool mask")
     n, t = loss_mat.shape
     if max_len is not None:  # checked in every mode: a bad budget is a bug wherever it is
         from rlnb.envs._checks import check_number

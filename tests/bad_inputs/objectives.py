@@ -100,4 +100,6 @@ CASES = [
     row("agg-shapes", lambda: agg_loss(LP, torch.ones(2, 4)), ValueError, "mask (2, 4)"),
     row("masked-mean-shapes", lambda: masked_mean(LP, torch.ones(2, 4)), ValueError, "(2, 4)"),
     row("entropy-bonus-mode", lambda: entropy_bonus(LP, M, "avg"), ValueError, "'avg'"),
+    row("agg-mask-as-weights", lambda: agg_loss(LP, T([[1.0, 0.5, 0.0], [1.0, 1.0, 2.0]]), "token-mean"),
+        ValueError, "mask", "0 and 1", "0.5"),
 ]

@@ -138,3 +138,18 @@ CASES = [
 class _Policy:
     def rollout(self, *args, **kwargs):  # never reached: the problems are checked first
         raise AssertionError("sample_counts sampled before checking its arguments")
+
+
+def _horizon_rows() -> list[BadInput]:
+    from rlnb.probes import horizon
+
+    return [
+        BadInput("probes/value-iteration-not-an-mdp", lambda _t: horizon.value_iteration("x"),
+                 TypeError, ("value_iteration", "FiniteMDP", "str")),
+        BadInput("probes/effective-horizon-not-an-mdp",
+                 lambda _t: horizon.effective_horizon(None),
+                 TypeError, ("effective_horizon", "FiniteMDP", "NoneType")),
+    ]
+
+
+CASES += _horizon_rows()
