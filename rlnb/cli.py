@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -258,8 +259,10 @@ def _load_policy(flag: str, path: str, args: argparse.Namespace, task: Any) -> A
         try:
             policy.check_prompts(task.prompts)
         except ValueError as e:
+            # the library's option names, as this command spells them
+            why = re.sub(r"\bmax_new_tokens\b", "--max-new-tokens", _first_line(e))
             raise CLIError(f"{flag} {str(p)!r} cannot answer --task {args.task!r}: "
-                           f"{_first_line(e)}") from None
+                           f"{why}") from None
     for message in held:
         print(f"rlnb: warning: {_first_line(RuntimeError(message))}", file=sys.stderr)
     return policy

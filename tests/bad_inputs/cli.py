@@ -144,7 +144,7 @@ CASES = [
     _row("model-cannot-read-the-prompts",
          ["--model", "--task 'addition'", "cannot represent", "'+'"], task="addition"),
     _row("prompt-and-budget-over-context",
-         ["--model", "max_new_tokens=100", "context of 64"], "--max-new-tokens", "100"),
+         ["--model", "--max-new-tokens=100", "context of 64"], "--max-new-tokens", "100"),
     # --- the command line itself ------------------------------------------------------
     BadInput("cli/missing-task", lambda tmp: cli("probe", "passk", "--model", "m", "--out", "o"),
              CLIExit, ["required", "--task"]),
