@@ -58,8 +58,8 @@ from analysis.base import Check
 from rlnb.algos import StopWhenOptimal, gorp, sqirl
 from rlnb.envs.gridworld import Gridworld, effective_horizon_table
 from rlnb.envs.layouts import open_grid
+from rlnb.mdp.horizon import effective_horizon
 from rlnb.policies import TabularPolicy
-from rlnb.probes.horizon import effective_horizon
 from rlnb.train import TrainConfig, Trainer
 from rlnb.viz import PALETTE, style_figure
 

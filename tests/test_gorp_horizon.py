@@ -11,12 +11,12 @@ import torch
 
 from rlnb.algos import gorp
 from rlnb.envs.gridworld import Gridworld
-from rlnb.probes.gorp_horizon import (
+from rlnb.mdp.gorp_horizon import (
     gorp_effective_horizon,
     gorp_failure_probability,
     sequence_values,
 )
-from rlnb.probes.horizon import FiniteMDP, effective_horizon, random_policy_q
+from rlnb.mdp.horizon import FiniteMDP, effective_horizon, random_policy_q
 
 
 def bandit(*ps: float) -> FiniteMDP:
@@ -168,5 +168,5 @@ def test_bad_arguments():
 def test_docstring_examples():
     import doctest
 
-    import rlnb.probes.gorp_horizon as module
+    import rlnb.mdp.gorp_horizon as module
     assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0

@@ -68,7 +68,7 @@ def test_reward_rollout_mean_equals_exact_policy_value(name, kw):
     """A TabularPolicy's sampled rollouts scored by reward_rollout (the trainer's path,
     including the simulated last transition) average to the exact value of the policy."""
     env = Gridworld.from_name(name, **kw)
-    from rlnb.probes.horizon import value_iteration
+    from rlnb.mdp.horizon import value_iteration
 
     Q, _ = value_iteration(env.mdp())  # a noisy near-optimal policy: returns far from 0
     good = torch.nn.functional.one_hot(Q.argmax(-1), 4).float()  # (T, C, 4)
@@ -230,7 +230,7 @@ def test_parse_layout_normalises_indentation():
 
 def test_value_heatmap_and_bars():
     env = Gridworld.from_name("key_door")
-    from rlnb.probes.horizon import value_iteration
+    from rlnb.mdp.horizon import value_iteration
 
     Q, V = value_iteration(env.mdp())
     fig = value_heatmap(env.layout(), env.grid_view(V[:-1]), env.grid_view(Q.argmax(-1)),

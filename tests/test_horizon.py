@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-import rlnb.probes.horizon as horizon_module
+import rlnb.mdp.horizon as horizon_module
 from rlnb.envs.gridworld import Gridworld
 from rlnb.envs.layouts import open_grid
-from rlnb.probes.horizon import (
+from rlnb.mdp.horizon import (
     FiniteMDP,
     bellman_backup,
     effective_horizon,

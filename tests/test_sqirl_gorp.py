@@ -11,7 +11,7 @@ import torch
 
 from rlnb.algos import gorp, sqirl, tie_break_greedy
 from rlnb.envs.gridworld import Gridworld
-from rlnb.probes.horizon import min_qvi_k
+from rlnb.mdp.horizon import min_qvi_k
 
 
 def gen(seed: int) -> torch.Generator:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlnb.probes.horizon import expected_return, one_thread
+from rlnb.mdp.horizon import expected_return, one_thread
 
 __all__ = ["PlanResult", "evaluate_policy", "one_thread", "sqirl", "tie_break_greedy"]
 
@@ -65,7 +65,7 @@ def _normalize(j: float, v_rand: float, v_star: float) -> float:
 
 def evaluate_policy(env: Any, policy: torch.Tensor, prompt: int = 0) -> tuple[float, float, float]:
     """Exact ``(J(policy), V*, V_rand)`` of a ``(T, C, A)`` policy on one map."""
-    from rlnb.probes.horizon import random_policy_q, value_iteration
+    from rlnb.mdp.horizon import random_policy_q, value_iteration
 
     mdp = env.mdp(prompt)
     v_star = float(mdp.initial @ value_iteration(mdp)[1][0])
@@ -93,7 +93,7 @@ class StopWhenOptimal:
     """
 
     def __init__(self, env: Any, threshold: float = 0.9, prompt: int = 0) -> None:
-        from rlnb.probes.horizon import random_policy_q, value_iteration
+        from rlnb.mdp.horizon import random_policy_q, value_iteration
 
         self.env, self.threshold, self.prompt = env, float(threshold), prompt
         self.mdp = env.mdp(prompt)

@@ -28,7 +28,7 @@ State layout (every policy in rlnb sees one integer per state)::
 with ``K = 2`` if a layout has a key (else 1) and ``Pv = 5`` (previous action 0..3, 4 = none
 yet) if ``sticky > 0`` (else 1). The time step is part of the state: with a finite
 horizon the optimal action depends on the steps left, and the exact analysis
-(:mod:`rlnb.probes.horizon`) is over the same time-indexed states. ``states_per_prompt =
+(:mod:`rlnb.mdp.horizon`) is over the same time-indexed states. ``states_per_prompt =
 (horizon + 1) * C``: the last layer holds the states after the final action, which are
 terminal and never acted from.
 
@@ -56,7 +56,7 @@ from rlnb.envs.layouts import (
     random_layout,
     shortest_distance,
 )
-from rlnb.probes.horizon import EffectiveHorizon, FiniteMDP, effective_horizon, value_iteration
+from rlnb.mdp.horizon import EffectiveHorizon, FiniteMDP, effective_horizon, value_iteration
 
 __all__ = ["ACTIONS", "ARROWS", "Gridworld", "effective_horizon_table", "reference_step"]
 
@@ -428,7 +428,7 @@ class Gridworld(Sandbox):
                 any goal or decoy: its value is the probability of success).
 
         Returns:
-            :class:`rlnb.probes.horizon.FiniteMDP` with ``transitions (C, 4, C)``,
+            :class:`rlnb.mdp.horizon.FiniteMDP` with ``transitions (C, 4, C)``,
             ``rewards (T, C, 4)`` and ``initial (C,)``. Core state ``c`` at step ``t`` is
             global state ``prompt * states_per_prompt + t * C + c``. Built once per map and
             cached (treat it as read-only).
@@ -497,12 +497,12 @@ class Gridworld(Sandbox):
 
     def expected_return(self, policy_probs: torch.Tensor) -> torch.Tensor:
         """Exact expected return of a tabular policy per map, ``(num_prompts,)``."""
-        from rlnb.probes.horizon import expected_return
+        from rlnb.mdp.horizon import expected_return
         return self._per_prompt(expected_return, policy_probs)
 
     def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:
         """Exact probability of entering a goal or decoy per map, ``(num_prompts,)``."""
-        from rlnb.probes.horizon import expected_return
+        from rlnb.mdp.horizon import expected_return
         return self._per_prompt(expected_return, policy_probs, reward="success")
 
     def optimal_value(self) -> torch.Tensor:
@@ -511,18 +511,18 @@ class Gridworld(Sandbox):
 
     def random_value(self) -> torch.Tensor:
         """Expected return of the uniform random policy per map, ``(num_prompts,)``."""
-        from rlnb.probes.horizon import expected_return
+        from rlnb.mdp.horizon import expected_return
         return self._per_prompt(lambda m, _: expected_return(m, torch.full((m.num_states, 4), 0.25)))
 
     def effective_horizon(self, prompt: int = 0, method: str = "bound", **kwargs: Any) -> EffectiveHorizon:
         """The effective horizon of one map. ``method="bound"``: card 9's closed form
-        (:func:`rlnb.probes.horizon.effective_horizon`); ``"gorp"``: the paper's definition,
-        how many rollouts GORP needs (:func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`,
+        (:func:`rlnb.mdp.horizon.effective_horizon`); ``"gorp"``: the paper's definition,
+        how many rollouts GORP needs (:func:`rlnb.mdp.gorp_horizon.gorp_effective_horizon`,
         exact here when the map has no time penalty and no decoy)."""
         if method == "bound":
             return effective_horizon(self.mdp(prompt), **kwargs)
         if method == "gorp":
-            from rlnb.probes.gorp_horizon import gorp_effective_horizon
+            from rlnb.mdp.gorp_horizon import gorp_effective_horizon
             return gorp_effective_horizon(self.mdp(prompt), **kwargs)
         raise ValueError(f"method must be 'bound' (card 9's formula) or 'gorp' (the definition), got {method!r}")
 

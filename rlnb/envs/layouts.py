@@ -267,7 +267,7 @@ LAYOUTS: dict[str, tuple[str, int]] = {
 def named_layout(name: str) -> str:
     """The layout string of a named map (see :data:`LAYOUTS`)."""
     if not isinstance(name, str) or name not in LAYOUTS:
-        from rlnb.rl.registry import unknown_name_error
+        from rlnb.registry import unknown_name_error
 
         raise unknown_name_error("layout", name, LAYOUTS)
     return textwrap.dedent(LAYOUTS[name][0]).strip("\n")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlnb.envs.text import TextTask
-from rlnb.rl.registry import unknown_name_error
+from rlnb.registry import unknown_name_error
 
 _INSTALL_HINT = "pip install reasoning-gym  (or: pip install rlnb[tasks])"
 

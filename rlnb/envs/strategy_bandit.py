@@ -39,6 +39,10 @@ def exact_pass_at_k(
     """pass@k of ``k`` independent attempts with per-problem success probability ``p``:
     ``1 - (1 - p)^k``, averaged over problems.
 
+    The tensor twin of :func:`rlnb.estimators.pass_at_k_from_probs`, the core's exact
+    pass@k of NumPy arrays (float64, ``-expm1(k log1p(-p))``): this one stays in the
+    input's dtype and device, which is what the sandboxes' exact metrics are logged in.
+
     Args:
         success: ``(P,)`` per-problem probability that one attempt succeeds.
         k: an int, or a 1-D sequence/tensor of ints ``(K,)``; each must be >= 1.

@@ -42,7 +42,7 @@ import torch
 
 from rlnb.envs._checks import check_int
 from rlnb.envs.text import TextTask, strip_completion
-from rlnb.rl.registry import Registry, unknown_name_error
+from rlnb.registry import Registry, unknown_name_error
 
 DIGITS = "0123456789"
 REASONING_GYM_PREFIX = "reasoning_gym:"

@@ -9,13 +9,27 @@
   entropy change and the entropy-reward fit (card 3).
 - :mod:`rlnb.probes.rank` -- effective rank of hidden states and ER/ERV/ERA (card 7).
 - :mod:`rlnb.probes.activations` -- named hidden states of any module in a cache.
-- :mod:`rlnb.probes.horizon` -- exact finite-horizon MDP analysis: value iteration, Q of
-  the random policy, k-QVI-solvability and the effective horizon (card 9).
+- the effective horizon (card 9: its closed form, k-QVI-solvability, GORP's exact failure
+  probability), re-exported from the exact MDP machinery in :mod:`rlnb.mdp`, which also
+  holds :class:`~rlnb.mdp.FiniteMDP`, value iteration and the Q-functions.
 - :mod:`rlnb.probes.evaluate` -- sample n completions per problem and count the correct
   ones (the input of pass@k and boundary analysis for language models).
 - :mod:`rlnb.probes.linear` -- linear probes, PCA, linear CKA (card 16).
 """
 
+from rlnb.mdp import (  # the effective horizon, as a probe; rlnb.mdp is the implementation
+    EffectiveHorizon,
+    FiniteMDP,
+    effective_horizon,
+    gorp_effective_horizon,
+    gorp_failure_probability,
+    is_k_qvi_solvable,
+    min_qvi_k,
+    policy_evaluation,
+    q_k,
+    random_policy_q,
+    value_iteration,
+)
 from rlnb.probes.activations import (
     ActivationCache,
     capture,
@@ -57,18 +71,6 @@ from rlnb.probes.entropy import (
     token_entropy,
 )
 from rlnb.probes.evaluate import compare_completions, sample_counts
-from rlnb.probes.gorp_horizon import gorp_effective_horizon, gorp_failure_probability
-from rlnb.probes.horizon import (
-    EffectiveHorizon,
-    FiniteMDP,
-    effective_horizon,
-    is_k_qvi_solvable,
-    min_qvi_k,
-    policy_evaluation,
-    q_k,
-    random_policy_q,
-    value_iteration,
-)
 from rlnb.probes.linear import ProbeResult, cka_by_layer, linear_cka, linear_probe, pca
 from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_from_probs
 from rlnb.probes.rank import RankDynamics, effective_rank, rank_by_layer, rank_dynamics

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from rlnb.probes.passk import _as_int_array, pass_at_k, pass_at_k_from_probs
+from rlnb.estimators import _as_int_array, pass_at_k, pass_at_k_from_probs
 
 __all__ = [
     "BOUNDARY_CATEGORIES",

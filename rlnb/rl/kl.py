@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlnb.registry import unknown_name_error
 from rlnb.rl.aggregation import agg_loss
-from rlnb.rl.registry import unknown_name_error
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 

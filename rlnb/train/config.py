@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from rlnb.rl import AGG_MODES, KL_ESTIMATORS
 from rlnb.rl.advantages import SCALE_REWARDS
 from rlnb.rl.registry import ADVANTAGES, POLICY_LOSSES, unknown_name_error
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
-_KL_ESTIMATORS = ("k1", "k2", "k3")
-_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 @dataclass
@@ -228,10 +227,10 @@ class TrainConfig:
         need(self.delta is None or self.delta > 1 + self.epsilon,
              f"delta (the dual clip) must be > 1 + epsilon = {1 + self.epsilon:g} or None, got "
              f"{self.delta}")
-        one_of("loss_agg_mode", _AGG_MODES)
+        one_of("loss_agg_mode", AGG_MODES)
         at_least("num_iterations", 1)
         at_least("beta", 0)
-        one_of("kl_estimator", _KL_ESTIMATORS)
+        one_of("kl_estimator", KL_ESTIMATORS)
         need(0 < self.clip_cov_ratio <= 1,
              f"clip_cov_ratio must be in (0, 1] (a fraction of tokens), got {self.clip_cov_ratio}")
         need(self.clip_cov_lb < self.clip_cov_ub,

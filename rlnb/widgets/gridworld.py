@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from rlnb.envs.gridworld import Gridworld
 from rlnb.envs.layouts import LAYOUTS
-from rlnb.probes.horizon import value_iteration
+from rlnb.mdp.horizon import value_iteration
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
 
 

@@ -141,7 +141,7 @@ class _Policy:
 
 
 def _horizon_rows() -> list[BadInput]:
-    from rlnb.probes import horizon
+    from rlnb.mdp import horizon
 
     return [
         BadInput("probes/value-iteration-not-an-mdp", lambda _t: horizon.value_iteration("x"),

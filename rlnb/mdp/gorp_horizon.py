@@ -10,7 +10,7 @@ random, and take the first action of the sequence with the best mean return.
     H   = min_k H_k
 
 The closed form ``m_k <= ceil(16 Var / Delta_k^2 ln(2 T A^k))`` is the paper's *upper
-bound* on ``m_k`` (card 9's formula, :func:`rlnb.probes.horizon.effective_horizon`), and
+bound* on ``m_k`` (card 9's formula, :func:`rlnb.mdp.horizon.effective_horizon`), and
 the constant ``16 ln(2 T A)`` alone costs ``log_4 70 = 3.07`` steps at ``A = 4, T = 10``.
 The paper's own numbers come from ``compute_gorp_bounds.jl`` in its code, which computes
 GORP's failure probability and searches for the smallest ``m`` with failure ``<= 1/2``.
@@ -57,7 +57,7 @@ import torch
 from scipy import special
 from tqdm.auto import tqdm
 
-from rlnb.probes.horizon import (
+from rlnb.mdp.horizon import (
     TOL,
     EffectiveHorizon,
     FiniteMDP,
@@ -375,13 +375,13 @@ def gorp_effective_horizon(mdp: FiniteMDP, max_k: int | None = None, failure: fl
             (slippery maps need up to millions of rollouts per sequence).
 
     Returns:
-        :class:`rlnb.probes.horizon.EffectiveHorizon` with one ``per_k`` row per ``k``:
+        :class:`rlnb.mdp.horizon.EffectiveHorizon` with one ``per_k`` row per ``k``:
         ``k, works, m, log_m, H_k, failure`` (the failure probability at that ``m``),
         ``exact`` (True for 0/1 returns) and ``pruned``: a ``k`` whose ``H_k`` already
         exceeds the best ``H`` found is not searched to the end (``H_k`` is NaN and
         ``H_k_above`` a lower bound on it). On a deterministic MDP ``H <= T`` (``k = T``,
         ``m = 1`` is exhaustive search), so ``H`` is capped at ``T`` there, as
-        :func:`rlnb.probes.horizon.effective_horizon` does.
+        :func:`rlnb.mdp.horizon.effective_horizon` does.
     """
     if ties not in ("uniform", "worst"):
         raise ValueError(f"ties must be 'uniform' or 'worst', got {ties!r}")

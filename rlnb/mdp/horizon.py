@@ -110,7 +110,7 @@ class FiniteMDP:
         initial: initial-state distribution ``(S,)``.
         horizon: ``T``, only when ``rewards`` is ``(S, A)``.
         returns: the values an episode's return can take, when known (e.g. ``(0.0, 1.0)``
-            for "reach the goal"). Only :func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`
+            for "reach the goal"). Only :func:`rlnb.mdp.gorp_horizon.gorp_effective_horizon`
             reads it: with 0/1 returns it computes GORP's failure probability exactly.
     """
 
