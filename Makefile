@@ -50,6 +50,7 @@ lab: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: install chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
