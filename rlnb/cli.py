@@ -194,7 +194,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def _check_device_and_dtype(args: argparse.Namespace) -> None:
     import torch
 
-    from rlnb.policies.lm import _check_device, _resolve_dtype
+    from rlnb.policies.lm.load import check_device as _check_device
+    from rlnb.policies.lm.load import resolve_dtype as _resolve_dtype
 
     device = args.device if args.device is not None else (
         "cuda" if torch.cuda.is_available() else "cpu")

@@ -412,24 +412,26 @@ def test_grpo_in_memory_learns_with_reference_and_mixed_prompt_lengths():
 def test_doctests():
     import doctest
 
-    import rlnb.policies.lm as module
+    import rlnb.policies.lm.layout
+    import rlnb.policies.lm.policy
 
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (rlnb.policies.lm.policy, rlnb.policies.lm.layout):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0
 
 
 def test_fused_attention_kernel_matches_the_cpu_one():
     """The GPU path (PyTorch's fused attention) computes what the CPU path computes,
     grouped-query heads and left padding included."""
-    from rlnb.policies.lm import _attend, _attend_sdpa, _attention_bias
+    from rlnb.policies.lm.fast.attention import attend, attend_sdpa, attention_bias
 
     g = _gen(0)
     q = torch.randn(3, 5, 4, 8, generator=g)
     k, v = torch.randn(3, 2, 7, 8, generator=g), torch.randn(3, 2, 7, 8, generator=g)
     key_valid = torch.ones(3, 7, dtype=torch.bool)
     key_valid[0, :3] = False
-    bias = _attention_bias(key_valid, 5, torch.float32)
-    assert_close(_attend(q, k, v, bias), _attend_sdpa(q, k, v, bias))
+    bias = attention_bias(key_valid, 5, torch.float32)
+    assert_close(attend(q, k, v, bias), attend_sdpa(q, k, v, bias))
 
 
 @pytest.mark.parametrize("variant", ["mistral", "llama-bias-rope-scaling", "llama-head-dim"])
@@ -598,7 +600,7 @@ def test_finished_rows_leave_the_batch_without_changing_the_samples(arch, monkey
 def test_one_step_attention_kernels_agree():
     """The decoding step's attention (batched matmuls on the CPU, the fused kernel
     elsewhere) equals the general one, with grouped-query heads and masked keys."""
-    from rlnb.policies.lm import _attend, _attend_step
+    from rlnb.policies.lm.fast.attention import attend, attend_step
 
     g = _gen(0)
     B, H, KV, L, hd = 3, 4, 2, 9, 8
@@ -607,10 +609,10 @@ def test_one_step_attention_kernels_agree():
     bias = torch.zeros(B, 1, 1, L)
     bias[0, ..., :3] = float("-inf")  # left padding
     bias[..., 7:] = float("-inf")  # keys not written yet
-    want = _attend(q[:, None], k, v, bias)[:, 0]
+    want = attend(q[:, None], k, v, bias)[:, 0]
     per_kv = bias[:, 0].repeat_interleave(KV, 0)  # (B * KV, 1, L)
     for fused in (False, True):
-        assert_close(_attend_step(q, k, v, per_kv, fused=fused), want)
+        assert_close(attend_step(q, k, v, per_kv, fused=fused), want)
 
 
 def test_decoded_texts_match_the_tokenizer():
@@ -662,11 +664,11 @@ def test_bf16_policy_samples_scores_trains_and_reloads(arch, tmp_path):
         assert torch.equal(back.log_probs(r)[0], pi.log_probs(r)[0])
 
 
-# --- the update re-uses the sampler's activations (rlnb.policies.lm_replay) -----------
+# --- the update re-uses the sampler's activations (rlnb.policies.lm.fast.replay) -----------
 @pytest.fixture
 def replays(monkeypatch):
     """Counts the scoring calls served from the sampler's activations."""
-    from rlnb.policies import lm_replay
+    from rlnb.policies.lm.fast import replay as lm_replay
 
     calls = []
     original = lm_replay.replay
@@ -752,7 +754,7 @@ def test_replayed_backward_uses_the_configured_thread_count_never_timing(n, monk
     """The large products of the replayed backward run on exactly ``matmul_threads``
     threads, whatever the timing (a product is not bitwise the same on 1 and 2 threads):
     the same rollout gives bitwise the same gradients every time."""
-    from rlnb.policies import lm_replay
+    from rlnb.policies.lm.fast import replay as lm_replay
 
     counts = []
     real = torch.set_num_threads

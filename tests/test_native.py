@@ -1,4 +1,4 @@
-"""The fused CPU kernels (rlnb.policies.native): built and checked on load, the same
+"""The fused CPU kernels (rlnb.policies.lm.fast.native): built and checked on load, the same
 samples and gradients as the PyTorch operations they replace, and a clean fallback."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from rlnb.policies import native
-from rlnb.policies.lm import _completion_bias, _row_keys
-from rlnb.policies.lm_replay import _attend_backward
+from rlnb.policies.lm.fast import native
+from rlnb.policies.lm.fast.attention import completion_bias, row_keys
+from rlnb.policies.lm.fast.replay import attend_backward
 from tests._numerics import assert_close
 from tests.test_lm_policy import MIXED, _assert_same_scores, _eos_friendly, _gen, _policy
 
@@ -125,14 +125,14 @@ def test_completion_attention_backward_equals_the_grid_computation(hd):
     dkp, dvp = k.attend_cells_backward(q, kc, vc, kp, vp, dout, cos[:, 0], sin[:, 0],
                                        cells.view(R, J), Lp - valid.sum(1), dqkv, n)
 
-    # the grid computation (rlnb.policies.lm_replay before the kernel)
+    # the grid computation (rlnb.policies.lm.fast.replay before the kernel)
     grid = torch.zeros(R * J, W, hd)
     grid.index_copy_(0, slots, torch.cat([q, kc, vc], 1))
     qg, kg, vg = grid.view(R, J, W, hd).split([H, KV, KV], dim=2)
-    keys, vals = _row_keys(kp, kg, n), _row_keys(vp, vg, n)
-    bias = _completion_bias(valid, n, J, torch.float32)
+    keys, vals = row_keys(kp, kg, n), row_keys(vp, vg, n)
+    bias = completion_bias(valid, n, J, torch.float32)
     d_grid = torch.zeros(R * J, H * hd).index_copy_(0, slots, dout).view(R, J, H * hd)
-    dq, dk, dv = _attend_backward(qg, keys, vals, bias, d_grid)
+    dq, dk, dv = attend_backward(qg, keys, vals, bias, d_grid)
     dk, dv = dk.view(G, n, KV, Lp + J, hd), dv.view(G, n, KV, Lp + J, hd)
     cell = lambda x: x.reshape(R * J, -1, hd).index_select(0, slots)  # noqa: E731
     d_raw = torch.cat([cell(dq), cell(dk[:, :, :, Lp:].transpose(2, 3)),

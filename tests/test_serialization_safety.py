@@ -17,7 +17,8 @@ import torch
 from rlnb import serialization
 from rlnb.envs import Bandit
 from rlnb.envs.text import DATASET_SPEC_KEY, ExactMatchTask, TextTask
-from rlnb.policies import TabularPolicy, native
+from rlnb.policies import TabularPolicy
+from rlnb.policies.lm.fast import native
 from rlnb.serialization import load_component, register_serializable, save_component
 from rlnb.train import TrainConfig, Trainer, load_run, resume
 

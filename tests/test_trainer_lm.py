@@ -83,7 +83,7 @@ def test_replayed_updates_train_like_the_forward_pass(model_dir, monkeypatch, nu
     """The trainer's first update of each batch re-uses the sampler's activations; the
     run matches one that scores every update with a forward pass (same rewards, losses
     and weights up to float rounding), with a KL reference and an entropy bonus on."""
-    from rlnb.policies import lm_replay
+    from rlnb.policies.lm.fast import replay as lm_replay
 
     task = addition(64, digits=2, seed=0)
     cfg = _cfg(max_steps=4, num_iterations=num_iterations, beta=0.04, entropy_coef=0.01,

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from rlnb.cache import cache_dir as _cache_dir
-from rlnb.policies.lm import LMPolicy, _Fast, fast_engine_support
+from rlnb.policies.lm import LMPolicy, fast_engine_support
+from rlnb.policies.lm.fast.forward import Forward as _Fast
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3

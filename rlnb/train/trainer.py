@@ -43,8 +43,8 @@ import pandas as pd
 import torch
 
 from rlnb import rl
-from rlnb.policies import lm_replay
 from rlnb.policies.base import Policy, Rollout
+from rlnb.policies.lm.fast import replay as lm_replay
 from rlnb.serialization import (
     atomic_save_safetensors,
     atomic_write_bytes,

@@ -9,7 +9,7 @@ into the hidden states that predict the scored tokens, with a hand-written backw
 through every decoder layer and the embedding, so that the update runs no forward pass of
 its own. The final norm, the LM head, the log-softmax and the loss stay ordinary autograd.
 
-The backward pass is the one of :meth:`rlnb.policies.lm._Fast.score` (tested against it and
+The backward pass is the one of :meth:`rlnb.policies.lm.fast.score.packed_hidden` (tested against it and
 against the model's own forward): prompt positions and completion tokens go through the
 position-wise steps together, packed; attention runs on the ``(G, Lp)`` prompt grid and on
 the ``(R, J)`` completion grid (``J`` decoding steps), whose keys are the group's prompt
@@ -17,7 +17,7 @@ keys then the row's own completion keys. Supported: Llama-family models (RMSNorm
 SiLU-gated MLP, optional projection biases, tied or untied embeddings) in float32; other
 models and dtypes score with the forward pass as before.
 
-A tape is valid for one update only: :meth:`LMPolicy.log_probs` checks that the parameters
+A tape is valid for one update only: :meth:`rlnb.policies.LMPolicy.log_probs` checks that the parameters
 are the very tensors the sampler read and that none was modified in place since (their
 version counters), and the trainer drops the tape after its first update; anything else
 scores with the forward pass.
@@ -31,6 +31,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlnb.policies.lm.fast.attention import (
+    attention_bias,
+    completion_bias,
+    grouped_probs,
+    prompt_start,
+    row_keys,
+)
+from rlnb.policies.lm.fast.forward import LLAMA_LIKE, activation
+from rlnb.policies.lm.fast.rmsnorm import norm_backward, norm_forward
+
 
 class Tape:
     """What one sampling call computed, per layer, for the update that follows.
@@ -42,7 +52,7 @@ class Tape:
     per layer ``[h_in (B, d), q (B, H, hd), k (B, KV, hd), v (B, KV, hd), attn (B, H*hd),
     h_mid (B, d), gu (B, 2I)]``, plus its tokens, rope rows and output ``(B, d)``.
     ``rows[j]``: which of the ``N`` rows iteration ``j`` computed. ``fast``: the engine
-    (:class:`rlnb.policies.lm._Fast`) whose decoder filled it."""
+    (:class:`rlnb.policies.lm.fast.forward.Forward`) whose decoder filled it."""
 
     def __init__(self, params: list[torch.Tensor], temperature: float) -> None:
         self.fast: Any = None
@@ -72,13 +82,11 @@ class Tape:
 def supported(model: Any) -> bool:
     """Whether :func:`replay` implements ``model`` (a Hugging Face causal LM the fast
     engine runs): a Llama-family model with SiLU-gated MLPs, in float32."""
-    from rlnb.policies.lm import _LLAMA_LIKE, _activation
-
-    if getattr(model.config, "model_type", None) not in _LLAMA_LIKE:
+    if getattr(model.config, "model_type", None) not in LLAMA_LIKE:
         return False
     if model.get_input_embeddings().weight.dtype != torch.float32:
         return False
-    return all(_activation(layer.mlp.act_fn) is F.silu for layer in model.model.layers)
+    return all(activation(layer.mlp.act_fn) is F.silu for layer in model.model.layers)
 
 
 def replay(tape: Tape, src: torch.Tensor) -> torch.Tensor:
@@ -119,54 +127,19 @@ class _Replay(torch.autograd.Function):
         return (None, None, *[grads.get(id(p)) for p in tape.params])
 
 
-def _rms(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x / rms(x)`` and ``1 / rms(x)`` (rows of ``x``), PyTorch's fused kernel."""
-    return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], None, eps)
-
-
-def _rms_backward(dy: torch.Tensor, xhat: torch.Tensor, r: torch.Tensor,
-                  w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of ``y = xhat * w``, ``xhat = x * r``: ``(dx, dw)``."""
-    dw = (dy * xhat).sum(0)
-    g = dy * w
-    c = (g * xhat).mean(-1, keepdim=True)
-    return g.sub_(xhat * c).mul_(r), dw
-
-
-def _norm_forward(native: Any, x: torch.Tensor, ln: Any) -> tuple[torch.Tensor, Any]:
-    """RMSNorm ``ln`` (weight ``w``) of the rows of ``x``: ``x / rms(x) * w`` and what
-    :func:`_norm_backward` needs (the native kernels where given)."""
-    w = ln.weight
-    if native is not None:
-        return native.rms_forward(x, w, ln.variance_epsilon)
-    xhat, r = _rms(x, ln.variance_epsilon)
-    return xhat * w, (xhat, r)
-
-
-def _norm_backward(native: Any, dy: torch.Tensor, x: torch.Tensor, state: Any, ln: Any,
-                   res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of :func:`_norm_forward` at ``dy``: ``(dx + res, dw)``."""
-    if native is not None:
-        return native.rms_backward(dy, x, state, ln.weight, res)
-    dx, dw = _rms_backward(dy, *state, ln.weight)
-    return dx.add_(res), dw
-
-
 def _unrope(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
-    """Backward of ``_Fast._rotate`` (``x cos + roll(x, half) sin``, signed sin)."""
+    """Backward of ``Forward.rotate`` (``x cos + roll(x, half) sin``, signed sin)."""
     return d * cos + (d * sin).roll(half, -1)
 
 
-def _attend_backward(q, k, v, bias, dout):
-    """Backward of ``_attend`` (pre-scaled queries): q ``(B, Lq, H, hd)``, k, v
+def attend_backward(q, k, v, bias, dout):
+    """Backward of ``attend`` (pre-scaled queries): q ``(B, Lq, H, hd)``, k, v
     ``(B, KV, Lk, hd)``, bias ``(B, 1, Lq, Lk)``, dout ``(B, Lq, H*hd)`` -> dq
     ``(B, Lq, H, hd)``, dk, dv ``(B, KV, Lk, hd)``."""
-    from rlnb.policies.lm import _grouped_probs
-
     B, Lq, H, hd = q.shape
     KV = k.shape[1]
     rep = H // KV
-    qg, p = _grouped_probs(q, k, bias)
+    qg, p = grouped_probs(q, k, bias)
     dog = dout.reshape(B, Lq, KV, rep, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, rep * Lq, hd)
     dv = torch.matmul(p.transpose(-1, -2), dog)
     ds = torch.ops.aten._softmax_backward_data(torch.matmul(dog, v.transpose(-1, -2)), p, -1,
@@ -234,8 +207,6 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, torch.Tensor]:
     """Gradients (by parameter id) of ``sum(grad * replay(tape, src))``."""
-    from rlnb.policies.lm import _attention_bias, _completion_bias, _prompt_start, _row_keys
-
     f = tape.fast
     G, Lp = tape.prompt_ids.shape
     n, H, KV, hd, d = tape.n, f.H, f.KV, f.hd, f.d
@@ -257,13 +228,13 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         cos_c = _cat([c for c, _ in tape.step_rope])  # (C, 1, hd)
         sin_c = _cat([s for _, s in tape.step_rope])
         if native is not None:
-            pstart = _prompt_start(tape.prompt_valid)  # (G,) keys form one range, or None
+            pstart = prompt_start(tape.prompt_valid)  # (G,) keys form one range, or None
             native = native if pstart is not None else None
         if native is None:
             slots = torch.cat([r * J + j for j, r in enumerate(tape.rows)])  # grid cells
-            bias_c = _completion_bias(tape.prompt_valid, n, J, dt)
+            bias_c = completion_bias(tape.prompt_valid, n, J, dt)
     cos_p, sin_p = tape.prompt_rope  # (G, Lp, 1, hd)
-    bias_p = _attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
+    bias_p = attention_bias(tape.prompt_valid, Lp, dt)  # (G, 1, Lp, Lp)
 
     # Gradient at the last layer's output: [prompt last positions (G) ; cells (C)].
     dH = torch.zeros((G + C, d), dtype=dt, device=dev).index_add_(0, src, grad)
@@ -290,7 +261,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         torch.ops.aten.silu_backward.grad_input(da * up, gate, grad_input=dgu[:, :inter])
         torch.mul(da, silu, out=dgu[:, inter:])
         ln2 = lay.post_attention_layernorm
-        y2, state2 = _norm_forward(f.native, h_mid, ln2)
+        y2, state2 = norm_forward(f.native, h_mid, ln2)
         dWgu = _mm(y2.t(), dgu).t()
         _add(grads, mlp.gate_proj.weight, dWgu[:inter])
         _add(grads, mlp.up_proj.weight, dWgu[inter:])
@@ -298,7 +269,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             dbgu = dgu.sum(0)
             _add(grads, mlp.gate_proj.bias, dbgu[:inter])
             _add(grads, mlp.up_proj.bias, dbgu[inter:])
-        dmid, dw2 = _norm_backward(f.native, _mm(dgu, p["w_gu"]), h_mid, state2, ln2, dH)
+        dmid, dw2 = norm_backward(f.native, _mm(dgu, p["w_gu"]), h_mid, state2, ln2, dH)
         _add(grads, ln2.weight, dw2)  # dmid: the gradient at h_mid
         _add(grads, attn_mod.o_proj.weight, _mm(attn.t(), dmid).t())
         _add(grads, attn_mod.o_proj.bias, dmid.sum(0))
@@ -307,7 +278,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             dmid, dattn = _every_prompt_position(dmid, G, Lp), _every_prompt_position(dattn, G, Lp)
 
         # --- attention: the prompt grid, then the completion grid.
-        dq_p, dk_p, dv_p = _attend_backward(pr[1], pr[2], pr[3], bias_p,
+        dq_p, dk_p, dv_p = attend_backward(pr[1], pr[2], pr[3], bias_p,
                                             dattn[:Np].view(G, Lp, H * hd))
         d_qkv = torch.empty((Np + C, W, hd), dtype=dt, device=dev)
         if C:  # the cells' q (C, H, hd), k and v (C, KV, hd)
@@ -323,10 +294,10 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             grid[:, H:HK].index_copy_(0, slots, k_c)
             grid[:, HK:].index_copy_(0, slots, v_c)
             qc, kc, vc = grid.view(R, J, W, hd).split([H, KV, KV], dim=2)
-            k, v = _row_keys(pr[2], kc, n), _row_keys(pr[3], vc, n)
+            k, v = row_keys(pr[2], kc, n), row_keys(pr[3], vc, n)
             dout = torch.zeros((R * J, H * hd), dtype=dt, device=dev).index_copy_(
                 0, slots, dattn[Np:])
-            dq_c, dk, dv = _attend_backward(qc, k, v, bias_c, dout.view(R, J, H * hd))
+            dq_c, dk, dv = attend_backward(qc, k, v, bias_c, dout.view(R, J, H * hd))
             dk, dv = dk.view(G, n, KV, Lp + J, hd), dv.view(G, n, KV, Lp + J, hd)
             dk_p = dk_p + dk[:, :, :, :Lp].sum(1)
             dv_p = dv_p + dv[:, :, :, :Lp].sum(1)
@@ -343,7 +314,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
         # --- the fused q|k|v projection (q pre-scaled) and the input norm.
         h_in = _cat([pr[0].reshape(Np, d)] + [s[0] for s in steps])
         ln1 = lay.input_layernorm
-        y1, state1 = _norm_forward(f.native, h_in, ln1)
+        y1, state1 = norm_forward(f.native, h_in, ln1)
         dWqkv = _mm(y1.t(), d_qkv).t()
         s = attn_mod.scaling
         nq, nk = H * hd, KV * hd
@@ -355,7 +326,7 @@ def _backward(tape: Tape, src: torch.Tensor, grad: torch.Tensor) -> dict[int, to
             _add(grads, attn_mod.q_proj.bias, db[:nq] * s)
             _add(grads, attn_mod.k_proj.bias, db[nq:nq + nk])
             _add(grads, attn_mod.v_proj.bias, db[nq + nk:])
-        dH, dw1 = _norm_backward(f.native, _mm(d_qkv, p["w_qkv"]), h_in, state1, ln1, dmid)
+        dH, dw1 = norm_backward(f.native, _mm(d_qkv, p["w_qkv"]), h_in, state1, ln1, dmid)
         _add(grads, ln1.weight, dw1)
 
     # --- the embedding (the padding row gets no gradient, as nn.Embedding's).

@@ -2,7 +2,7 @@
 
 Decoding a 2-layer, hidden-64 model spends more time dispatching small PyTorch operations
 (norms, RoPE, cache writes, a 20-key softmax, the sampling step) than doing their
-arithmetic, and the replayed update's backward (:mod:`rlnb.policies.lm_replay`) builds
+arithmetic, and the replayed update's backward (:mod:`rlnb.policies.lm.fast.replay`) builds
 padded grids for a few thousand dot products and spends ten operations on each RMSNorm.
 ``native.c`` does each of those pieces in one call; the matrix products stay with PyTorch.
 
@@ -35,6 +35,8 @@ import torch
 
 from rlnb.cache import cache_dir as _cache_dir
 from rlnb.cache import private_dir, untrusted
+from rlnb.policies.lm.fast.attention import attend_step
+from rlnb.policies.lm.fast.rmsnorm import rms, rms_backward
 
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
@@ -289,8 +291,6 @@ class Kernels:
     def self_check(self) -> None:
         """Each kernel against the PyTorch operations it replaces, on random inputs; a
         RuntimeError where one differs (a miscompiled library is then not used)."""
-        from rlnb.policies.lm import _attend_step
-
         g = torch.Generator().manual_seed(0)
         x = torch.randn(5, 24, generator=g)
         _close("unit_rms", self.unit_rms(x, 0.5), x / (x.square().sum(1, keepdim=True) + 0.5).sqrt())
@@ -308,7 +308,7 @@ class Kernels:
         bias = torch.full((B, 1, Lt), float("-inf"))
         for b in range(B):
             bias[b, 0, start[b]:at + 1] = 0
-        ref = _attend_step(qk[:, :H], ref_cache[0], ref_cache[1],
+        ref = attend_step(qk[:, :H], ref_cache[0], ref_cache[1],
                            bias.repeat_interleave(KV, 0), fused=False)
         out = self.decode_attend(qkv, cos, sin, cache, start, at, H, KV)
         _close("decode_attend", out, ref)
@@ -325,16 +325,14 @@ class Kernels:
         if not torch.equal(done[1:], torch.isin(want[1:], torch.tensor([3, 5]))) or not done[0]:
             raise RuntimeError("native kernel sample_step disagrees with PyTorch (done)")
         self._check_cells_backward(g)
-        from rlnb.policies.lm_replay import _rms, _rms_backward
-
         for d in (64, 24):
             x, w, dy, res = (torch.randn(7, d, generator=g) for _ in range(4))
             w = w[0]
-            xhat, r = _rms(x, 1e-6)
+            xhat, r = rms(x, 1e-6)
             y, r_n = self.rms_forward(x, w, 1e-6)
             _close("rms_forward", y, xhat * w)
             _close("rms_forward r", r_n, r.view(-1))
-            dx, dw = _rms_backward(dy, xhat, r, w)
+            dx, dw = rms_backward(dy, xhat, r, w)
             dx_n, dw_n = self.rms_backward(dy, x, r_n, w, res)
             _close("rms_backward dx", dx_n, dx + res)
             _close("rms_backward dw", dw_n, dw)

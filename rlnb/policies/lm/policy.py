@@ -1,0 +1,494 @@
+"""``LMPolicy``: a Hugging Face causal LM and its tokenizer on the policy protocol.
+
+This file holds the policy itself (options, special tokens, prompt checks, serialization)
+and the two calls the trainer makes, each routed to the reference path or to the fast
+engine: sampling (:mod:`rlnb.policies.lm.sampling`, with a stepper per engine) and scoring
+(:mod:`rlnb.policies.lm.scoring`, or :class:`rlnb.policies.lm.fast.FastEngine`). See
+:mod:`rlnb.policies.lm` for the layout of a rollout and the footguns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlnb.policies.base import Policy, Rollout, validate_sampling_args
+from rlnb.policies.lm import hidden, sampling, scoring
+from rlnb.policies.lm.fast import FastEngine, fast_engine_support
+from rlnb.policies.lm.layout import left_pad
+from rlnb.policies.lm.load import (
+    check_device,
+    dtype_name,
+    load_model,
+    resolve_dtype,
+    special_tokens,
+)
+from rlnb.policies.lm.text import PromptChecker, decode_rows
+
+ENGINES = ("auto", "fast", "hf", "hf-nocache")
+
+
+class LMPolicy(Policy):
+    """A Hugging Face causal LM + tokenizer as an rlnb policy.
+
+    Args:
+        model: a directory written by ``save_pretrained`` (model and tokenizer), or a hub
+            name (read from the local Hugging Face cache when ``HF_HUB_OFFLINE=1``).
+        device: ``"cpu"``, ``"cuda"``, ... ; None picks cuda when available.
+        dtype: parameter dtype; None = bfloat16 on GPU, float32 on CPU.
+        max_new_tokens: completion length budget T. A completion without EOS within it is
+            ``truncated`` (its tokens still count in the mask).
+        top_p: nucleus sampling. The recorded ``logp`` is under the temperature-scaled
+            distribution *without* the top-p cut (what ``log_probs`` recomputes), so with
+            ``top_p < 1`` the PPO ratio is against the untruncated policy, as in TRL.
+        hidden_states: also store ``extra["hidden_states"]`` (see :meth:`hidden_states`)
+            in every rollout.
+        engine: ``"auto"`` (the functional "fast" forward for llama/qwen2/mistral/gpt2,
+            the model's own forward otherwise), ``"fast"``, ``"hf"`` (model forward with
+            Hugging Face's KV cache) or ``"hf-nocache"`` (the whole sequence re-run at every
+            token: slow, the reference that proves the caches right).
+
+    >>> from rlnb.envs.text import ExactMatchTask
+    >>> from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+    >>> tok = char_tokenizer("0123456789+=")
+    >>> pi = LMPolicy.from_model(tiny_model(tiny_config("llama", len(tok))), tok, max_new_tokens=4)
+    >>> task = ExactMatchTask(["1+1=", "12+3="], ["2", "15"])
+    >>> r = pi.rollout(task, torch.tensor([0, 1]), 3, generator=torch.Generator().manual_seed(0))
+    >>> r.actions.shape, r.extra["prompt_length"], len(r.extra["completions"])
+    (torch.Size([6, 4]), 6, 6)
+    >>> logp, entropy = pi.log_probs(r)  # with gradients, 0 outside r.mask
+    >>> torch.allclose(logp, r.logp, atol=1e-5)
+    True
+    >>> len(pi.sample_texts(["1+1="], 5, generator=torch.Generator().manual_seed(0))[0])
+    5
+
+    Footgun: the wrapped model never leaves eval mode (dropout off), and its dropout
+    probabilities are left untouched for anyone who uses the model elsewhere.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_new_tokens: int = 16,
+        top_p: float = 1.0,
+        hidden_states: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        dev = check_device(device if device is not None else
+                            ("cuda" if torch.cuda.is_available() else "cpu"))
+        dt = resolve_dtype(dtype, dev)
+        hf, tok = load_model(model, dev, dt)
+        local = Path(model).expanduser()
+        # A local directory is recorded as an absolute path, so a run directory rebuilds
+        # the policy from any working directory; a hub name is kept as given.
+        ref = str(local.resolve()) if local.is_dir() else str(model)
+        self._setup(hf, tok, ref, dev, dtype, max_new_tokens, top_p, hidden_states, engine)
+        self._device_option = None if device is None else str(device)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int = 16,
+        top_p: float = 1.0,
+        hidden_states: bool = False,
+        engine: str = "auto",
+    ) -> LMPolicy:
+        """Wrap an already loaded model (kept on its device and dtype). Such a policy has
+        no directory to rebuild from: ``save_pretrained`` it before training with a
+        ``run_dir``."""
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                f"model must be a loaded Hugging Face causal LM (a torch.nn.Module with a "
+                f"config), got {type(model).__name__}; for a directory use LMPolicy(path)"
+            )
+        if not all(hasattr(tokenizer, a) for a in ("pad_token_id", "eos_token_id", "decode")):
+            raise TypeError(
+                f"tokenizer must be a Hugging Face tokenizer (pad_token_id, eos_token_id, "
+                f"decode), got {type(tokenizer).__name__}"
+            )
+        self = cls.__new__(cls)
+        Policy.__init__(self)
+        ref = getattr(model, "name_or_path", "") or ""
+        ref = ref if ref and (Path(ref) / "config.json").exists() else None
+        self._setup(model, tokenizer, ref, next(model.parameters()).device,
+                    dtype_name(next(model.parameters()).dtype), max_new_tokens, top_p,
+                    hidden_states, engine)
+        self._device_option = str(self.device)
+        return self
+
+    def _setup(self, model, tokenizer, ref, device, dtype, max_new_tokens, top_p,
+               hidden_states, engine) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        from rlnb.envs._checks import check_int, check_number
+
+        max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1,
+                                   meaning="completion length budget")
+        top_p = check_number(top_p, "top_p", 0, 1, low_open=True, meaning="nucleus sampling")
+        if not isinstance(hidden_states, bool):
+            raise TypeError(f"hidden_states must be True or False, got {hidden_states!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_ref = ref
+        self.device = torch.device(device)
+        self._dtype_option = None if dtype is None else (
+            dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype))
+        self.max_new_tokens = max_new_tokens
+        self.top_p = float(top_p)
+        self.record_hidden_states = bool(hidden_states)
+        self.engine_option = engine
+        why_not = fast_engine_support(model)
+        if engine == "fast" and why_not is not None:
+            raise ValueError(f"engine='fast' cannot run this model: {why_not}; use engine='hf'")
+        self.engine = ("fast" if why_not is None else "hf") if engine == "auto" else engine
+        # The fast engine, where it runs (None: everything on the model's own forward).
+        self._fast = FastEngine(model, self.device) if self.engine == "fast" else None
+        self.pad_id, self.eos_ids = special_tokens(model, tokenizer)
+        self._eos_t = torch.tensor(self.eos_ids, device=self.device)
+        self._prompts = PromptChecker(tokenizer, model.config)
+        self.max_positions = self._prompts.max_positions  # the model's context, or None
+        self._num_params = sum(p.numel() for p in model.parameters())
+        try:
+            self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(
+                model.forward).parameters
+        except (TypeError, ValueError):
+            self._takes_logits_to_keep = False
+
+    # --- Serializable ---------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        if self.model_ref is None:
+            raise ValueError(
+                "this LMPolicy wraps an in-memory model that has no directory to be rebuilt "
+                "from; call policy.save_pretrained(dir) and train LMPolicy(dir) instead"
+            )
+        return {
+            "model": self.model_ref,
+            "device": self._device_option,
+            "dtype": self._dtype_option,
+            "max_new_tokens": self.max_new_tokens,
+            "top_p": self.top_p,
+            "hidden_states": self.record_hidden_states,
+            "engine": self.engine_option,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write model and tokenizer with ``save_pretrained``; ``LMPolicy(directory)``
+        loads them back."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def train(self, mode: bool = True) -> LMPolicy:
+        """Set the policy's mode flag; the wrapped model stays in eval mode (no dropout).
+        (Not recursive: walking thousands of modules twice a step costs a millisecond.)"""
+        self.training = bool(mode)
+        if self.model.training:
+            self.model.eval()
+        return self
+
+    def _aliases(self) -> set[str]:
+        seen: set[int] = set()
+        aliases = set()
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in seen:
+                aliases.add(name)
+            seen.add(id(p))
+        return aliases
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The parameters, without the duplicate names of tied weights (GPT-2's ``lm_head``
+        is its embedding): safetensors refuses to save one tensor twice."""
+        sd = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for name in self._aliases():
+            sd.pop(prefix + name, None)
+        return sd
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in self._aliases()]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"LMPolicy.load_state_dict: missing keys {missing}, unexpected keys "
+                f"{result.unexpected_keys}: the checkpoint is of another model"
+            )
+        result.missing_keys[:] = missing
+        return result
+
+    # --- prompts --------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
+        return self._prompts.encode(text)
+
+    def check_prompts(self, prompts: Sequence[str], *, max_new_tokens: int | None = None) -> None:
+        """Refuse prompts this policy cannot answer faithfully, before any sampling:
+
+        * a prompt with characters the tokenizer cannot represent (they would become its
+          unknown token, and the model would see something else than the text);
+        * a prompt whose token length plus ``max_new_tokens`` (default: the policy's)
+          exceeds the model's context (``max_position_embeddings`` / ``n_positions`` of
+          its config, when it has one).
+
+        ``TypeError`` for a single string or a non-string entry, else ``ValueError`` naming
+        the first bad prompt (index and repr) and what to do. The vocabulary check is done
+        once per distinct prompt (cached), so calling this before every sampling call
+        costs a set lookup per prompt.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single string; "
+                            "wrap it in a list: [prompt]")
+        T = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        texts = list(prompts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"prompt {i} must be a str, got {type(t).__name__} {t!r}"[:200])
+        self._prompts.check(texts, [self.encode_prompt(t) for t in texts],
+                            [f"prompt {i}" for i in range(len(texts))], T)
+
+    # --- sampling -------------------------------------------------------------------------
+    def rollout(
+        self,
+        env: Any,
+        prompts: torch.Tensor,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        keep_activations: bool = False,
+    ) -> Rollout:
+        """Sample ``n`` completions of each prompt ``prompts (P,)`` of ``env`` (a text task:
+        ``env.prompt(i) -> str``). Returns a :class:`Rollout` with ``N = P * n`` rows,
+        groups contiguous, ``T`` = the longest completion (at most ``max_new_tokens``)::
+
+            actions (N, T)  completion ids, pad after EOS
+            mask    (N, T)  True on completion tokens up to and including EOS
+            logp    (N, T)  log-prob of each sampled token at this temperature (0 off mask)
+            extra   input_ids (N, Lp+T), attention_mask (N, Lp+T), prompt_length Lp,
+                    completions list[str] (decoded, special tokens removed),
+                    truncated (N,) bool (no EOS within max_new_tokens)
+
+        All tensors are on the CPU, whatever the model's device. The attention mask is 0
+        on left padding and on the padding after each EOS.
+
+        ``keep_activations``: keep what the sampler computed in ``extra["activations"]``
+        (a :class:`~rlnb.policies.lm.fast.replay.Tape`), so that the *next* :meth:`log_probs`
+        of this rollout, if the weights have not changed in between, runs no forward pass
+        (the trainer's single update per batch; :mod:`rlnb.policies.lm.fast.replay`). Ignored
+        where the fast engine's replay does not apply (:attr:`replay_supported`). Weights
+        replaced or modified in place are detected (tensor identity, version counters),
+        except by kernels that do not bump version counters, such as PyTorch's fused
+        Adam: call ``log_probs`` before ``optimizer.step()``, as the trainer does.
+        """
+        validate_sampling_args(n, temperature)
+        prompts = torch.as_tensor(prompts, dtype=torch.long).reshape(-1).cpu()
+        texts = [env.prompt(int(i)) for i in prompts.tolist()]
+        seqs = [self.encode_prompt(t) for t in texts]
+        self._prompts.check(texts, seqs, [f"prompt {int(i)}" for i in prompts.tolist()],
+                            self.max_new_tokens)
+        keep = keep_activations and self.replay_supported
+        out = self._sample(seqs, n, temperature, generator, self.max_new_tokens, keep)
+        rollout = Rollout(
+            prompts=prompts.repeat_interleave(n),
+            actions=out["actions"],
+            mask=out["mask"],
+            logp=out["logp"],
+            group_size=n,
+            extra={
+                "input_ids": out["input_ids"],
+                "attention_mask": out["attention_mask"],
+                "prompt_length": out["prompt_length"],
+                "completions": self._decode_rows(out["actions"], out["mask"]),
+                "truncated": out["truncated"],
+            },
+        )
+        if keep:
+            rollout.extra["activations"] = out["tape"]
+        if self.record_hidden_states:
+            rollout.extra["hidden_states"] = self.hidden_states(rollout)
+        return rollout
+
+    def runtime_info(self) -> dict[str, Any]:
+        """The engine, device, dtype and (for the fast engine on the CPU) whether the
+        fused kernels are in use: each changes the last bits of the numbers."""
+        info: dict[str, Any] = {"engine": self.engine, "device": str(self.device),
+                                "dtype": str(next(self.model.parameters()).dtype)}
+        if self._fast is not None:
+            info.update(self._fast.runtime_info())
+        return info
+
+    @property
+    def replay_supported(self) -> bool:
+        """Whether ``rollout(..., keep_activations=True)`` can spare the next update its
+        forward pass: the fast engine on a float32 Llama-family model on the CPU."""
+        return self._fast is not None and self._fast.replay_supported
+
+    def sample_texts(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4096,
+    ) -> list[list[str]]:
+        """``n`` sampled completions (decoded) for each prompt string, for evaluation:
+        ``result[i][j]`` is sample ``j`` of ``prompts[i]``. Same sampler as ``rollout``;
+        prompts are processed ``batch_size // n`` at a time (the draws depend on this
+        chunking: same generator, prompts and ``batch_size``, same texts)."""
+        texts, _ = self.sample_with_flags(prompts, n, temperature=temperature,
+                                          generator=generator, max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size)
+        return texts
+
+    def sample_with_flags(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4096,
+    ) -> tuple[list[list[str]], list[list[bool]]]:
+        """Like :meth:`sample_texts`, plus ``truncated[i][j]``: sample ``j`` of prompt ``i``
+        reached ``max_new_tokens`` without an EOS token."""
+        validate_sampling_args(n, temperature)
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single string")
+        from rlnb.envs._checks import check_int
+
+        T = self.max_new_tokens if max_new_tokens is None else check_int(
+            max_new_tokens, "max_new_tokens", 1, meaning="completion length budget")
+        batch_size = check_int(batch_size, "batch_size", 1, meaning="completions sampled at once")
+        prompts = list(prompts)
+        self.check_prompts(prompts, max_new_tokens=T)
+        seqs = [self.encode_prompt(p) for p in prompts]
+        per = max(1, batch_size // n)
+        texts: list[list[str]] = []
+        flags: list[list[bool]] = []
+        for start in range(0, len(seqs), per):
+            out = self._sample(seqs[start:start + per], n, temperature, generator, T)
+            rows = self._decode_rows(out["actions"], out["mask"])
+            trunc = out["truncated"].tolist()
+            for j in range(len(rows) // n):
+                texts.append(rows[j * n:(j + 1) * n])
+                flags.append(trunc[j * n:(j + 1) * n])
+        return texts, flags
+
+    def _decode_rows(self, actions: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        return decode_rows(self.tokenizer, actions, mask)
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        """The completions of a rollout as text (special tokens removed)."""
+        if "completions" in rollout.extra:
+            return list(rollout.extra["completions"])
+        return self._decode_rows(rollout.actions, rollout.mask)
+
+    def _sample(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
+                generator: torch.Generator | None, T: int,
+                keep_activations: bool = False) -> dict[str, Any]:
+        # Same rule as the trainer's: a model under a million parameters samples on one
+        # CPU thread (sampling.sample).
+        one_thread = self.device.type == "cpu" and self._num_params < 1_000_000
+        tape = self._fast.new_tape(temperature) if keep_activations else None
+        return sampling.sample(
+            self._stepper, seqs, n, T, temperature=temperature, generator=generator,
+            top_p=self.top_p, pad_id=self.pad_id, eos_ids=self.eos_ids, eos_t=self._eos_t,
+            vocab_size=self.model.get_output_embeddings().weight.shape[0], device=self.device,
+            compact=self.engine == "fast", tape=tape, one_thread=one_thread)
+
+    def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int,
+                 tape: Any = None):
+        """A generator: yields the next-token logits ``(B, V)`` of the rows it computes
+        and receives ``(tokens (B,), keep)``. One implementation per engine; all must yield
+        the same logits. ``keep`` (indices into the ``B`` rows, or None) drops finished rows
+        from the batch; only the fast engine is sent one (:meth:`FastEngine.decoder`), and
+        only it fills a ``tape``."""
+        if self._fast is not None:
+            return self._fast.decoder(prompt_ids, prompt_mask, n, T, tape=tape)
+        if self.engine == "hf":
+            return sampling.hf_steps(self.model, prompt_ids, prompt_mask, n)
+        return sampling.hf_nocache_steps(self.model, prompt_ids, prompt_mask, n)
+
+    # --- scoring --------------------------------------------------------------------------
+    def completion_logits(self, rollout: Rollout) -> torch.Tensor:
+        """Logits ``(N, T, V)`` that score each completion token (position ``Lp - 1 + t``
+        predicts completion token ``t``), with gradients."""
+        ids, Lp, pos, key_valid = scoring.completion_inputs(rollout, self.device)
+        if self._fast is None:
+            return scoring.completion_logits(self.model, ids, pos, key_valid,
+                                             rollout.actions.shape[1], self._takes_logits_to_keep)
+        return self._fast.completion_logits(ids, pos, key_valid, Lp, rollout.group_size)
+
+    def log_probs(
+        self, rollout: Rollout, *, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(logp, entropy)``, each ``(N, T)`` float32, of ``rollout.actions``
+        under the current parameters at ``temperature``, with gradients; 0 outside
+        ``rollout.mask``, on the rollout's device. Equals ``rollout.logp`` (same weights and
+        temperature; with ``top_p < 1`` too, since neither applies the cut).
+
+        Only what the masked tokens depend on is computed: the completion columns after
+        the last masked token of every row are dropped and the LM head runs on the scored
+        positions alone; the fast engine also runs each group's shared prompt once and
+        packs the completion tokens (:func:`rlnb.policies.lm.fast.score.packed_hidden`)."""
+        validate_sampling_args(1, temperature)
+        mask = rollout.mask.to(rollout.actions.device)  # (N, T)
+        if self._fast is not None:  # packed, or replayed from the sampler's activations
+            logits, actions = self._fast.scored_logits(rollout, mask, temperature)  # (S, V), (S,)
+        else:  # the model's own forward over the columns up to the last masked one
+            trimmed = scoring.trim_to_mask(rollout, mask)
+            logits = self.completion_logits(trimmed)  # (N, Te, V)
+            m = trimmed.mask.to(logits.device)
+            logits, actions = logits[m], trimmed.actions.to(logits.device)[m]
+        logp, entropy = scoring.scatter_masked(
+            mask, *scoring.token_stats(logits, actions, temperature))
+        return logp, entropy
+
+    # --- internals ------------------------------------------------------------------------
+    @torch.no_grad()
+    def hidden_states(
+        self,
+        source: Rollout | Sequence[str],
+        layers: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named hidden states of a rollout (prompt + completion, ``extra["input_ids"]``)
+        or of a list of texts (left-padded), detached, on the CPU:
+
+        * ``"embed"`` ``(N, L, d)``: the token (+ position) embeddings, input of layer 0;
+        * ``"layers.{i}.resid_post"`` ``(N, L, d)``: the residual stream after layer ``i``;
+        * ``"final_norm"`` ``(N, L, d)``: the last layer's output after the final norm
+          (what the LM head reads);
+        * ``"attention_mask"`` ``(N, L)``: 1 on real tokens.
+
+        Footgun: positions run over the whole left-padded sequence. For the completion
+        only, take ``[:, Lp:]`` and weight by ``rollout.mask``; padding rows hold garbage.
+        """
+        if isinstance(source, Rollout):
+            ids = source.extra["input_ids"]
+            am = source.extra["attention_mask"]
+        else:
+            if isinstance(source, str):
+                raise TypeError("pass a list of texts, not a single string")
+            source = list(source)
+            self.check_prompts(source, max_new_tokens=0)
+            ids, am = left_pad([self.encode_prompt(t) for t in source], self.pad_id)
+        return hidden.hidden_states(self.model, ids.to(self.device), am.to(self.device), layers)
+
+    def extra_repr(self) -> str:
+        return (f"model={self.model_ref!r}, engine={self.engine!r}, "
+                f"max_new_tokens={self.max_new_tokens}, top_p={self.top_p}")

@@ -1,0 +1,80 @@
+"""Scoring on the reference path: the model's own forward over prompt + completion.
+
+:func:`completion_logits` is the plain whole-sequence version, the oracle the fast
+engine's packed scoring (:mod:`rlnb.policies.lm.fast.score`) is tested against. The logits
+that score completion token ``t`` sit at position ``Lp - 1 + t`` (one to the left): an
+off-by-one here trains on garbage without raising anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlnb.policies.base import Rollout
+from rlnb.policies.lm.layout import positions
+
+
+def completion_inputs(rollout: Rollout, device: torch.device):
+    """``ids (N, Lp + T)``, ``Lp``, position ids and the valid keys ``(N, Lp + T)`` of a
+    rollout, on ``device``. The completion's positions continue from the real prompt
+    length (tokens after EOS get positions too; they are masked out)."""
+    ids = rollout.extra["input_ids"].to(device)  # (N, Lp + T)
+    Lp = int(rollout.extra["prompt_length"])
+    T = rollout.actions.shape[1]
+    prompt_mask = rollout.extra["attention_mask"][:, :Lp].to(device)
+    lengths = prompt_mask.sum(1)
+    pos = torch.cat([positions(prompt_mask),
+                     lengths[:, None] + torch.arange(T, device=device)], 1)
+    key_valid = torch.cat([prompt_mask.bool(),
+                           torch.ones((ids.shape[0], T), dtype=torch.bool, device=device)], 1)
+    return ids, Lp, pos, key_valid
+
+
+def completion_logits(model: Any, ids: torch.Tensor, pos: torch.Tensor, key_valid: torch.Tensor,
+                      T: int, takes_logits_to_keep: bool) -> torch.Tensor:
+    """Logits ``(N, T, V)`` of the model's own forward that score the ``T`` completion
+    tokens of ``ids (N, Lp + T)``. The last completion token predicts nothing we score: it
+    is dropped. The LM head runs on the last ``T`` positions only where the model can be
+    told so (``takes_logits_to_keep``)."""
+    keep = {"logits_to_keep": T} if takes_logits_to_keep else {}
+    out = model(input_ids=ids[:, :-1], attention_mask=key_valid[:, :-1].long(),
+                position_ids=pos[:, :-1], use_cache=False, **keep)
+    return out.logits[:, -T:]
+
+
+def trim_to_mask(rollout: Rollout, mask: torch.Tensor) -> Rollout:
+    """The rollout without its completion columns after the last masked token of every
+    row (at least one column, so that even an empty result is attached to the parameters)."""
+    T = rollout.actions.shape[1]
+    cols = torch.arange(T, device=mask.device)
+    Te = max(1, int(torch.where(mask, cols, -1).max()) + 1) if mask.numel() else 1
+    Lp = int(rollout.extra["prompt_length"])
+    return Rollout(prompts=rollout.prompts, actions=rollout.actions[:, :Te],
+                   mask=mask[:, :Te], logp=rollout.logp[:, :Te],
+                   group_size=rollout.group_size,
+                   extra={**rollout.extra, "input_ids": rollout.extra["input_ids"][:, :Lp + Te]})
+
+
+def token_stats(logits: torch.Tensor, actions: torch.Tensor,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits (S, V)`` -> log-prob of ``actions (S,)`` and entropy, float32 ``(S,)``."""
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 == x: skipping it changes no bit
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, actions[:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def scatter_masked(mask: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Each ``(S,)`` value of the masked cells (row-major) back into an ``(N, T)`` grid on
+    ``mask``'s device, 0 elsewhere. The copies are differentiable, so gradients reach a GPU
+    model from the rollout's device (the CPU, next to rewards and advantages)."""
+    N, T = mask.shape
+    out = mask.device
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    zeros = torch.zeros(N * T, dtype=torch.float32, device=out)
+    return [zeros.index_copy(0, flat, v.to(out)).view(N, T) for v in values]
