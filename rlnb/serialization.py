@@ -38,7 +38,7 @@ _DEFINED: dict[str, type] = {}
 """Every Serializable subclass defined in this process (for the error messages)."""
 
 
-def _key(cls: type) -> str:
+def class_key(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
@@ -51,9 +51,9 @@ class Serializable:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _DEFINED[_key(cls)] = cls
+        _DEFINED[class_key(cls)] = cls
         if _is_rlnb(cls):
-            _REGISTRY[_key(cls)] = cls
+            _REGISTRY[class_key(cls)] = cls
 
     def get_config(self) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} does not define get_config()")
@@ -62,7 +62,7 @@ class Serializable:
         return {}
 
     def spec(self) -> dict[str, Any]:
-        return {"class": _key(type(self)), "config": self.get_config()}
+        return {"class": class_key(type(self)), "config": self.get_config()}
 
 
 def register_serializable(cls: type, name: str | None = None) -> type:
@@ -76,7 +76,7 @@ def register_serializable(cls: type, name: str | None = None) -> type:
             f"register_serializable needs a subclass of rlnb.serialization.Serializable "
             f"(a Sandbox or a Policy), got {cls!r}"
         )
-    _REGISTRY[_key(cls)] = cls
+    _REGISTRY[class_key(cls)] = cls
     if name is not None:
         if not isinstance(name, str) or name.count(":") != 1:
             raise ValueError(f"name must look like 'module:ClassName', got {name!r}")
@@ -84,7 +84,7 @@ def register_serializable(cls: type, name: str | None = None) -> type:
     return cls
 
 
-def _resolve(key: Any, source: str | None = None) -> type:
+def resolve_class(key: Any, source: str | None = None) -> type:
     """The registered class named ``key``. Never imports anything: the modules of rlnb's
     own classes are already loaded, and other classes must be registered by the user."""
     where = f"{source}: " if source else ""
@@ -93,9 +93,6 @@ def _resolve(key: Any, source: str | None = None) -> type:
             f"{where}the class name {key!r} is not of the form 'module:ClassName'; this is "
             "not a spec rlnb wrote (the file is damaged or was made elsewhere)"
         )
-    if key not in _REGISTRY:
-        import rlnb.envs  # noqa: F401 - rlnb's own classes (in practice already loaded)
-        import rlnb.policies  # noqa: F401
     if key in _REGISTRY:
         return _REGISTRY[key]
     name = key.partition(":")[2].rpartition(".")[2]
@@ -221,7 +218,7 @@ def build_component(spec: dict[str, Any], tensors: dict[str, torch.Tensor] | Non
     if not isinstance(config, dict):
         raise ValueError(f"{where}the spec's 'config' must be a JSON object, got "
                          f"{type(config).__name__}")
-    cls = _resolve(spec["class"], source)
+    cls = resolve_class(spec["class"], source)
     return cls(**config, **(tensors or {}))
 
 
@@ -262,7 +259,7 @@ def load_component(directory: str | os.PathLike, name: str) -> Any:
     if not spec_path.exists():
         raise FileNotFoundError(f"{spec_path} does not exist: is {directory} a rlnb run directory?")
     spec = read_spec(spec_path)
-    cls = _resolve(spec["class"], str(spec_path))  # before reading any tensor
+    cls = resolve_class(spec["class"], str(spec_path))  # before reading any tensor
     tensor_path = directory / f"{name}.safetensors"
     tensors = read_tensors(tensor_path) if tensor_path.exists() else {}
     return cls(**spec.get("config", {}), **tensors)

@@ -8,20 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-grimp = pytest.importorskip("grimp")
+import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: Imports that close a cycle today, each with why it is there. They are left out of the
-#: cycle check below and reported by test_known_cycles (a skip naming them while they last).
-KNOWN_CYCLE_EDGES = {
-    ("rlnb.serialization", "rlnb.envs"): "serialization._resolve imports rlnb.envs inside the "
-    "function so that rlnb's own classes are registered before a spec is rebuilt",
-    ("rlnb.serialization", "rlnb.policies"): "the same, for rlnb.policies",
-}
-
 
 def _cycles(graph, skip: frozenset[tuple[str, str]] = frozenset()) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan, iterative)."""
@@ -73,33 +62,11 @@ def _graph():
     return grimp.build_graph("rlnb", include_external_packages=False)
 
 
-def _in_lm_split(cycle: list[str]) -> bool:
-    """A cycle among the modules of the language-model policy package only (being split)."""
-    return all(m.startswith(("rlnb.policies.lm", "rlnb.policies.native")) for m in cycle)
-
-
 def test_no_import_cycles_between_modules():
-    cycles = _cycles(_graph(), frozenset(KNOWN_CYCLE_EDGES))
-    ours = [c for c in cycles if not _in_lm_split(c)]
-    assert not ours, "import cycles between rlnb modules:\n" + "\n".join(
-        " <-> ".join(c) for c in ours
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles between rlnb modules:\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
     )
-    if cycles:
-        pytest.skip("import cycles inside the language-model policy package (being split): "
-                    + "; ".join(" <-> ".join(c) for c in cycles))
-
-
-def test_known_cycles():
-    """The imports KNOWN_CYCLE_EDGES exempts still close a cycle: say so, by name."""
-    graph = _graph()
-    still = [
-        f"{a} -> {b} ({why})"
-        for (a, b), why in KNOWN_CYCLE_EDGES.items()
-        if b in graph.find_modules_directly_imported_by(a)
-    ]
-    if still:
-        pytest.skip("known import cycle rlnb.serialization -> rlnb.envs / rlnb.policies -> "
-                    "rlnb.envs.base / rlnb.policies.base -> rlnb.serialization: " + "; ".join(still))
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -117,7 +84,6 @@ def test_cycle_finder_finds_a_cycle():
 def test_import_contracts_are_kept():
     exe = Path(sys.executable).with_name("lint-imports")
     cmd = str(exe) if exe.exists() else shutil.which("lint-imports")
-    if cmd is None:
-        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    assert cmd is not None, "import-linter is part of the dev extra: pip install -e '.[dev]'"
     proc = subprocess.run([cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import (
+from rlnb.checks import (
     as_tensor,
     check_index,
     check_int,

@@ -50,7 +50,7 @@ class Sandbox(Serializable):
 
     def initial_states(self, prompts: torch.Tensor) -> torch.Tensor:
         """Decision state at step 0 of each prompt: ``(N,) long -> (N,) long``."""
-        from rlnb.envs._checks import check_index
+        from rlnb.checks import check_index
 
         check_index(prompts, self.num_prompts, "prompts", f"prompt index of {type(self).__name__}")
         return prompts * self.states_per_prompt

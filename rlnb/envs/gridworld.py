@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from rlnb.envs._checks import check_index, check_int, check_number, check_probs, check_size
+from rlnb.checks import check_index, check_int, check_number, check_probs, check_size
 from rlnb.envs.base import Sandbox
 from rlnb.envs.layouts import (
     TERMINAL_CHARS,

@@ -27,7 +27,7 @@ from collections import deque
 
 import torch
 
-from rlnb.envs._checks import check_int, check_number, check_size
+from rlnb.checks import check_int, check_number, check_size
 
 __all__ = [
     "CHARACTERS",

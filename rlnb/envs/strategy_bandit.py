@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import (
+from rlnb.checks import (
     as_tensor,
     binary_matrix,
     check_int,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from rlnb.envs.base import Sandbox
-from rlnb.serialization import _key, _resolve
+from rlnb.serialization import class_key, resolve_class
 
 # Key under which ``to_dataset`` stores the task's class and settings in
 # ``Dataset.info.description`` (JSON), so ``from_dataset`` can rebuild the same task.
@@ -381,7 +381,7 @@ class TextTask(Sandbox):
                 raise ValueError(f"metadata column {name!r} clashes with a standard column")
             columns[name] = values
         config = {k: v for k, v in self.get_config().items() if k not in ("prompts", "answers")}
-        spec = {DATASET_SPEC_KEY: {"class": _key(type(self)), "config": config}}
+        spec = {DATASET_SPEC_KEY: {"class": class_key(type(self)), "config": config}}
         return Dataset.from_dict(columns, info=DatasetInfo(description=json.dumps(spec)))
 
     def save_to_disk(self, path: str | os.PathLike) -> None:
@@ -415,7 +415,7 @@ class TextTask(Sandbox):
             spec = None
         target, config = cls, {}
         if spec is not None:
-            target = _resolve(spec.get("class") if isinstance(spec, dict) else spec,
+            target = resolve_class(spec.get("class") if isinstance(spec, dict) else spec,
                               "the dataset's rlnb task spec")
             config = dict(spec.get("config", {}))
             if not issubclass(target, cls):

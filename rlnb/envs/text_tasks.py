@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import check_int
+from rlnb.checks import check_int
 from rlnb.envs.text import TextTask, strip_completion
 from rlnb.registry import Registry, unknown_name_error
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import (
+from rlnb.checks import (
     as_tensor,
     binary_matrix,
     check_index,
@@ -44,7 +44,7 @@ from rlnb.envs.strategy_bandit import exact_pass_at_k
 def check_tree(branching: object, depth: object, num_prompts: object = 1) -> tuple[int, int, int]:
     """``(branching, depth, num_prompts)`` as ints after checking their types and ranges
     and that the ``num_prompts * branching**depth`` leaf table stays within
-    :data:`rlnb.envs._checks.MAX_TABLE_ENTRIES` (checked before anything is allocated)."""
+    :data:`rlnb.checks.MAX_TABLE_ENTRIES` (checked before anything is allocated)."""
     b = check_int(branching, "branching", 2, meaning="tokens per step")
     d = check_int(depth, "depth", 1, meaning="actions per episode")
     P = check_int(num_prompts, "num_prompts", 1)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from rlnb.envs._checks import check_number, check_size
+from rlnb.checks import check_number, check_size
 from rlnb.envs.tree_mdp import TreeMDP, check_tree
 
 __all__ = ["VariableLengthTree"]

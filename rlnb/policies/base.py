@@ -87,7 +87,7 @@ class Policy(torch.nn.Module, Serializable):
 def validate_sampling_args(n: int, temperature: float) -> None:
     """``n`` an integer >= 1, ``temperature`` a finite real > 0 (``TypeError`` for a bad
     type, ``ValueError`` for a bad value; both name the argument and its range)."""
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         kind = ValueError if isinstance(n, int) and not isinstance(n, bool) else TypeError

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlnb.envs._checks import as_tensor, check_finite, check_int
+from rlnb.checks import as_tensor, check_finite, check_int
 from rlnb.policies.base import Policy, Rollout, validate_sampling_args
 
 

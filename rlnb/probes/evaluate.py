@@ -179,7 +179,7 @@ def sample_counts(
         raise ValueError(f"n (samples per problem) must be an integer >= 1, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     check_number(temperature, "temperature", 0, low_open=True, meaning="sampling temperature")
     if not callable(getattr(policy, "rollout", None)):

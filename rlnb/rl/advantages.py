@@ -123,7 +123,7 @@ def grpo(
     >>> grpo(torch.tensor([1., 0., 0., 0.]), 4, scale_rewards="none")
     tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
     """
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     scale = _check_scale_rewards(scale_rewards)
     check_number(std_eps, "std_eps", 0, low_open=True, meaning="added to the std before dividing")
@@ -173,7 +173,7 @@ def w_reinforce(rewards: Tensor, group_size: int, *, lam: float = 0.1) -> Tensor
     >>> w_reinforce(torch.tensor([1., 0.]), 2)
     tensor([ 0.1000, -1.0000])
     """
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     check_number(lam, "lam", 0, meaning="advantage of a correct sample; the paper uses 0.1")
     return lam * rewards - (1 - rewards)
@@ -208,7 +208,7 @@ def gae(
     >>> adv, ret
     (tensor([[0.5000, 0.5000]]), tensor([[1., 1.]]))
     """
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     check_number(gamma, "gamma", 0, 1, meaning="discount")
     check_number(lam, "lam", 0, 1, meaning="GAE lambda")
@@ -292,7 +292,7 @@ def compute_advantages(
     >>> compute_advantages(torch.tensor([1., 0., 1., 1.]), group_size=2)
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
     """
-    from rlnb.envs._checks import as_tensor
+    from rlnb.checks import as_tensor
 
     group_size = _check_group_size(group_size)
     fn = ADVANTAGES[method]

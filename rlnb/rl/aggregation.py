@@ -95,7 +95,7 @@ def agg_loss(
             "weight: scale the per-token loss instead, or pass a bool mask")
     n, t = loss_mat.shape
     if max_len is not None:  # checked in every mode: a bad budget is a bug wherever it is
-        from rlnb.envs._checks import check_number
+        from rlnb.checks import check_number
 
         check_number(max_len, "max_len", 0, low_open=True,
                      meaning="generation budget in tokens, TRL's max_completion_length")

@@ -62,7 +62,7 @@ def _prepare(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, a
 
 
 def _check_clip(epsilon: float, epsilon_high: float | None) -> tuple[float, float]:
-    from rlnb.envs._checks import check_number
+    from rlnb.checks import check_number
 
     why = "the ratio is kept in [1 - epsilon, 1 + epsilon_high]"
     epsilon = check_number(epsilon, "epsilon", 0, 1, low_open=True, high_open=True,

@@ -42,6 +42,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+import rlnb.envs  # noqa: F401 - defines (registers) rlnb's sandboxes before load_component
+import rlnb.policies  # noqa: F401 - and its policies
 from rlnb import rl
 from rlnb.policies.base import Policy, Rollout
 from rlnb.policies.lm.fast import replay as lm_replay

@@ -3,7 +3,7 @@
 Names follow :mod:`rlnb.probes.activations`: ``"embed"``, ``"layers.{i}.resid_post"``,
 ``"final_norm"``. Hugging Face returns the last layer's output *after* the final norm; the
 raw residual stream of that layer is recovered with a forward hook on the last decoder
-layer (found with :func:`rlnb.probes.activations.find_layers`).
+layer (found with :func:`rlnb.policies.layers.find_layers`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rlnb.policies.layers import find_layers
 from rlnb.policies.lm.layout import positions
 
 
@@ -45,7 +46,6 @@ def last_layer_output(model: Any, ids: torch.Tensor, am: torch.Tensor) -> torch.
     """The last decoder layer's output ``(N, L, d)`` (before the final norm)."""
     # Imported here: rlnb.probes sits above rlnb.policies (and imports nothing of it at
     # load time), so the policy package stays importable without the probes.
-    from rlnb.probes.activations import find_layers
 
     found = find_layers(model)
     if found is None:

@@ -132,7 +132,7 @@ class LMPolicy(Policy):
                hidden_states, engine) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        from rlnb.envs._checks import check_int, check_number
+        from rlnb.checks import check_int, check_number
 
         max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1,
                                    meaning="completion length budget")
@@ -369,7 +369,7 @@ class LMPolicy(Policy):
         validate_sampling_args(n, temperature)
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, got a single string")
-        from rlnb.envs._checks import check_int
+        from rlnb.checks import check_int
 
         T = self.max_new_tokens if max_new_tokens is None else check_int(
             max_new_tokens, "max_new_tokens", 1, meaning="completion length budget")
