@@ -19,12 +19,6 @@ from rlnb.train import TrainConfig, Trainer
 from rlnb.viz.live import LivePlot
 
 
-@pytest.fixture(autouse=True)
-def _offline_hf(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 # --- GRPO raises held-out pass@1 of a pre-trained base ------------------------------------
 @pytest.mark.slow
 def test_grpo_raises_held_out_pass_at_1_of_a_pretrained_addition_model(tmp_path):

@@ -17,12 +17,6 @@ from tests._numerics import assert_close, in_float64
 ALPHABET = "+0123456789="
 
 
-@pytest.fixture(autouse=True)
-def _offline_hf(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 class Prompts:
     """The smallest env ``rollout`` needs: ``prompt(i) -> str``."""
 

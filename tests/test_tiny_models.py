@@ -20,12 +20,6 @@ from rlnb.policies.tiny import (
 ALPHABET = "0123456789+= \nabc"
 
 
-@pytest.fixture(autouse=True)
-def _offline_hf(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 # --- tokenizer -------------------------------------------------------------------------
 def test_char_tokenizer_round_trips_any_string_over_the_alphabet():
     tok = char_tokenizer(ALPHABET)

@@ -11,12 +11,6 @@ from rlnb.train.rundir import read_metrics
 from tests._numerics import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture
 def model_dir(tmp_path):
     task = addition(64, digits=2, seed=0)
