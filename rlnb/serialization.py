@@ -143,38 +143,15 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
-    partial one (a uniquely named temporary file in the same directory, then
-    ``os.replace``). With ``fsync`` the data reach the disk before the rename and the
-    rename before the return, so a power cut leaves the old file or the new one too."""
+def _publish(path: str | os.PathLike, write: Any, fsync: bool) -> None:
+    """``write(tmp)`` a uniquely named temporary file beside ``path``, then rename it over
+    ``path`` (readers see the old file or the new one, never a partial one). With
+    ``fsync`` the data reach the disk before the rename and the rename before the return.
+    A failed write leaves no temporary behind."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_directory(path.parent)
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
-    *, fsync: bool = True,
-) -> None:
-    """:func:`atomic_write_bytes` for a safetensors file (written by ``save_file``)."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata)
+        write(tmp)
         if fsync:
             _fsync_file(tmp)
         os.replace(tmp, path)
@@ -183,6 +160,29 @@ def atomic_save_safetensors(
         raise
     if fsync:
         fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
+    partial one (a uniquely named temporary file in the same directory, then
+    ``os.replace``). With ``fsync`` the data reach the disk before the rename and the
+    rename before the return, so a power cut leaves the old file or the new one too."""
+
+    def write(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    _publish(path, write, fsync)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+    *, fsync: bool = True,
+) -> None:
+    """:func:`atomic_write_bytes` for a safetensors file (written by ``save_file``)."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _publish(path, lambda tmp: save_file(cpu, str(tmp), metadata), fsync)
 
 
 def stale_temporary(name: str, targets: tuple[str, ...]) -> bool:
