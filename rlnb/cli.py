@@ -148,7 +148,8 @@ def _check_model_dir(flag: str, path: str) -> None:
                        "JSON object with model_type, written by save_pretrained)")
     if not any((p / name).is_file() for name in _WEIGHTS) and not any(p.glob("*.safetensors")):
         raise CLIError(f"{flag}: {str(p)!r} holds config.json but no weights (expected "
-                       "model.safetensors or pytorch_model.bin, written by save_pretrained)")
+                       "model.safetensors, written by save_pretrained; weights only in "
+                       "pytorch_model.bin are refused when loading: rlnb never unpickles)")
 
 
 def _check_out(path: str) -> Path:
