@@ -39,6 +39,16 @@ class BadInput:
     """pytest marks for this row (e.g. ``pytest.mark.slow``)."""
 
 
+def row_maker(area: str) -> Callable[..., BadInput]:
+    """``row(id, call, raises, *words)`` for a call that needs no working directory:
+    ``call()`` takes no argument and the row's id is ``<area>/<id>``."""
+
+    def row(id: str, call: Callable[[], Any], raises, *words: str) -> BadInput:
+        return BadInput(id=f"{area}/{id}", call=lambda _tmp: call(), raises=raises, words=words)
+
+    return row
+
+
 class CLIExit(Exception):
     """``rlnb`` exited non-zero: ``status`` and what it printed on standard error."""
 

@@ -18,13 +18,12 @@ from rlnb.envs import (
 )
 from rlnb.envs.layouts import combination_lock, open_grid, random_layout
 from rlnb.envs.strategy_bandit import card_base_logits, exact_pass_at_k
-from tests.bad_inputs import BadInput
+from tests.bad_inputs import row_maker
 
 T = torch.tensor
 
 
-def row(id: str, call, raises, *words: str) -> BadInput:
-    return BadInput(id=f"envs/{id}", call=lambda _tmp: call(), raises=raises, words=words)
+row = row_maker("envs")
 
 
 def _bandit() -> Bandit:

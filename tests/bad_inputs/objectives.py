@@ -15,7 +15,7 @@ from rlnb.rl import (
     masked_mean,
     register_advantage,
 )
-from tests.bad_inputs import BadInput
+from tests.bad_inputs import row_maker
 
 T = torch.tensor
 LP = torch.zeros(2, 3)
@@ -23,8 +23,7 @@ M = torch.ones(2, 3)
 ADV = T([1.0, 0.0])
 
 
-def row(id: str, call, raises, *words: str) -> BadInput:
-    return BadInput(id=f"objectives/{id}", call=lambda _tmp: call(), raises=raises, words=words)
+row = row_maker("objectives")
 
 
 def loss(name: str, logp=LP, old=LP, adv=ADV, mask=M, **kw):

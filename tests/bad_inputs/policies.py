@@ -16,7 +16,7 @@ import torch
 
 from rlnb.envs import Bandit, ExactMatchTask
 from rlnb.policies import LMPolicy, MLPPolicy, TabularPolicy
-from tests.bad_inputs import BadInput
+from tests.bad_inputs import row_maker
 
 T = torch.tensor
 ALPHABET = "+0123456789="
@@ -64,8 +64,7 @@ def _task() -> ExactMatchTask:
     return ExactMatchTask(["1+1=", "abc", "1" * 20], ["2", "x", "1"])
 
 
-def row(id: str, call, raises, *words: str) -> BadInput:
-    return BadInput(id=f"policies/{id}", call=lambda _tmp: call(), raises=raises, words=words)
+row = row_maker("policies")
 
 
 def _bandit() -> Bandit:

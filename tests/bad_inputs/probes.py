@@ -27,13 +27,12 @@ from rlnb.probes import (
     tilt,
     token_entropy,
 )
-from tests.bad_inputs import BadInput
+from tests.bad_inputs import BadInput, row_maker
 
 T = torch.tensor
 
 
-def row(id: str, call, raises, *words: str) -> BadInput:
-    return BadInput(id=f"probes/{id}", call=lambda _tmp: call(), raises=raises, words=words)
+row = row_maker("probes")
 
 
 def _task():
