@@ -1,4 +1,4 @@
-"""The dashboards' logic, headless: no kernel, no browser (tests/test_browser.py does that).
+"""The dashboards' logic, headless: no kernel, no browser (tests/widgets/test_browser.py does that).
 
 Buttons are pressed with ``Button.click()``, which runs the same handlers a browser click
 runs. Mid-run events (a slider moved at step 2, Pause at step 3) are fired from a training

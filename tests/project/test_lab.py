@@ -13,7 +13,7 @@ import pytest
 
 from tests._processes import stop_group
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

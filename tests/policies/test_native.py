@@ -12,7 +12,7 @@ from rlnb.policies.lm.fast import native
 from rlnb.policies.lm.fast.attention import completion_bias, row_keys
 from rlnb.policies.lm.fast.replay import attend_backward
 from tests._numerics import assert_close
-from tests.test_lm_policy import MIXED, _assert_same_scores, _eos_friendly, _gen, _policy
+from tests.policies.test_lm_policy import MIXED, _assert_same_scores, _eos_friendly, _gen, _policy
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                     reason="no C compiler on this machine")

@@ -30,7 +30,7 @@ import pytest
 
 from tests._processes import stop_group
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = "00_tour.ipynb"
 SCREENSHOT = ROOT / "docs" / "images" / "live_training.png"

@@ -162,7 +162,7 @@ def test_open_grid_effective_horizon_is_small():
     """Card 9's closed form: H(open grid) <= 4 holds for MiniGrid's "Empty-5x5" (a 3x3 room
     inside the walls), deterministic, T = 10, where it is exactly 4 (k = 4, m_4 = 1). The 5x5
     room with sticky actions does not meet it (about 7.5; by the definition it is 3.88, see
-    tests/test_gorp_horizon.py): the card's formula pays
+    tests/mdp/test_gorp_horizon.py): the card's formula pays
     log_4(16 ln(2 T A)) = 3.07 steps for the constant alone, so H_1 <= 4 needs
     Var < gap^2 at every visited state. It is still well below the lock's H / T."""
     room = effective_horizon(Gridworld(open_grid(3, 3), 10).mdp())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grimp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 def _cycles(graph, skip: frozenset[tuple[str, str]] = frozenset()) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan, iterative)."""
