@@ -7,6 +7,9 @@ tokenizers are made by the tests and go through the real ``save_pretrained`` /
 ``from_pretrained`` paths, datasets through ``save_to_disk`` / ``load_from_disk``; a test
 that reaches for the hub fails instead of downloading, and no cache under the home
 directory is read or written.
+
+Tiny models are made once per test run (``tests/_models.py``): the ``tiny_lm_dir``
+fixture returns the function that saves (or finds) one.
 """
 
 from __future__ import annotations
@@ -15,10 +18,24 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _HF_HOME = tempfile.mkdtemp(prefix="rlnb-tests-hf-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(scope="session")
+def tiny_lm_dir():
+    """``tiny_lm_dir(alphabet, arch="llama", seed=0, **tiny_config_options)``: the
+    directory of a saved tiny model, made once per test run (do not write into it)."""
+    from tests._models import saved_tiny_lm
+
+    return saved_tiny_lm
+
+
 def pytest_unconfigure(config):
+    from tests._models import remove_all
+
+    remove_all()
     shutil.rmtree(_HF_HOME, ignore_errors=True)

@@ -15,19 +15,14 @@ from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _save_tiny(directory: Path, seed: int = 0) -> Path:
-    tok = char_tokenizer(factor(2, seed=0).alphabet)
-    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=16, n_head=2,
-                                   n_kv_head=1), seed=seed)
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+def _save_tiny(tiny_lm_dir, name: str, seed: int = 0) -> Path:
+    return tiny_lm_dir(factor(2, seed=0).alphabet, "llama", seed=seed, name=name, n_layer=1,
+                       d_model=16, n_head=2, n_kv_head=1)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return _save_tiny(root / "base", 0), _save_tiny(root / "rl", 1)
+def models(tiny_lm_dir):
+    return _save_tiny(tiny_lm_dir, "base", 0), _save_tiny(tiny_lm_dir, "rl", 1)
 
 
 def _args(model, out, *extra):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,13 +28,10 @@ def _models() -> Path:
     root = Path(tempfile.mkdtemp(prefix="rlnb-bad-cli-"))
     os.environ.setdefault("HF_HOME", str(root / "hf-home"))
     from rlnb.envs.text_tasks import factor
-    from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+    from tests._models import saved_tiny_lm
 
-    tok = char_tokenizer(factor(2, seed=0).alphabet)
-    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=16, n_head=2,
-                                   n_kv_head=1, max_len=64))
-    model.save_pretrained(root / "factor")
-    tok.save_pretrained(root / "factor")
+    shutil.copytree(saved_tiny_lm(factor(2, seed=0).alphabet, "llama", n_layer=1, d_model=16,
+                                  n_head=2, n_kv_head=1, max_len=64), root / "factor")
     for name, text in (("noweights", json.dumps({"model_type": "llama"})),
                        ("garbage", "{this is not json"), ("alist", "[1, 2, 3]"),
                        ("notype", json.dumps({"hidden_size": 16}))):

@@ -28,12 +28,10 @@ def _models() -> dict[str, str]:
     root = Path(tempfile.mkdtemp(prefix="rlnb-bad-inputs-"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = str(root / "hf_home")
-    from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+    from tests._models import saved_tiny_lm
 
-    tok = char_tokenizer(ALPHABET)
     ok = root / "ok"
-    tiny_model(tiny_config("llama", len(tok), max_len=16)).save_pretrained(ok)
-    tok.save_pretrained(ok)
+    shutil.copytree(saved_tiny_lm(ALPHABET, "llama", max_len=16), ok)
     dirs = {"ok": str(ok)}
 
     def variant(name, damage):

@@ -5,22 +5,16 @@ import pytest
 import torch
 
 from rlnb.envs import addition
-from rlnb.policies import LMPolicy, char_tokenizer, tiny_config, tiny_model
+from rlnb.policies import LMPolicy
 from rlnb.train import TrainConfig, Trainer, load_run, resume
 from rlnb.train.rundir import read_metrics
 from tests._numerics import assert_close
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    task = addition(64, digits=2, seed=0)
-    tok = char_tokenizer(task.alphabet)
-    model = tiny_model(tiny_config("llama", len(tok), n_layer=1, d_model=32, n_head=2,
-                                   n_kv_head=1), seed=0)
-    d = tmp_path / "model"
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def model_dir(tiny_lm_dir):
+    return tiny_lm_dir(addition(64, digits=2, seed=0).alphabet, "llama", n_layer=1,
+                       d_model=32, n_head=2, n_kv_head=1)
 
 
 def _cfg(**kw):
