@@ -58,8 +58,8 @@ test: install chromium lint
 # The numerics-sensitive tests (LM scoring, the replayed update, the CPU kernels,
 # gradients, losses) under every CPU kernel set torch can use on this machine
 # (ATEN_CPU_CAPABILITY): float32 sums change with it, the tests must not.
-NUMERICS_TESTS ?= tests/test_lm_policy.py tests/test_native.py tests/test_trainer_lm.py \
-  tests/test_lm_grpo.py tests/test_rl_losses.py tests/test_rl_advantages.py
+NUMERICS_TESTS ?= tests/policies/test_lm_policy.py tests/policies/test_native.py tests/train/test_trainer_lm.py \
+  tests/train/test_lm_grpo.py tests/rl/test_losses.py tests/rl/test_advantages.py
 CPU_CAPABILITIES ?= $(shell sh .ci/cpu_capabilities)
 test-numerics: install
 	@for cap in $(CPU_CAPABILITIES); do \

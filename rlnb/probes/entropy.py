@@ -276,7 +276,7 @@ def predicted_entropy_change(logits: Any, delta_logits: Any) -> Tensor:
 
     Returns:
         ``(S,)`` (or a 0-d tensor), in nats. Exact up to O(|dz|^2): at eta = 1e-3 the
-        relative error is ~1e-4 (tests/test_probes_entropy.py).
+        relative error is ~1e-4 (tests/probes/test_entropy.py).
 
     >>> z = torch.tensor([2.0, 0.0, 0.0])
     >>> dz = 1e-3 * torch.tensor([1.0, 0.0, 0.0])   # push up the likely action

@@ -33,7 +33,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
       - k2's gradient equals grad KL(pi || ref), the reverse KL (mode seeking);
       - k3's gradient equals grad KL(ref || pi), the *forward* KL (mass covering).
 
-    ``tests/test_rl_losses.py`` checks the three statements by exact expectation on a
+    ``tests/rl/test_losses.py`` checks the three statements by exact expectation on a
     small softmax. Add ``beta * agg_loss(kl_penalty(...), mask, mode)`` to the policy loss
     (aggregation is linear, so this equals TRL's per-token ``pg + beta * kl``).
 
