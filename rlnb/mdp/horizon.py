@@ -64,6 +64,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from rlnb.threads import torch_threads
+
 __all__ = [
     "EffectiveHorizon",
     "FiniteMDP",
@@ -87,12 +89,8 @@ __all__ = [
 def one_thread() -> Iterator[None]:
     """Run tiny tensor ops on one CPU thread, restoring torch's setting afterwards. Ops on a
     few thousand numbers run many times slower when torch splits them across threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 #: Default tolerance of "this action is optimal" (Q* >= V* - tol) and of greedy ties.

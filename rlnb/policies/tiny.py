@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from rlnb.cache import cache_dir as _cache_dir
 from rlnb.policies.lm import LMPolicy, fast_engine_support
 from rlnb.policies.lm.fast.forward import Forward as _Fast
+from rlnb.threads import torch_threads
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
@@ -323,13 +324,9 @@ def pretrain_base(
 
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
     t0 = time.perf_counter()
-    try:
+    with torch_threads(num_threads):
         model, tok, record = _pretrain(task, settings, progress, tqdm)
-    finally:
-        torch.set_num_threads(threads_before)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["num_threads"] = num_threads
 

@@ -2,8 +2,9 @@
 
 from rlnb.train.callbacks import ExactSuccess
 from rlnb.train.config import TrainConfig
+from rlnb.train.resume import load_run, resume
 from rlnb.train.rundir import RunDirLocked, load_runs, read_metrics
-from rlnb.train.trainer import Trainer, load_run, resume
+from rlnb.train.trainer import Trainer
 
 __all__ = [
     "ExactSuccess",

@@ -32,509 +32,381 @@ Trainer on the same directory, in this process or another, is refused with
 
 from __future__ import annotations
 
-import gc
-import glob
 import json
-import math
 import os
-import socket
-import threading
-import time
+import shutil
+import warnings
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from safetensors import safe_open
 
-from rlnb.serialization import atomic_save_safetensors, atomic_write_bytes, stale_temporary
+from rlnb.serialization import (
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    read_spec,
+    read_tensors,
+    save_component,
+)
+from rlnb.train.checkpoint import (
+    Checkpoint,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rlnb.train.config import TrainConfig
+from rlnb.train.files import (
+    CHECKPOINT,
+    CONFIG,
+    LOCK,
+    METRICS,
+    REFERENCE,
+    ROLLOUTS,
+    RUNTIME,
+    WRITTEN,
+    fingerprint,
+    load_config,
+    read_config,
+    remove_stale_temporaries,
+)
+from rlnb.train.lock import RunDirLock, RunDirLocked
+from rlnb.train.metrics import (
+    MetricsWriter,
+    describe_steps,
+    load_runs,
+    missing_steps,
+    read_metrics,
+    truncate_metrics,
+)
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: the in-process table still guards against two Trainers
-    fcntl = None  # type: ignore[assignment]
-
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-CHECKPOINT = "checkpoint.safetensors"
-REFERENCE = "reference.safetensors"
-ROLLOUTS = "rollouts.jsonl"
-RUNTIME = "runtime.json"
-LOCK = ".rlnb.lock"
-#: The files rlnb writes atomically in a run directory (their temporaries are cleaned up).
-WRITTEN = (CONFIG, METRICS, CHECKPOINT, REFERENCE, "env.json", "env.safetensors",
-           "policy.json", "policy.safetensors")
+__all__ = [
+    "CHECKPOINT", "CONFIG", "LOCK", "METRICS", "REFERENCE", "ROLLOUTS", "RUNTIME", "WRITTEN",
+    "Checkpoint", "MetricsWriter", "RunDir", "RunDirLock", "RunDirLocked", "checkpoint_step",
+    "describe_steps", "fingerprint", "load_checkpoint", "load_config", "load_runs",
+    "missing_steps", "numbered_run", "read_config", "read_metrics",
+    "remove_stale_temporaries", "save_checkpoint", "truncate_metrics",
+]
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, float) and not math.isfinite(v):
-        return repr(v)  # "nan"/"inf": JSON has no literal for them
-    return v
+class RunDir:
+    """One run directory as one writer holds it: opening (lock, check, create or
+    continue), appending metrics and rollouts, checkpointing, closing.
 
+    ``RunDir(path)`` touches nothing; :meth:`open` locks the directory and checks
+    everything in it before it writes a byte, then either writes a new run's files or
+    restores the run it holds (checkpoint, reference policy, metrics rows). The lock is
+    held until :meth:`close` (idempotent), the end of a ``with`` block, or the object's
+    garbage collection. A :class:`rlnb.train.Trainer` given ``run_dir=...`` makes and
+    drives one; it is public for tools that step a run themselves.
+    """
 
-class MetricsWriter:
-    """Appends one JSON line per step and flushes it, so a killed process keeps every
-    finished step. A line is written with a single ``write`` call."""
+    #: Config options that do not define a run: a run directory continues with others.
+    NOT_COMPARED = frozenset({"max_steps", "progress_bar", "torch_threads",
+                              "keep_freed_memory", "fsync"})
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
         self.path = Path(path)
-        self.fsync = fsync
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fsync = bool(fsync)
+        # What must be closed (the lock, the metrics file) lives apart from this object,
+        # so that garbage collection of it (or of the Trainer holding it) releases them.
+        self._resources = _Resources()
+        self._finalizer = weakref.finalize(self, self._resources.close)
 
-    def write(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-        self._f.flush()
-        if self.fsync:  # on the disk before the checkpoint that counts the step
-            os.fsync(self._f.fileno())
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, {'open' if self.held else 'closed'})"
 
-    def close(self) -> None:
-        self._f.close()
+    @property
+    def fsync(self) -> bool:
+        """Whether each metrics line and each file written reach the disk before the
+        write returns (``TrainConfig.fsync``)."""
+        return self._fsync
 
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file. A partially written last line (a process killed in
-    the middle of a write) is ignored; a corrupt line elsewhere raises."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # no newline yet: the write in flight when killed
-                break
-            raise ValueError(
-                f"{path}: line {i + 1} is not valid JSON: {line[:80]!r}; the file is damaged: "
-                "repair or delete that line, or start a new run directory") from None
-        step = row.get("step") if isinstance(row, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise ValueError(
-                f"{path}: line {i + 1} is not a metrics row (a JSON object with an integer "
-                f"'step'): {line[:80]!r}; repair or delete that line, or start a new run "
-                "directory")
-        rows.append(row)
-    return rows
-
-
-def truncate_metrics(path: str | os.PathLike, last_step: int, *, fsync: bool = True) -> None:
-    """Keep only complete rows with ``step <= last_step`` (atomic rewrite)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    rows = [r for r in read_metrics(path) if r["step"] <= last_step]
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode(), fsync=fsync)
-
-
-def missing_steps(rows: list[dict[str, Any]], last_step: int) -> list[int]:
-    """The steps ``1..last_step`` that have no row in ``rows``."""
-    have = {r["step"] for r in rows}
-    return [s for s in range(1, last_step + 1) if s not in have]
-
-
-def describe_steps(steps: list[int], limit: int = 12) -> str:
-    """``"4, 7-9, 12"``: a short list of step numbers (ranges collapsed)."""
-    parts: list[str] = []
-    start = prev = None
-    for s in steps:
-        if prev is not None and s == prev + 1:
-            prev = s
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = s
-    if start is not None:
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-    more = f" and {len(parts) - limit} more ranges" if len(parts) > limit else ""
-    return ", ".join(parts[:limit]) + more
-
-
-# --- config ----------------------------------------------------------------------------
-def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The options in ``run_dir/config.json`` (a JSON object), with a clear error naming
-    the file when it is missing, not JSON, or not an object."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a rlnb run directory: it has no {CONFIG}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged: restore it, "
-                         "or start a new run directory") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of "
-                         "TrainConfig options; restore the file, or start a new run directory")
-    return data
-
-
-def load_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """``TrainConfig`` of a run directory; a bad option is reported with the file."""
-    data = read_config(run_dir)
-    try:
-        return TrainConfig.from_dict(data)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{Path(run_dir) / CONFIG} does not hold a valid TrainConfig: {err}; "
-                         "fix the file, or start a new run directory") from None
-
-
-# --- checkpoints ---------------------------------------------------------------------
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, pstate in state["state"].items():
-        for key, value in pstate.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.state.{idx}.{key}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, _, idx, key = name.split(".", 3)
-        state.setdefault(int(idx), {})[key] = value
-    for idx, values in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    *,
-    step: int,
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    fsync: bool = True,
-) -> None:
-    """One safetensors file: ``policy.*`` parameters, ``optimizer.*`` state, the sampling
-    generator's state, and the step in the metadata. Replaced atomically."""
-    tensors = {f"policy.{k}": v for k, v in policy.state_dict().items()}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    tensors.update(opt_tensors)
-    tensors["generator.state"] = generator.get_state()
-    meta = {"step": str(step), "optimizer": json.dumps(opt_meta), "format": "rlnb-checkpoint-1"}
-    atomic_save_safetensors(tensors, path, meta, fsync=fsync)
-
-
-_DAMAGED = "restore it from a copy, or start a new run directory"
-
-
-class Checkpoint:
-    """A checkpoint read into memory and checked (nothing applied yet)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-        except Exception as err:  # SafetensorError (truncated, garbage), OSError
-            raise ValueError(f"{path} is corrupt or truncated ({err}); {_DAMAGED}") from None
-        if meta.get("format") != "rlnb-checkpoint-1":
-            raise ValueError(f"{path} is not a rlnb checkpoint (metadata {meta}); {_DAMAGED}")
-        try:
-            self.step = int(meta["step"])
-            self.optimizer_meta = json.loads(meta["optimizer"])
-            if self.step < 0 or "generator.state" not in tensors:
-                raise ValueError("no generator state" if self.step >= 0 else "negative step")
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path} has damaged metadata ({err}); {_DAMAGED}") from None
-        self.tensors = tensors
-
-    def policy_state(self) -> dict[str, torch.Tensor]:
-        return {k.removeprefix("policy."): v for k, v in self.tensors.items()
-                if k.startswith("policy.")}
-
-    def check_fits(self, policy: torch.nn.Module) -> None:
-        """Raise, naming the file, when the policy's parameters are not the checkpoint's."""
-        mine = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
-        saved = {k: tuple(v.shape) for k, v in self.policy_state().items()}
-        if mine != saved:
-            diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
-            raise ValueError(
-                f"{self.path} does not fit this run's policy: parameters {diff[:6]} differ "
-                f"(names or shapes), so it is not a checkpoint of this run; {_DAMAGED}")
-
-    def apply(self, *, policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-              generator: torch.Generator | None = None) -> int:
-        try:
-            policy.load_state_dict(self.policy_state())
-            if optimizer is not None:
-                opt = {k: v for k, v in self.tensors.items() if k.startswith("optimizer.")}
-                optimizer.load_state_dict(_unflatten_optimizer(opt, self.optimizer_meta))
-            if generator is not None:
-                generator.set_state(self.tensors["generator.state"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{self.path} does not fit this run's policy and optimiser "
-                             f"({err}); {_DAMAGED}") from None
-        return self.step
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Restore what :func:`save_checkpoint` wrote; returns the step."""
-    return Checkpoint(path).apply(policy=policy, optimizer=optimizer, generator=generator)
-
-
-def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {})["step"])
-    except Exception as err:
-        raise ValueError(f"{path} is corrupt or truncated ({err}); {_DAMAGED}") from None
-
-
-# --- one writer per run directory ------------------------------------------------------------
-class RunDirLocked(RuntimeError):
-    """Another Trainer (in this process or another) holds the run directory."""
-
-
-_HELD: dict[str, RunDirLock] = {}
-_HELD_GUARD = threading.Lock()
-
-
-class RunDirLock:
-    """The exclusive lock of one run directory: ``fcntl.flock`` on ``.rlnb.lock`` (so the
-    system releases it when the process dies, however it dies) plus an in-process table
-    (a second descriptor of the same process must be refused too).
-
-    :meth:`acquire` with ``create=False`` takes the lock only on an existing lock file and
-    writes nothing, so a Trainer can check a directory and refuse it before it changes a
-    byte; :meth:`mark` then records the holder's process id in the file."""
-
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK
-        self.key = os.path.realpath(self.directory)
-        self._fd: int | None = None
-        self._reserved = False
+    @fsync.setter
+    def fsync(self, value: bool) -> None:
+        self._fsync = bool(value)
+        if self._resources.metrics is not None:
+            self._resources.metrics.fsync = self._fsync
 
     @property
     def held(self) -> bool:
-        return self._reserved and (self._fd is not None or fcntl is None)
+        """Whether this object holds the directory's lock (opened and not closed)."""
+        lock = self._resources.lock
+        return lock is not None and lock.held
 
-    def _reserve(self) -> None:
-        for attempt in range(2):
-            with _HELD_GUARD:
-                other = _HELD.get(self.key)
-                if other is None or other is self:
-                    _HELD[self.key] = self
-                    self._reserved = True
-                    return
-            if attempt == 0:
-                gc.collect()  # an unreachable Trainer (a reference cycle) lets go here
-        raise RunDirLocked(
-            f"{self.directory} is in use by another Trainer in this process (pid "
-            f"{os.getpid()}): one writer per run directory. Close that Trainer first "
-            "(trainer.close(), or train it in a `with Trainer(...) as trainer:` block), or "
-            "choose another run_dir")
+    # --- opening ----------------------------------------------------------------------
+    def open(self, *, config: TrainConfig, env: Any, policy: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, generator: torch.Generator,
+             reference: torch.nn.Module | None = None, runtime: dict[str, Any] | None = None,
+             allow_metrics_gap: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """Lock, check, then create or continue the run; returns ``(step, metrics rows)``.
 
-    def _unreserve(self) -> None:
-        with _HELD_GUARD:
-            if _HELD.get(self.key) is self:
-                del _HELD[self.key]
-        self._reserved = False
-
-    def acquire(self, *, create: bool) -> bool:
-        """Take the lock; False (and nothing held) when ``create`` is False and there is no
-        lock file. Raises :class:`RunDirLocked` when another Trainer holds it."""
+        A new run's files are written (sandbox, policy, reference, config, the step-0
+        checkpoint). A run the directory already holds must have the same config (but
+        :attr:`NOT_COMPARED`), sandbox and policy, else a ``ValueError`` says what differs
+        and nothing is written; its checkpoint is then loaded into ``policy``,
+        ``optimizer``, ``generator`` (and ``reference``) and its metrics rows after the
+        checkpoint's step are dropped. ``runtime`` is recorded in ``runtime.json``
+        (continuing under another one warns)."""
+        d = self.path
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(
+                f"run_dir {d} is a file, not a directory: pass the path of a directory "
+                "(it is created when missing)")
         if self.held:
-            return True
-        self._reserve()
+            raise RuntimeError(f"{self!r} is already open")
+        run = _Run(config, env, policy, optimizer, generator, reference)
+        lock = RunDirLock(d)
+        self._resources.lock = lock
+        made: Path | None = None  # the top directory this call created
+        marked = False
         try:
-            got = self._flock(create)
+            # An existing lock file is taken without writing to it; a new one is made only
+            # once every check has passed.
+            held = d.is_dir() and lock.acquire(create=False)
+            plan = self._inspect(run, allow_metrics_gap)
+            if not held:
+                made = _first_missing(d)
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    made = None
+                    raise NotADirectoryError(
+                        f"cannot create run_dir {d}: {err.strerror or err} (is a parent "
+                        "folder a file?); pass the path of a directory") from None
+                lock.acquire(create=True)
+                marked = True  # from here on the lock file is this call's to remove
+                if fingerprint(d) != plan["fingerprint"]:  # changed meanwhile
+                    plan = self._inspect(run, allow_metrics_gap)
+            lock.mark()
+            marked = True
+            remove_stale_temporaries(d)
+            step, rows = self._apply(run, plan)
+            self._record_runtime(runtime or {}, step)
         except BaseException:
-            self._unreserve()
+            metrics, self._resources.metrics = self._resources.metrics, None
+            if metrics is not None:
+                metrics.close()
+            lock.release(remove=marked)
+            self._resources.lock = None
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             raise
-        if not got:
-            self._unreserve()
-        return got
+        return step, rows
 
-    def _flock(self, create: bool) -> bool:
-        if fcntl is None:
-            return True
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-            except (FileNotFoundError, NotADirectoryError):
-                if create:
-                    raise
-                return False
-            except PermissionError as err:
-                raise PermissionError(
-                    f"cannot open {self.path} to lock {self.directory} ({err.strerror}): the "
-                    "run directory is not writable by you; copy it, or choose another "
-                    "run_dir (reading it with load_runs needs no lock)") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise RunDirLocked(
-                    f"{self.directory} is locked by another process ({holder}) that trains "
-                    "into it: one writer per run directory. Wait for it to finish or stop it, "
-                    "or choose another run_dir (reading it with load_runs needs no lock)"
-                ) from None
-            # Its holder may have removed the file between our open and our lock: then
-            # this descriptor locks a file nobody else will see; start again.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return True
-            os.close(fd)
+    def _inspect(self, run: _Run, allow_metrics_gap: bool) -> dict[str, Any]:
+        """Every check of an existing run directory, reading only."""
+        d = self.path
+        plan: dict[str, Any] = {"fingerprint": fingerprint(d) if d.is_dir() else None}
+        if not (d / CONFIG).exists():
+            # A new run (or one killed before its config was written: started again).
+            for obj in (run.env, run.policy):
+                json.dumps(obj.spec())  # a component that cannot be saved fails here
+            plan["fresh"] = True
+            return plan
+        # Options added to TrainConfig after the run was made take their defaults.
+        saved = {**TrainConfig.defaults(), **read_config(d)}
+        mine = run.config.to_dict()
+        diff = sorted(k for k in set(saved) | set(mine)
+                      if k not in self.NOT_COMPARED and saved.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(
+                f"{d} already holds a run with a different config (options {diff} differ); "
+                "choose a new run_dir, or continue that run with rlnb.train.resume(run_dir)"
+            )
+        self._check_components(run)
+        checkpoint = None
+        if (d / CHECKPOINT).exists():
+            checkpoint = Checkpoint(d / CHECKPOINT)
+            checkpoint.check_fits(run.policy)
+        reference = None
+        if run.reference is not None and checkpoint is not None:
+            reference = read_tensors(d / REFERENCE) if (d / REFERENCE).exists() else None
+            if reference is None:
+                raise FileNotFoundError(
+                    f"{d / REFERENCE} is missing: this run (beta > 0) needs its "
+                    "reference policy; restore the file, or start a new run directory")
+        step = checkpoint.step if checkpoint is not None else 0
+        metrics_path = d / METRICS
+        rows = [r for r in read_metrics(metrics_path) if r["step"] <= step]
+        missing = missing_steps(rows, step)
+        if missing and not allow_metrics_gap:
+            raise ValueError(
+                f"{metrics_path} lacks the rows of step(s) {describe_steps(missing)}, "
+                f"which the checkpoint (step {step}) already covers (a failed write?): "
+                "continuing would log a run with those steps missing. Pass "
+                "allow_metrics_gap=True (to Trainer or rlnb.train.resume) to continue "
+                "anyway, or start a new run directory")
+        plan.update(fresh=False, write_config=saved.get("max_steps") != mine.get("max_steps"),
+                    checkpoint=checkpoint, reference=reference, rows=rows)
+        return plan
 
-    def mark(self) -> None:
-        """Write the holder's process id (and host) into the lock file."""
-        if self._fd is None:
-            return
-        text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, text + b"\n", 0)
+    def _check_components(self, run: _Run) -> None:
+        """The sandbox and the policy given must be the ones the directory holds."""
+        d = self.path
+        for name, obj, what in (("env", run.env, "sandbox"), ("policy", run.policy, "policy")):
+            path = d / f"{name}.json"
+            saved = read_spec(path)
+            mine = json.loads(json.dumps(obj.spec()))
+            ignore = ("device",) if name == "policy" else ()  # where it runs, not what it is
+            if saved["class"] != mine["class"]:
+                problem = f"{path} holds a {saved['class']}, the {what} given is a {mine['class']}"
+            else:
+                a, b = saved.get("config", {}), mine.get("config", {})
+                keys = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+                problem = f"its options {keys} differ from {path}" if keys else ""
+            if not problem and name == "env":
+                tensor_path = d / "env.safetensors"
+                held = read_tensors(tensor_path) if tensor_path.exists() else {}
+                given = obj.get_tensors()
+                differ = sorted(k for k in set(held) | set(given)
+                                if k not in held or k not in given
+                                or not torch.equal(held[k], given[k].detach().cpu()))
+                if differ:
+                    problem = f"its data {differ} differ from {tensor_path}"
+            if problem:
+                raise ValueError(
+                    f"{d} holds a run on another {what} than the one given ({problem}); "
+                    f"continue that run with rlnb.train.resume({str(d)!r}), which rebuilds "
+                    f"its sandbox and policy from the directory, or choose a new run_dir for "
+                    f"this {what}")
 
-    def release(self, *, remove: bool = True) -> None:
-        """Let go (idempotent). ``remove`` deletes the lock file first (left in place when a
-        Trainer that wrote nothing gives up, so the directory is as it found it)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                if remove and os.path.samestat(os.fstat(fd), os.stat(self.path)):
-                    os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(fd)
-        if self._reserved:
-            self._unreserve()
-
-
-def _holder(fd: int) -> str:
-    """``pid 1234 on host`` from a lock file (a holder writes it just after locking)."""
-    for _ in range(20):
-        try:
-            info = json.loads(os.pread(fd, 4096, 0).decode() or "null")
-        except (OSError, ValueError):
-            info = None
-        if isinstance(info, dict) and "pid" in info:
-            return f"pid {info['pid']} on {info.get('host', 'this host')}"
-        time.sleep(0.01)
-    return "pid unknown"
-
-
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[str]:
-    """Delete the temporary files killed writes left in ``run_dir`` (call under the lock):
-    ``.<file>.tmp*`` of the files rlnb writes there, and safetensors' ``.tmpXXXXXX``."""
-    removed = []
-    for p in Path(run_dir).iterdir():
-        if stale_temporary(p.name, WRITTEN) and p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
-
-
-def fingerprint(run_dir: str | os.PathLike) -> tuple:
-    """What a Trainer checked in a run directory, to notice that it changed since."""
-    out = []
-    for name in WRITTEN:
-        try:
-            st = os.stat(Path(run_dir) / name)
-            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((name, None))
-    return tuple(out)
-
-
-# --- loading runs back ---------------------------------------------------------------
-def _expand(runs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    items = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if (p / CONFIG).exists():
-            out.append(p)
-        elif p.is_dir():  # a parent folder of runs
-            out.extend(sorted(c for c in p.iterdir() if (c / CONFIG).exists()))
+    def _apply(self, run: _Run, plan: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+        """Write a new run's files or load an existing run's state (under the lock)."""
+        d, fsync = self.path, self.fsync
+        metrics_path = d / METRICS
+        if plan["fresh"]:
+            save_component(run.env, d, "env", fsync=fsync)
+            save_component(run.policy, d, "policy", fsync=fsync)
+            if run.reference is not None:
+                atomic_save_safetensors(run.reference.state_dict(), d / REFERENCE, fsync=fsync)
+            self.save_config(run.config)
+            # step 0: the initial weights, so a resume never re-initialises
+            self.save_checkpoint(0, run.policy, run.optimizer, run.generator)
+            checkpoint = Checkpoint(d / CHECKPOINT)
+            reference = read_tensors(d / REFERENCE) if run.reference is not None else None
+            rows: list[dict[str, Any]] = []
         else:
-            out.extend(sorted(Path(m) for m in glob.glob(str(item)) if (Path(m) / CONFIG).exists()))
-    if not out:
-        raise FileNotFoundError(
-            f"no run directories found in {runs!r}: a run directory holds {CONFIG} and {METRICS}"
-        )
-    return out
+            if plan["write_config"]:
+                self.save_config(run.config)
+            checkpoint, reference, rows = plan["checkpoint"], plan["reference"], plan["rows"]
+        step = 0
+        if checkpoint is not None:
+            step = checkpoint.apply(policy=run.policy, optimizer=run.optimizer,
+                                    generator=run.generator)
+            if run.reference is not None and reference is not None:
+                run.reference.load_state_dict(reference)
+        # Drop a partial last line and the rows of steps the checkpoint does not hold.
+        if metrics_path.exists():
+            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode(),
+                               fsync=fsync)
+        self._resources.metrics = MetricsWriter(metrics_path, fsync=fsync)
+        return step, rows
+
+    def _record_runtime(self, now: dict[str, Any], step: int) -> None:
+        """Write runtime.json; warn when a run continues under another runtime (its later
+        steps then differ in the last bits from those of a run that never stopped)."""
+        path = self.path / RUNTIME
+        try:
+            before = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            before = None
+        if isinstance(before, dict) and step > 0:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if changed:
+                warnings.warn(
+                    f"{self.path} continues at step {step} under another runtime than it ran "
+                    f"with ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed)}); "
+                    "the following steps will not be bitwise those of an uninterrupted run. "
+                    "Set TrainConfig.torch_threads (or RLNB_NATIVE, ATEN_CPU_CAPABILITY) as "
+                    "before to repeat its numbers exactly", stacklevel=4)
+        atomic_write_bytes(path, json.dumps(now, indent=2).encode(), fsync=self.fsync)
+
+    # --- writing ----------------------------------------------------------------------
+    def writable(self) -> Path:
+        """The directory's path, when this object holds its lock (else a clear error)."""
+        if not self.held:
+            raise RuntimeError(
+                f"the run directory {self.path} was closed and its lock released, so "
+                f"nothing can be written there any more; continue the run with "
+                f"rlnb.train.resume({str(self.path)!r})")
+        return self.path
+
+    def append(self, metrics: dict[str, Any]) -> None:
+        """Append one step's metrics line (flushed, and synced with ``fsync``)."""
+        self.writable()
+        self._resources.metrics.write(metrics)
+
+    def append_rollouts(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows (JSON objects) to ``rollouts.jsonl``."""
+        lines = "".join(json.dumps(r) + "\n" for r in rows)
+        with open(self.writable() / ROLLOUTS, "a", encoding="utf-8") as f:
+            f.write(lines)
+
+    def save_checkpoint(self, step: int, policy: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+        """Replace the checkpoint with ``step``'s (atomically)."""
+        save_checkpoint(self.writable() / CHECKPOINT, step=step, policy=policy,
+                        optimizer=optimizer, generator=generator, fsync=self.fsync)
+
+    def save_config(self, config: TrainConfig) -> None:
+        """Replace ``config.json`` with ``config`` (atomically)."""
+        atomic_write_bytes(self.writable() / CONFIG, config.to_json().encode(), fsync=self.fsync)
+
+    def close(self) -> None:
+        """Close the metrics file and release the lock (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def load_runs(
-    runs: str | os.PathLike | Iterable[str | os.PathLike], *, wide: bool = False
-) -> pd.DataFrame:
-    """Load the metrics of one or many runs into one DataFrame.
+def numbered_run(root: str | os.PathLike, label: str) -> Path:
+    """``root/NNN-label``: the path of the next run in a folder of numbered runs (the
+    smallest number from 001 up that no run directory in ``root`` uses yet)."""
+    root = Path(root)
+    index = 1
+    while any(root.glob(f"{index:03d}-*")):
+        index += 1
+    return root / f"{index:03d}-{label}"
 
-    Args:
-        runs: a run directory, a folder of run directories, a glob, or a list of them.
-        wide: one column per metric instead of the tidy ``metric, value`` pair.
 
-    Returns:
-        Tidy: ``run, step, metric, value`` plus ``seed`` and one column for every config
-        option whose value differs between the loaded runs (the sweep's axes). The
-        ``run`` column is the run directory's name. In the wide form a config column whose
-        name is also a metric's (``learning_rate``) is called ``config/<name>``.
+class _Run:
+    """What :meth:`RunDir.open` checks and restores, in one bundle."""
 
-    >>> df = load_runs("runs/")                         # doctest: +SKIP
-    >>> df[df.metric == "reward"].groupby("step").value.mean()  # doctest: +SKIP
-    """
-    dirs = _expand(runs)
-    configs = {d: read_config(d) for d in dirs}
-    keys = sorted({k for c in configs.values() for k in c})
-    varying = [
-        k for k in keys
-        if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1
-    ]
-    frames = []
-    for d in dirs:
-        rows = read_metrics(d / METRICS)
-        if not rows:
-            continue
-        df = pd.DataFrame(rows)
-        df = df.melt(id_vars="step", var_name="metric", value_name="value")
-        df["value"] = pd.to_numeric(df["value"], errors="coerce")
-        df.insert(0, "run", d.name)
-        for k in ["seed", *[v for v in varying if v != "seed"]]:
-            val = configs[d].get(k)
-            df[k] = json.dumps(val) if isinstance(val, (list, dict)) else val
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=["run", "step", "metric", "value"])
-    out = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
-    out = out.sort_values(["run", "step", "metric"], kind="stable").reset_index(drop=True)
-    if wide:
-        # a config column named like a metric (learning_rate) becomes config/<name>
-        clash = {c: f"config/{c}" for c in out.columns
-                 if c not in ("run", "step") and c in set(out["metric"])}
-        out = out.rename(columns=clash)
-        index = [c for c in out.columns if c not in ("metric", "value")]
-        metrics = sorted(set(out["metric"]))
-        # dropna=False keeps runs whose sweep value is None (e.g. epsilon_high=None)
-        out = out.pivot_table(index=index, columns="metric", values="value", sort=True,
-                              dropna=False)
-        out = out.dropna(how="all", subset=metrics).reset_index()
-        out.columns.name = None
-    return out
+    def __init__(self, config, env, policy, optimizer, generator, reference) -> None:
+        self.config, self.env, self.policy = config, env, policy
+        self.optimizer, self.generator, self.reference = optimizer, generator, reference
+
+
+class _Resources:
+    """An open run directory's lock and metrics file."""
+
+    def __init__(self) -> None:
+        self.lock: RunDirLock | None = None
+        self.metrics: MetricsWriter | None = None
+
+    def close(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        lock, self.lock = self.lock, None
+        try:
+            if metrics is not None:
+                metrics.close()
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    top = None
+    while not path.exists():
+        top, parent = path, path.parent
+        if parent == path:
+            break
+        path = parent
+    return top

@@ -29,32 +29,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import os
-import shutil
 import time
-import warnings
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-import rlnb.envs  # noqa: F401 - defines (registers) rlnb's sandboxes before load_component
-import rlnb.policies  # noqa: F401 - and its policies
 from rlnb import rl
+from rlnb import threads as thread_rules
 from rlnb.policies.base import Policy, Rollout
-from rlnb.policies.lm.fast import replay as lm_replay
-from rlnb.serialization import (
-    atomic_save_safetensors,
-    atomic_write_bytes,
-    load_component,
-    read_spec,
-    read_tensors,
-    save_component,
-)
 from rlnb.train import allocator, rundir
 from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig
@@ -63,6 +49,9 @@ Callback = Callable[["Trainer", dict[str, Any]], "dict[str, Any] | None"]
 """A callback sees the trainer and the step's metrics after the update; a dict it returns
 is merged into the metrics before they are logged. ``trainer.stop()`` ends training after
 the current step."""
+
+StopCheck = Callable[[], bool]
+"""Asked before each step of :meth:`Trainer.run`; True ends the run there."""
 
 
 class Trainer:
@@ -94,10 +83,6 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         allow_metrics_gap: bool = False,
     ) -> None:
-        # What a run directory needs closed (its lock, the metrics file) lives apart from
-        # the Trainer, so that garbage collection of the Trainer releases it too.
-        self._resources = _RunResources()
-        self._finalizer = weakref.finalize(self, self._resources.close)
         self.policy, self.env = policy, env
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(
@@ -107,7 +92,6 @@ class Trainer:
         self.config.validate()
         check_pair(policy, env)
         self.callbacks = list(callbacks)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._stop = False
@@ -117,8 +101,19 @@ class Trainer:
         self._loss_fn = rl.get_policy_loss_fn(self.config.policy_loss)
         self._loss_options = self._select_loss_options()
         rl.get_advantage_fn(self.config.advantage)  # fail now on a typo, not at step 1
-        if self.run_dir is not None:
-            self._open_run_dir(allow_metrics_gap)
+        #: The run directory (:class:`rlnb.train.rundir.RunDir`), or None in memory.
+        self.directory = (rundir.RunDir(run_dir, fsync=self.config.fsync)
+                          if run_dir is not None else None)
+        if self.directory is not None:
+            self.step, self.history = self.directory.open(
+                config=self.config, env=self.env, policy=self.policy,
+                optimizer=self.optimizer, generator=self.generator, reference=self.reference,
+                runtime=self.runtime(), allow_metrics_gap=allow_metrics_gap)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory's path (None when the run lives in memory only)."""
+        return self.directory.path if self.directory is not None else None
 
     # --- set-up -------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -158,166 +153,6 @@ class Trainer:
         accepted = inspect.signature(self._loss_fn).parameters
         return {k: v for k, v in available.items() if k in accepted}
 
-    #: Config options that do not define a run: a run directory continues with others.
-    NOT_COMPARED = frozenset({"max_steps", "progress_bar", "torch_threads",
-                              "keep_freed_memory", "fsync"})
-
-    def _open_run_dir(self, allow_metrics_gap: bool) -> None:
-        """Lock the run directory, check everything in it, then write (in that order: a
-        refused directory is left exactly as it was found)."""
-        d = self.run_dir
-        assert d is not None
-        if d.exists() and not d.is_dir():
-            raise NotADirectoryError(
-                f"run_dir {d} is a file, not a directory: pass the path of a directory "
-                "(it is created when missing)")
-        lock = rundir.RunDirLock(d)
-        self._resources.lock = lock
-        made: Path | None = None  # the top directory this call created
-        marked = False
-        try:
-            # An existing lock file is taken without writing to it; a new one is made only
-            # once every check has passed.
-            held = d.is_dir() and lock.acquire(create=False)
-            plan = self._inspect_run_dir(allow_metrics_gap)
-            if not held:
-                made = _first_missing(d)
-                try:
-                    d.mkdir(parents=True, exist_ok=True)
-                except OSError as err:
-                    made = None
-                    raise NotADirectoryError(
-                        f"cannot create run_dir {d}: {err.strerror or err} (is a parent "
-                        "folder a file?); pass the path of a directory") from None
-                lock.acquire(create=True)
-                marked = True  # from here on the lock file is this call's to remove
-                if rundir.fingerprint(d) != plan["fingerprint"]:  # changed meanwhile
-                    plan = self._inspect_run_dir(allow_metrics_gap)
-            lock.mark()
-            marked = True
-            rundir.remove_stale_temporaries(d)
-            self._apply_run_dir(plan)
-        except BaseException:
-            metrics, self._resources.metrics = self._resources.metrics, None
-            if metrics is not None:
-                metrics.close()
-            lock.release(remove=marked)
-            self._resources.lock = None
-            if made is not None:
-                shutil.rmtree(made, ignore_errors=True)
-            raise
-
-    def _inspect_run_dir(self, allow_metrics_gap: bool) -> dict[str, Any]:
-        """Every check of an existing run directory, reading only."""
-        d = self.run_dir
-        assert d is not None
-        plan: dict[str, Any] = {"fingerprint": rundir.fingerprint(d) if d.is_dir() else None}
-        if not (d / rundir.CONFIG).exists():
-            # A new run (or one killed before its config was written: started again).
-            for obj in (self.env, self.policy):
-                json.dumps(obj.spec())  # a component that cannot be saved fails here
-            plan["fresh"] = True
-            return plan
-        # Options added to TrainConfig after the run was made take their defaults.
-        saved = {**TrainConfig.defaults(), **rundir.read_config(d)}
-        mine = self.config.to_dict()
-        diff = sorted(k for k in set(saved) | set(mine)
-                      if k not in self.NOT_COMPARED and saved.get(k) != mine.get(k))
-        if diff:
-            raise ValueError(
-                f"{d} already holds a run with a different config (options {diff} differ); "
-                "choose a new run_dir, or continue that run with rlnb.train.resume(run_dir)"
-            )
-        self._check_components(d)
-        checkpoint = None
-        if (d / rundir.CHECKPOINT).exists():
-            checkpoint = rundir.Checkpoint(d / rundir.CHECKPOINT)
-            checkpoint.check_fits(self.policy)
-        reference = None
-        if self.reference is not None and checkpoint is not None:
-            reference = read_tensors(d / rundir.REFERENCE) if (d / rundir.REFERENCE).exists() \
-                else None
-            if reference is None:
-                raise FileNotFoundError(
-                    f"{d / rundir.REFERENCE} is missing: this run (beta > 0) needs its "
-                    "reference policy; restore the file, or start a new run directory")
-        step = checkpoint.step if checkpoint is not None else 0
-        metrics_path = d / rundir.METRICS
-        rows = [r for r in rundir.read_metrics(metrics_path) if r["step"] <= step]
-        missing = rundir.missing_steps(rows, step)
-        if missing and not allow_metrics_gap:
-            raise ValueError(
-                f"{metrics_path} lacks the rows of step(s) {rundir.describe_steps(missing)}, "
-                f"which the checkpoint (step {step}) already covers (a failed write?): "
-                "continuing would log a run with those steps missing. Pass "
-                "allow_metrics_gap=True (to Trainer or rlnb.train.resume) to continue "
-                "anyway, or start a new run directory")
-        plan.update(fresh=False, write_config=saved.get("max_steps") != mine.get("max_steps"),
-                    checkpoint=checkpoint, reference=reference, rows=rows)
-        return plan
-
-    def _check_components(self, d: Path) -> None:
-        """The sandbox and the policy given must be the ones the directory holds."""
-        for name, obj, what in (("env", self.env, "sandbox"), ("policy", self.policy, "policy")):
-            path = d / f"{name}.json"
-            saved = read_spec(path)
-            mine = json.loads(json.dumps(obj.spec()))
-            ignore = ("device",) if name == "policy" else ()  # where it runs, not what it is
-            if saved["class"] != mine["class"]:
-                problem = f"{path} holds a {saved['class']}, the {what} given is a {mine['class']}"
-            else:
-                a, b = saved.get("config", {}), mine.get("config", {})
-                keys = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
-                problem = f"its options {keys} differ from {path}" if keys else ""
-            if not problem and name == "env":
-                tensor_path = d / "env.safetensors"
-                held = read_tensors(tensor_path) if tensor_path.exists() else {}
-                given = obj.get_tensors()
-                differ = sorted(k for k in set(held) | set(given)
-                                if k not in held or k not in given
-                                or not torch.equal(held[k], given[k].detach().cpu()))
-                if differ:
-                    problem = f"its data {differ} differ from {tensor_path}"
-            if problem:
-                raise ValueError(
-                    f"{d} holds a run on another {what} than the one given ({problem}); "
-                    f"continue that run with rlnb.train.resume({str(d)!r}), which rebuilds "
-                    f"its sandbox and policy from the directory, or choose a new run_dir for "
-                    f"this {what}")
-
-    def _apply_run_dir(self, plan: dict[str, Any]) -> None:
-        """Write a new run's files or load an existing run's state (under the lock)."""
-        d, fsync = self.run_dir, self.config.fsync
-        assert d is not None
-        config_path, metrics_path = d / rundir.CONFIG, d / rundir.METRICS
-        if plan["fresh"]:
-            save_component(self.env, d, "env", fsync=fsync)
-            save_component(self.policy, d, "policy", fsync=fsync)
-            if self.reference is not None:
-                atomic_save_safetensors(self.reference.state_dict(), d / rundir.REFERENCE,
-                                        fsync=fsync)
-            atomic_write_bytes(config_path, self.config.to_json().encode(), fsync=fsync)
-            self.save_checkpoint()  # step 0: the initial weights, so a resume never re-inits
-            checkpoint = rundir.Checkpoint(d / rundir.CHECKPOINT)
-            reference = read_tensors(d / rundir.REFERENCE) if self.reference is not None else None
-            rows: list[dict[str, Any]] = []
-        else:
-            if plan["write_config"]:
-                atomic_write_bytes(config_path, self.config.to_json().encode(), fsync=fsync)
-            checkpoint, reference, rows = plan["checkpoint"], plan["reference"], plan["rows"]
-        if checkpoint is not None:
-            self.step = checkpoint.apply(policy=self.policy, optimizer=self.optimizer,
-                                         generator=self.generator)
-            if self.reference is not None and reference is not None:
-                self.reference.load_state_dict(reference)
-        # Drop a partial last line and the rows of steps the checkpoint does not hold.
-        if metrics_path.exists():
-            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode(),
-                               fsync=fsync)
-        self.history = rows
-        self._resources.metrics = rundir.MetricsWriter(metrics_path, fsync=fsync)
-        self._record_runtime(d)
-
     def runtime(self) -> dict[str, Any]:
         """What a step's numbers depend on besides the config and the weights, resolved on
         this machine: thread counts, torch's CPU kernel set and version, the policy's
@@ -331,36 +166,12 @@ class Trainer:
             **self.policy.runtime_info(),
         }
 
-    def _record_runtime(self, d: Path) -> None:
-        """Write runtime.json; warn when a run continues under another runtime (its later
-        steps then differ in the last bits from those of a run that never stopped)."""
-        now, path = self.runtime(), d / rundir.RUNTIME
-        try:
-            before = json.loads(path.read_text()) if path.exists() else None
-        except (OSError, ValueError):
-            before = None
-        if isinstance(before, dict) and self.step > 0:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            if changed:
-                warnings.warn(
-                    f"{d} continues at step {self.step} under another runtime than it ran "
-                    f"with ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed)}); "
-                    "the following steps will not be bitwise those of an uninterrupted run. "
-                    "Set TrainConfig.torch_threads (or RLNB_NATIVE, ATEN_CPU_CAPABILITY) as "
-                    "before to repeat its numbers exactly", stacklevel=3)
-        atomic_write_bytes(path, json.dumps(now, indent=2).encode(), fsync=self.config.fsync)
-
-    def _writable(self) -> Path:
+    def _writable(self) -> rundir.RunDir:
         """The run directory, when this Trainer holds its lock (else a clear error)."""
-        if self.run_dir is None:
+        if self.directory is None:
             raise ValueError("this trainer has no run_dir; pass run_dir=... to save checkpoints")
-        lock = self._resources.lock
-        if lock is None or not lock.held:
-            raise RuntimeError(
-                f"this Trainer was closed and no longer holds the lock of {self.run_dir}, so "
-                f"it cannot write there; continue the run with "
-                f"rlnb.train.resume({str(self.run_dir)!r})")
-        return self.run_dir
+        self.directory.writable()
+        return self.directory
 
     def __enter__(self) -> Trainer:
         return self
@@ -417,20 +228,51 @@ class Trainer:
             return df
         return df.melt(id_vars="step", var_name="metric", value_name="value")
 
-    def train(self, max_steps: int | None = None) -> pd.DataFrame:
-        """Run until ``max_steps`` (default: the config's) and return the wide metrics."""
-        from tqdm.auto import tqdm
+    # --- stepping ---------------------------------------------------------------------
+    def steps(self, until: int | None = None) -> Iterator[dict[str, Any]]:
+        """Step the run, yielding each step's metrics, until step ``until`` (default: the
+        config's ``max_steps``, read before every step, so a live change counts) or
+        :meth:`stop`.
 
-        total = self.config.max_steps if max_steps is None else max_steps
+        The run's thread settings (:meth:`thread_settings`) hold from the first step until
+        the iterator ends or is closed; between two steps the caller may read the Trainer
+        and :meth:`update_config` it. This is the loop :meth:`run` and the dashboards
+        drive; close an iterator left unfinished (``contextlib.closing``) to restore the
+        thread settings at once.
+
+        >>> import torch
+        >>> from rlnb.envs import StrategyBandit
+        >>> from rlnb.policies import TabularPolicy
+        >>> env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+        >>> t = Trainer(TabularPolicy.for_env(env, shared=True), env,
+        ...             TrainConfig(max_steps=3, num_generations=4, progress_bar=False))
+        >>> [m["step"] for m in t.steps()]
+        [1, 2, 3]
+        """
         self._stop = False
-        bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
-                   desc="training", unit="step", leave=True)
         if self.config.keep_freed_memory and _on_cpu(self.policy):
             allocator.keep_freed_memory()
+        with self.thread_settings():
+            while not self._stop and self.step < (self.config.max_steps if until is None
+                                                  else until):
+                yield self.train_step()
+
+    def run(self, until: int | None = None, *, should_stop: StopCheck | None = None
+            ) -> pd.DataFrame:
+        """Train until step ``until`` (default: the config's ``max_steps``), :meth:`stop`,
+        or ``should_stop()`` returning True before a step; returns the wide metrics. A
+        progress bar shows when ``config.progress_bar`` is on."""
+        from tqdm.auto import tqdm
+
+        total = self.config.max_steps if until is None else until
+        bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar,
+                   desc="training", unit="step", leave=True)
         try:
-            with self.thread_settings():
-                while self.step < total and not self._stop:
-                    metrics = self.train_step()
+            with contextlib.closing(self.steps(until)) as steps:
+                while should_stop is None or not should_stop():
+                    metrics = next(steps, None)
+                    if metrics is None:
+                        break
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}",
                                     entropy=f"{metrics['entropy']:.3f}", refresh=False)
@@ -438,25 +280,27 @@ class Trainer:
             bar.close()
         return self.metrics_frame()
 
+    def train(self, max_steps: int | None = None) -> pd.DataFrame:
+        """Run until ``max_steps`` (default: the config's) and return the wide metrics."""
+        return self.run(max_steps)
+
     @contextlib.contextmanager
-    def thread_settings(self):
+    def thread_settings(self) -> Iterator[None]:
         """The thread counts of the run while stepping (``torch_threads`` resolved,
         ``matmul_threads``), restored afterwards. Settings of the run, never chosen by
-        timing or load: :meth:`train` and the dashboards step inside it."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads())
-        try:
-            with lm_replay.matmul_threads(self.config.matmul_threads):
-                yield
-        finally:
-            torch.set_num_threads(before)
+        timing or load (:mod:`rlnb.threads`)."""
+        with thread_rules.torch_threads(self.threads()), \
+                thread_rules.matmul_threads(self.config.matmul_threads):
+            yield
 
     def threads(self) -> int:
-        """The CPU thread count training uses (``TrainConfig.torch_threads``, resolved)."""
+        """The CPU thread count training uses (``TrainConfig.torch_threads``, else
+        :func:`rlnb.threads.default_threads` for the policy's size and device)."""
         if self.config.torch_threads is not None:
             return self.config.torch_threads
-        n_params = sum(p.numel() for p in self.policy.parameters())
-        return 1 if n_params < 1_000_000 else torch.get_num_threads()
+        params = list(self.policy.parameters())
+        device = params[0].device if params else "cpu"
+        return thread_rules.default_threads(sum(p.numel() for p in params), device)
 
     # --- one step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -582,20 +426,19 @@ class Trainer:
         return metrics
 
     def _persist(self, metrics, rollout, rewards, advantages) -> None:
-        c = self.config
-        self._writable()
-        self._resources.metrics.write(metrics)  # first the metrics line, then the checkpoint
+        c, d = self.config, self._writable()
+        d.append(metrics)  # first the metrics line, then the checkpoint
         if c.log_rollouts_steps and self.step % c.log_rollouts_steps == 0:
-            self._log_rollouts(rollout, rewards, advantages)
+            d.append_rollouts(self._rollout_rows(rollout, rewards, advantages))
         if self.step % c.save_steps == 0 or self.step == c.max_steps:
             self.save_checkpoint()
 
-    def _log_rollouts(self, rollout: Rollout, rewards, advantages) -> None:
-        assert self.run_dir is not None
+    def _rollout_rows(self, rollout: Rollout, rewards, advantages) -> list[dict[str, Any]]:
+        """The first ``log_rollouts_count`` completions of a step, as rows to log."""
         k = min(self.config.log_rollouts_count, len(rollout))
         decode = getattr(self.policy, "decode", None)
         texts = decode(rollout)[:k] if callable(decode) else None
-        lines = []
+        rows = []
         for i in range(k):
             row = {
                 "step": self.step,
@@ -606,103 +449,31 @@ class Trainer:
             }
             if texts is not None:
                 row["completion"] = texts[i]
-            lines.append(json.dumps(row) + "\n")
-        with open(self.run_dir / rundir.ROLLOUTS, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
+            rows.append(row)
+        return rows
 
     def save_checkpoint(self) -> None:
         """Checkpoint the current step (policy, optimiser and sampler state)."""
-        d = self._writable()
-        rundir.save_checkpoint(d / rundir.CHECKPOINT, step=self.step,
-                               policy=self.policy, optimizer=self.optimizer,
-                               generator=self.generator, fsync=self.config.fsync)
+        self._writable().save_checkpoint(self.step, self.policy, self.optimizer, self.generator)
 
     def save_config(self) -> None:
         """Write the config in force (live changes included) to the run's config.json."""
-        d = self._writable()
-        atomic_write_bytes(d / rundir.CONFIG, self.config.to_json().encode(),
-                           fsync=self.config.fsync)
+        self._writable().save_config(self.config)
+
+    def save(self) -> None:
+        """Leave the run directory able to resume exactly here: the checkpoint of this
+        step and the config in force (live changes included). Dashboards call it when
+        they pause or stop a run."""
+        self.save_checkpoint()
+        self.save_config()
 
     def close(self) -> None:
         """Close the metrics file and release the run directory (idempotent). The Trainer
         can still be inspected; writing to the run needs ``rlnb.train.resume``."""
-        self._finalizer()
-
-
-class _RunResources:
-    """A Trainer's open run directory: the lock and the metrics file."""
-
-    def __init__(self) -> None:
-        self.lock: rundir.RunDirLock | None = None
-        self.metrics: rundir.MetricsWriter | None = None
-
-    def close(self) -> None:
-        metrics, self.metrics = self.metrics, None
-        lock, self.lock = self.lock, None
-        try:
-            if metrics is not None:
-                metrics.close()
-        finally:
-            if lock is not None:
-                lock.release()
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
-    top = None
-    while not path.exists():
-        top, parent = path, path.parent
-        if parent == path:
-            break
-        path = parent
-    return top
+        if self.directory is not None:
+            self.directory.close()
 
 
 def _on_cpu(policy: Policy) -> bool:
     """Whether the policy's parameters live on the CPU (all of them, or it has none)."""
     return all(p.device.type == "cpu" for p in policy.parameters())
-
-
-def load_run(run_dir: str | os.PathLike) -> tuple[Policy, Any, TrainConfig]:
-    """Rebuild ``(policy, env, config)`` of a run directory, with the policy's weights
-    from its last checkpoint (or its initial weights when it has none)."""
-    d = Path(run_dir)
-    config = rundir.load_config(d)
-    env = load_component(d, "env")
-    policy = load_component(d, "policy")
-    if (d / rundir.CHECKPOINT).exists():
-        rundir.load_checkpoint(d / rundir.CHECKPOINT, policy=policy)
-    return policy, env, config
-
-
-def resume(
-    run_dir: str | os.PathLike,
-    *,
-    max_steps: int | None = None,
-    callbacks: Sequence[Callback] = (),
-    progress_bar: bool | None = None,
-    allow_metrics_gap: bool = False,
-) -> Trainer:
-    """Continue a run from its directory after a crash or a stop, and return its trainer
-    (closed: the run directory's lock is released).
-
-    The sandbox, policy, config, optimiser state and sampler state all come from
-    ``run_dir``; the step counter continues where the last checkpoint left it, and the
-    steps after it are re-run to the same numbers. ``max_steps`` extends the run.
-    ``allow_metrics_gap`` continues even when ``metrics.jsonl`` lacks rows of steps the
-    checkpoint covers. Only classes rlnb defines, or that were registered with
-    :func:`rlnb.serialization.register_serializable`, are rebuilt: nothing is imported
-    because the directory names it.
-    """
-    d = Path(run_dir)
-    config = rundir.load_config(d)
-    if max_steps is not None:
-        config.max_steps = max_steps
-    if progress_bar is not None:
-        config.progress_bar = progress_bar
-    env = load_component(d, "env")
-    policy = load_component(d, "policy")
-    with Trainer(policy, env, config, run_dir=d, callbacks=callbacks,
-                 allow_metrics_gap=allow_metrics_gap) as trainer:
-        trainer.train()
-    return trainer

@@ -748,11 +748,11 @@ def test_replayed_backward_uses_the_configured_thread_count_never_timing(n, monk
     """The large products of the replayed backward run on exactly ``matmul_threads``
     threads, whatever the timing (a product is not bitwise the same on 1 and 2 threads):
     the same rollout gives bitwise the same gradients every time."""
-    from rlnb.policies.lm.fast import replay as lm_replay
+    from rlnb import threads
 
     counts = []
     real = torch.set_num_threads
-    monkeypatch.setattr(lm_replay.torch, "set_num_threads",
+    monkeypatch.setattr(threads.torch, "set_num_threads",
                         lambda k: (counts.append(k), real(k))[1])
     grads = []
     before = torch.get_num_threads()
@@ -762,7 +762,7 @@ def test_replayed_backward_uses_the_configured_thread_count_never_timing(n, monk
             pi = _eos_friendly(_policy(max_new_tokens=10), scale=0.2)
             r = pi.rollout(Prompts(["1+2=", "12+34="] * 8), torch.arange(16), 8,
                            generator=_gen(5), keep_activations=True)
-            with lm_replay.matmul_threads(n):
+            with threads.matmul_threads(n):
                 lp, _ = pi.log_probs(r)
                 (lp.sum()).backward()
             grads.append([p.grad.clone() for p in pi.model.parameters()])

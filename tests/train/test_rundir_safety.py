@@ -269,7 +269,7 @@ def test_metrics_lines_and_checkpoints_are_fsynced_before_they_count(tmp_path, m
         monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(os.readlink(
             f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd), real(fd))[1])
         t.config.fsync = fsync
-        t._resources.metrics.fsync = fsync
+        t.directory.fsync = fsync
         t.train(3)
         monkeypatch.undo()
     if not fsync:

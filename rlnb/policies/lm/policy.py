@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rlnb import threads
 from rlnb.policies.base import Policy, Rollout, validate_sampling_args
 from rlnb.policies.lm import hidden, sampling, scoring
 from rlnb.policies.lm.fast import FastEngine, fast_engine_support
@@ -401,9 +402,8 @@ class LMPolicy(Policy):
     def _sample(self, seqs: Sequence[Sequence[int]], n: int, temperature: float,
                 generator: torch.Generator | None, T: int,
                 keep_activations: bool = False) -> dict[str, Any]:
-        # Same rule as the trainer's: a model under a million parameters samples on one
-        # CPU thread (sampling.sample).
-        one_thread = self.device.type == "cpu" and self._num_params < 1_000_000
+        # The trainer's rule (rlnb.threads): a small model samples on one CPU thread.
+        one_thread = threads.is_small(self._num_params, self.device)
         tape = self._fast.new_tape(temperature) if keep_activations else None
         return sampling.sample(
             self._stepper, seqs, n, T, temperature=temperature, generator=generator,

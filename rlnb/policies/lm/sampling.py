@@ -22,6 +22,7 @@ import torch
 
 from rlnb.policies.lm import fast
 from rlnb.policies.lm.layout import left_pad, positions
+from rlnb.threads import torch_threads
 
 # Pre-draw the sampling noise of a whole rollout at once when it is at most this many
 # numbers (one call instead of one per token); larger vocabularies draw per step.
@@ -87,19 +88,12 @@ def sample(
     takes ``keep`` (rows to go on with) and finished rows leave the batch. ``one_thread``:
     run on one thread (a tiny model's token-by-token loop is many small ops: on CPU one
     thread runs it faster than several, which mostly wait on each other)."""
-    threads_before = torch.get_num_threads()
-    if one_thread and threads_before != 1:
-        torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            out = _sample_loop(stepper, seqs, n, T, temperature, generator, top_p, pad_id,
-                               eos_ids, eos_t, vocab_size, device, compact, tape)
-        # Inference tensors cannot enter autograd later (log_probs embeds input_ids):
-        # hand out ordinary copies.
-        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-    finally:
-        if one_thread and threads_before != 1:
-            torch.set_num_threads(threads_before)
+    with torch_threads(1 if one_thread else None), torch.inference_mode():
+        out = _sample_loop(stepper, seqs, n, T, temperature, generator, top_p, pad_id,
+                           eos_ids, eos_t, vocab_size, device, compact, tape)
+    # Inference tensors cannot enter autograd later (log_probs embeds input_ids): hand
+    # out ordinary copies.
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 
 def _sample_loop(stepper, seqs, n, T, temperature, generator, top_p, pad_id, eos_ids, eos_t,

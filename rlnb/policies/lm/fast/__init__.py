@@ -23,6 +23,6 @@ Files, each a layer on the ones before it:
 from rlnb.policies.lm.fast.engine import FastEngine
 from rlnb.policies.lm.fast.forward import fast_engine_support
 from rlnb.policies.lm.fast.native import kernels, status
-from rlnb.policies.lm.fast.replay import matmul_threads
+from rlnb.threads import matmul_threads
 
 __all__ = ["FastEngine", "fast_engine_support", "kernels", "matmul_threads", "status"]

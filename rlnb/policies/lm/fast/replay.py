@@ -25,7 +25,6 @@ scores with the forward pass.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from rlnb.policies.lm.fast.attention import (
 )
 from rlnb.policies.lm.fast.forward import LLAMA_LIKE, activation
 from rlnb.policies.lm.fast.rmsnorm import norm_backward, norm_forward
+from rlnb.threads import current_matmul_threads, torch_threads
 
 
 class Tape:
@@ -156,40 +156,16 @@ def _add(grads: dict[int, torch.Tensor], p: torch.Tensor | None, g: torch.Tensor
     grads[key] = g if key not in grads else grads[key] + g
 
 
-_MATMUL_THREADS = 1  # what the trainer sets (matmul_threads): TrainConfig.matmul_threads
 _MM_MIN_WORK = 1 << 20  # multiply-adds below which a product runs on torch's current count
 
 
-@contextlib.contextmanager
-def matmul_threads(n: int):
-    """Run the backward pass's large matrix products (``_MM_MIN_WORK`` multiply-adds and
-    more) on ``n`` threads while the rest of the work stays on torch's current count.
-
-    The count is a setting, never chosen by timing: a product is not bitwise the same on
-    1 and 2 threads, so a choice made by the load of the machine would change a run's
-    numbers. The trainer passes ``TrainConfig.matmul_threads``."""
-    global _MATMUL_THREADS
-    before = _MATMUL_THREADS
-    _MATMUL_THREADS = max(1, int(n))
-    try:
-        yield
-    finally:
-        _MATMUL_THREADS = before
-
-
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b``, a large one on the configured thread count (:func:`matmul_threads`)."""
-    threads = _MATMUL_THREADS
+    """``a @ b``; one of ``_MM_MIN_WORK`` multiply-adds or more on the configured thread
+    count (:func:`rlnb.threads.matmul_threads`), the rest on torch's current count."""
     if a.shape[0] * a.shape[1] * b.shape[1] < _MM_MIN_WORK:
         return a @ b
-    before = torch.get_num_threads()
-    if before == threads:
+    with torch_threads(current_matmul_threads()):
         return a @ b
-    torch.set_num_threads(threads)
-    try:
-        return a @ b
-    finally:
-        torch.set_num_threads(before)
 
 
 def _every_prompt_position(x: torch.Tensor, G: int, Lp: int) -> torch.Tensor:
