@@ -85,7 +85,13 @@ from analysis.base import Check
 from rlnb.policies import LMPolicy, pretrain_base
 from rlnb.probes import boundary, default_ks, pass_at_k_curve
 from rlnb.probes.evaluate import sample_counts
-from rlnb.recipes import FACTOR_PRETRAIN, factor_grpo_config, factor_split
+from rlnb.recipes import (
+    FACTOR_PRETRAIN,
+    crossing_k,
+    divisor_answer_share,
+    factor_grpo_config,
+    factor_split,
+)
 from rlnb.train import Trainer
 from rlnb.viz import PALETTE, add_line_with_band, style_figure
 from rlnb.viz.probes import CATEGORY_COLORS
@@ -109,28 +115,9 @@ def _answer_shares(samples: Any, top: int = 10) -> dict[str, float]:
     return {a: m / total for a, m in counts.most_common(top)}
 
 
-def _p3(held_out: Any, samples: Any) -> tuple[float, float]:
-    """P(answer "3") on the problems 3 divides, and on the others."""
-    hit, miss = [], []
-    for i, row in enumerate(samples):
-        share = sum(s.strip() == "3" for s in row) / len(row)
-        (hit if held_out.n(i) % 3 == 0 else miss).append(share)
-    return float(np.mean(hit)), float(np.mean(miss))
-
-
 def _token_mean(df: Any) -> float:
     """Per-token entropy over all samples (problems weighted by their tokens)."""
     return float(np.average(df["token_entropy"], weights=df["mean_length"]))
-
-
-def _crossing_k(ks: list[int], base: list[float], rl: list[float]) -> float | None:
-    """The k where the base curve overtakes RL (log-linear interpolation), or None."""
-    d = np.asarray(rl) - np.asarray(base)  # > 0 where RL leads
-    for j in range(1, len(ks)):
-        if d[j - 1] > 0 >= d[j]:
-            lo, hi = np.log2(ks[j - 1]), np.log2(ks[j])
-            return float(2 ** (lo + (hi - lo) * d[j - 1] / (d[j - 1] - d[j])))
-    return None
 
 
 def run_seed(seed: int, *, steps: int, learning_rate: float, n: int,
@@ -169,14 +156,14 @@ def run_seed(seed: int, *, steps: int, learning_rate: float, n: int,
     rl_curve = curve[curve["model"] == "rl"]["pass_at_k"].tolist()
     _, summary = boundary(before["c"], after["c"], n, n, k=n)  # solved: >= 1 of n correct
     at_n = summary.set_index("category")["count"]
-    p3_base = _p3(held_out, before["samples"])
-    p3_rl = _p3(held_out, after["samples"])
+    p3_base = divisor_answer_share(held_out, before["samples"], 3)  # P("3"): 3 divides N, not
+    p3_rl = divisor_answer_share(held_out, after["samples"], 3)
     return {
         "seed": seed,
         "ks": ks,
         "base": base_curve,
         "rl": rl_curve,
-        "crossing_k": _crossing_k(ks, base_curve, rl_curve),
+        "crossing_k": crossing_k(ks, base_curve, rl_curve),
         "boundary_at_n": {str(k): int(v) for k, v in at_n.items()},
         "c_base": before["c"].tolist(),
         "c_rl": after["c"].tolist(),

@@ -11,6 +11,17 @@ a card prescribes, and returns the pieces so that the caller does the measuring:
   hidden states, with the verifier's verdict per completion (the input of rank, probe and
   CKA analyses, card 7 and card 16).
 
+And the small pieces that the notebooks and :mod:`analysis` would otherwise each write out:
+
+- :func:`quick` -- whether ``RLNB_QUICK=1`` asks for reduced budgets (the headless test run);
+- :func:`over_seeds` and :func:`sweep` -- run one experiment per seed (per grid point) and
+  concatenate the tidy frames, with a column per varied setting;
+- :func:`exact_pass_at_k_curve` -- a sandbox's exact pass@k of named policies, as a tidy frame;
+- :func:`crossing_k` -- where the base model's pass@k curve catches up with the RL model's;
+- :func:`answer_share` and :func:`divisor_answer_share` -- how often a model answers a given
+  divisor, on the factor problems it divides and on the others (card 1's caveat);
+- :func:`met` -- a criterion's verdict, ``"met"`` or ``"not met"``.
+
 >>> from rlnb.recipes import grpo_on_strategy_bandit
 >>> run = grpo_on_strategy_bandit(seed=0, steps=5)
 >>> run.env.num_states, run.base_probs.shape == run.rl_probs.shape
@@ -20,22 +31,34 @@ a card prescribes, and returns the pieces so that the caller does the measuring:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import itertools
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
 __all__ = [
+    "QUICK_ENV",
     "BanditRun",
     "FactorRun",
     "LabelledStates",
     "Snapshots",
+    "answer_share",
     "completion_states",
+    "crossing_k",
+    "divisor_answer_share",
+    "exact_pass_at_k_curve",
     "factor_grpo_config",
     "factor_split",
     "grpo_on_factor",
     "grpo_on_strategy_bandit",
+    "met",
+    "over_seeds",
+    "quick",
+    "sweep",
 ]
 
 #: Settings of the factor base model (card 1, "At LM scale"): 2 Llama layers, d=64.
@@ -272,3 +295,167 @@ def completion_states(
     return LabelledStates(rollout, ActivationCache(states, mask=comp), seq & (comp | (
         torch.arange(seq.shape[1]) < Lp)), correct, rollout.prompts.cpu().clone(),
         list(rollout.extra["completions"]))
+
+
+# --- NOTEBOOK AND ANALYSIS HELPERS ----------------------------------------------------------
+
+QUICK_ENV = "RLNB_QUICK"
+"""The environment variable that asks for reduced budgets (see :func:`quick`)."""
+
+
+def quick() -> bool:
+    """Whether to run on reduced budgets: the environment variable ``RLNB_QUICK`` is ``"1"``.
+
+    The one switch between a notebook's full budget and its quick one. The test suite
+    (``tests/project/test_notebooks.py``) executes every notebook headless with
+    ``RLNB_QUICK=1``; a notebook reads it once, ``QUICK = quick()``, and picks its budgets
+    from it (``STEPS = 100 if QUICK else 300``). Any other value, or none, is the full
+    budget. Read when called, so setting the variable in a running kernel takes effect at
+    the next call.
+    """
+    return os.environ.get(QUICK_ENV) == "1"
+
+
+def sweep(run: Callable[..., pd.DataFrame], /, **axes: Iterable[Any]) -> pd.DataFrame:
+    """``run(**point)`` at every point of the grid that ``axes`` span, as one tidy frame.
+
+    The first axis is the outer loop and the last the inner one. Each point's frame gets
+    one column per axis holding that point's value (after ``run``'s own columns, in the
+    order of ``axes``; a column of the same name is overwritten); the index is reset.
+    Axis values are scalars (a name, a seed): look richer settings up inside ``run``.
+
+    >>> frame = sweep(lambda lr, seed: pd.DataFrame({"step": [0, 1], "loss": [lr, lr * seed]}),
+    ...               lr=[0.5, 1.0], seed=[1, 2])
+    >>> frame.columns.tolist(), frame[["lr", "seed"]].drop_duplicates().values.tolist()
+    (['step', 'loss', 'lr', 'seed'], [[0.5, 1.0], [0.5, 2.0], [1.0, 1.0], [1.0, 2.0]])
+    """
+    if not axes:
+        raise ValueError("sweep needs at least one axis, e.g. sweep(run, seed=[0, 1, 2])")
+    names = list(axes)
+    grids = [list(values) for values in axes.values()]
+    empty = [name for name, values in zip(names, grids, strict=True) if not values]
+    if empty:
+        raise ValueError(f"axis {empty[0]!r} of the sweep has no values")
+    frames = []
+    for combo in itertools.product(*grids):
+        point = dict(zip(names, combo, strict=True))
+        frame = run(**point)
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"the sweep's run returned {type(frame).__name__} at {point}; "
+                            "it must return a pandas DataFrame (e.g. a Trainer's history)")
+        frames.append(frame.assign(**point))
+    return pd.concat(frames, ignore_index=True)
+
+
+def over_seeds(run: Callable[[int], pd.DataFrame], seeds: Iterable[int], /,
+               **labels: Any) -> pd.DataFrame:
+    """``run(seed)`` for each of ``seeds``, concatenated into one tidy frame.
+
+    Each seed's frame gets the ``labels`` as constant columns, then a ``seed`` column; the
+    index is reset. The frame that ``rlnb.viz.training_curves(..., band="seed")`` draws as
+    a mean with a band over seeds. (Several settings times several seeds: :func:`sweep`.)
+
+    >>> over_seeds(lambda seed: pd.DataFrame({"step": [0, 1], "reward": [0.0, seed]}),
+    ...            [1, 2], run="demo")
+       step  reward   run  seed
+    0     0     0.0  demo     1
+    1     1     1.0  demo     1
+    2     0     0.0  demo     2
+    3     1     2.0  demo     2
+    """
+    return sweep(lambda seed: run(seed).assign(**labels), seed=seeds)
+
+
+def exact_pass_at_k_curve(env: Any, probs: Mapping[str, torch.Tensor],
+                          ks: Sequence[int]) -> pd.DataFrame:
+    """Exact pass@k of named policies on a sandbox, as a tidy ``model, k, pass_at_k`` frame.
+
+    ``probs`` maps a model's name to its action probabilities (``policy.probs()``);
+    ``env.pass_at_k_exact(probs, ks)`` computes the curve (e.g.
+    :meth:`rlnb.envs.StrategyBandit.pass_at_k_exact`). The frame
+    :func:`rlnb.viz.passk_curves` draws.
+
+    >>> from rlnb.envs import StrategyBandit
+    >>> env = StrategyBandit.from_card(generator=torch.Generator().manual_seed(0))
+    >>> uniform = torch.full((1, env.num_strategies), 1 / env.num_strategies)
+    >>> exact_pass_at_k_curve(env, {"uniform": uniform}, [1, 256]).columns.tolist()
+    ['model', 'k', 'pass_at_k']
+    """
+    ks = [int(k) for k in ks]
+    frames = [pd.DataFrame({"model": name, "k": ks,
+                            "pass_at_k": env.pass_at_k_exact(p, ks).detach().tolist()})
+              for name, p in probs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def crossing_k(ks: Sequence[int], base: Sequence[float], rl: Sequence[float], *,
+               interpolate: bool = True) -> float | int | None:
+    """The k at which the base model's pass@k catches up with the RL model's.
+
+    ``ks`` ascending, ``base`` and ``rl`` the two pass@k curves at those ks. The crossing
+    is the first k of ``ks`` where the base is at least as good (``base >= rl``); None if
+    RL leads at every k. ``interpolate=False`` returns that k as it is; by default the
+    crossing is placed between it and the k before, where RL still led, by interpolating
+    the difference ``rl - base`` linearly in log2 k to its zero. If the base is at least
+    as good already at the first k there is nothing to interpolate: that k is returned.
+
+    >>> crossing_k([1, 2, 4, 8], [0.2, 0.4, 0.6, 0.8], [0.5, 0.6, 0.6, 0.6])
+    4.0
+    >>> round(crossing_k([1, 2, 4, 8], [0.2, 0.4, 0.55, 0.8], [0.5, 0.6, 0.6, 0.6]), 3)
+    4.595
+    >>> crossing_k([1, 2, 4, 8], [0.2, 0.4, 0.55, 0.8], [0.5, 0.6, 0.6, 0.6], interpolate=False)
+    8
+    >>> crossing_k([1, 2], [0.1, 0.2], [0.5, 0.6]) is None
+    True
+    """
+    d = np.asarray(rl, dtype=float) - np.asarray(base, dtype=float)  # > 0 where RL leads
+    if d.shape != (len(ks),):
+        raise ValueError(f"base and rl need one value per k: {len(ks)} ks, "
+                         f"curves of shape {np.shape(base)} and {np.shape(rl)}")
+    caught_up = np.flatnonzero(d <= 0)
+    if caught_up.size == 0:
+        return None
+    j = int(caught_up[0])
+    if not interpolate:
+        return ks[j]
+    if j == 0:
+        return float(ks[0])
+    lo, hi = np.log2(ks[j - 1]), np.log2(ks[j])
+    return float(2 ** (lo + (hi - lo) * d[j - 1] / (d[j - 1] - d[j])))
+
+
+def answer_share(samples: Sequence[str], answer: str) -> float:
+    """Fraction of ``samples`` (completions of one problem) that are ``answer``, once
+    stripped of surrounding whitespace.
+
+    >>> answer_share(["3", " 3", "7", "13"], "3")
+    0.5
+    """
+    return sum(s.strip() == answer for s in samples) / len(samples)
+
+
+def divisor_answer_share(task: Any, samples: Iterable[Sequence[str]],
+                         divisor: int = 3) -> tuple[float, float]:
+    """How often a model answers ``divisor`` on the factor problems it divides, and on the
+    others: ``(mean share where divisor divides N, mean share where it does not)``.
+
+    ``samples`` holds the completions of each problem of ``task`` (a factor task, problem
+    ``i`` is ``task.n(i)``), in problem order: the ``samples`` column of
+    :func:`rlnb.probes.evaluate.sample_counts`. Each problem counts once
+    (:func:`answer_share` of its completions). Two equal shares mean the model does not
+    condition on N (card 1's caveat: shared-prior sharpening, not per-problem reasoning).
+    """
+    answer = str(divisor)
+    hit, miss = [], []
+    for i, row in enumerate(samples):
+        (hit if task.n(i) % divisor == 0 else miss).append(answer_share(row, answer))
+    return float(np.mean(hit)), float(np.mean(miss))
+
+
+def met(condition: Any) -> str:
+    """A criterion's verdict for the sentences notebooks write: ``"met"`` or ``"not met"``.
+
+    >>> met(0.93 >= 0.9), met(2.0 < 1.5)
+    ('met', 'not met')
+    """
+    return "met" if bool(condition) else "not met"
