@@ -69,6 +69,25 @@ class Policy(torch.nn.Module, Serializable):
         """Sample ``n`` completions for each prompt in ``prompts`` ``(P,)``."""
         raise NotImplementedError
 
+    def training_rollout(
+        self,
+        env: Any,
+        prompts: torch.Tensor,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """The rollout the trainer updates on: :meth:`rollout`'s samples, plus whatever the
+        policy keeps to spare the update work (a language model keeps its sampler's
+        activations for the first update, :mod:`rlnb.policies.lm`). Same samples, same
+        numbers as :meth:`rollout`. Default: :meth:`rollout`."""
+        return self.rollout(env, prompts, n, temperature=temperature, generator=generator)
+
+    def after_update(self, rollout: Rollout) -> None:
+        """Called once the weights have moved after the updates on ``rollout``: drop what
+        :meth:`training_rollout` kept that the new weights make stale. Default: nothing."""
+
     def log_probs(
         self, rollout: Rollout, *, temperature: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -312,11 +312,8 @@ class Trainer:
         # --- ROLLOUT ---
         prompts = self.env.sample_prompts(c.num_prompts_per_step, self.generator)
         self.policy.eval()
-        # A policy that can keep its sampler's activations spares the first update of the
-        # batch its forward pass (same weights: rlnb.policies.lm_replay).
-        keep = {"keep_activations": True} if getattr(self.policy, "replay_supported", False) else {}
-        rollout = self.policy.rollout(
-            self.env, prompts, G, temperature=c.temperature, generator=self.generator, **keep
+        rollout = self.policy.training_rollout(
+            self.env, prompts, G, temperature=c.temperature, generator=self.generator
         )
         self.policy.train()
         t_rollout = time.perf_counter()
@@ -361,7 +358,7 @@ class Trainer:
                 c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
             )
             self.optimizer.step()
-        rollout.extra.pop("activations", None)  # the weights have changed: of no more use
+        self.policy.after_update(rollout)  # e.g. drop what the old weights computed
         self.step += 1
         t_update = time.perf_counter()
 

@@ -28,13 +28,13 @@ def test_truncated_completions_are_masked_out_of_the_loss(model_dir):
     task = addition(64, digits=2, seed=0)
     policy = LMPolicy(model_dir, max_new_tokens=2)  # an untrained model rarely stops in 2
     seen = []
-    sample = policy.rollout
+    sample = policy.training_rollout
 
     def recording_rollout(*args, **kwargs):
         seen.append(sample(*args, **kwargs))
         return seen[-1]
 
-    policy.rollout = recording_rollout
+    policy.training_rollout = recording_rollout  # what the trainer samples with
     history = Trainer(policy, task, _cfg(max_steps=1, mask_truncated_completions=True)).train()
     rollout = seen[0]
     truncated = rollout.extra["truncated"]

@@ -9,6 +9,7 @@ engine: sampling (:mod:`rlnb.policies.lm.sampling`, with a stepper per engine) a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Sequence
@@ -329,6 +330,13 @@ class LMPolicy(Policy):
         if self._fast is not None:
             info.update(self._fast.runtime_info())
         return info
+
+    # The trainer's rollout keeps the sampler's activations where the fast engine can
+    # replay them (replay_supported): the first update then runs no forward pass.
+    training_rollout = functools.partialmethod(rollout, keep_activations=True)
+
+    def after_update(self, rollout: Rollout) -> None:
+        rollout.extra.pop("activations", None)  # computed with the old weights: stale
 
     @property
     def replay_supported(self) -> bool:
