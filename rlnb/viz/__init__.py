@@ -1,5 +1,6 @@
 """Plotly figures as functions of tidy DataFrames; nothing here calls ``.show()``.
 
+- :class:`LiveFigure`, :class:`LivePlot` -- curves that grow while a run trains.
 - :func:`training_curves` -- metrics over steps, one row per metric, mean and band over seeds.
 - :func:`passk_curves` -- pass@k against k on a log2 axis, from ``pass_at_k_curve``.
 - :func:`capability_radar` -- several runs compared on several final metrics.
@@ -10,7 +11,7 @@
 
 from rlnb.viz.export import find_chromium, write_html, write_png
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
-from rlnb.viz.live import LivePlot
+from rlnb.viz.live import LiveFigure, LivePlot, Panel
 from rlnb.viz.passk import passk_curves
 from rlnb.viz.probes import boundary_table, entropy_heatstrip, rank_trajectory
 from rlnb.viz.radar import capability_radar
@@ -24,7 +25,9 @@ from rlnb.viz.training import (
 )
 
 __all__ = [
+    "LiveFigure",
     "LivePlot",
+    "Panel",
     "PALETTE",
     "TEMPLATE",
     "add_line_with_band",

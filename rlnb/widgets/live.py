@@ -37,54 +37,36 @@ nothing. Set ``num_iterations >= 2`` in the config to see clip-higher act.
 
 from __future__ import annotations
 
+import contextlib
 import html
-import math
 import os
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from rlnb import rl
 from rlnb.policies.base import Policy
 from rlnb.train.callbacks import ExactSuccess
 from rlnb.train.config import TrainConfig
+from rlnb.train.rundir import numbered_run
 from rlnb.train.trainer import Callback, Trainer
-from rlnb.viz.training import PALETTE, style_figure
+from rlnb.viz.live import DASHES, LiveFigure, Panel
+from rlnb.widgets.controls import (
+    LIVE_KNOBS,
+    RESTART_KNOBS,
+    knob_widgets,
+    status_html,
+    waiting_for_restart,
+)
 
 __all__ = ["LIVE_KNOBS", "RESTART_KNOBS", "LiveTraining"]
-
-#: Config fields applied at the next step of the running run.
-LIVE_KNOBS: tuple[str, ...] = (
-    "learning_rate", "temperature", "beta", "epsilon_high", "entropy_coef", "max_steps",
-)
-#: Config fields that apply to the next run (Stop, then Start).
-RESTART_KNOBS: tuple[str, ...] = ("advantage", "num_generations", "scale_rewards")
-
-_DASHES = ("solid", "dash", "dot", "dashdot")
-_LABEL_STYLE = {"description_width": "105px"}
-_SLIDER_LAYOUT = {"width": "370px"}
-
-
-@dataclass(frozen=True)
-class _Panel:
-    title: str
-    metrics: tuple[str, ...]
-
-
-def _algorithms() -> list[str]:
-    """Outcome advantage estimators of the registry (GAE needs a critic: not offered)."""
-    return [name for name in rl.list_advantages() if name != "gae"]
-
 
 class LiveTraining:
     """A training dashboard: knobs, Start / Pause / Stop, live curves, a progress bar.
@@ -161,7 +143,7 @@ class LiveTraining:
         self.policy_factory = policy_factory
         base = TrainConfig() if config is None else config
         base.validate()
-        self.base_config = TrainConfig.from_dict({**base.to_dict(), "progress_bar": False})
+        self.base_config = base.replace(progress_bar=False)
         self.callbacks = list(callbacks)
         self.refresh_seconds = float(refresh_seconds)
         self.figure_width = int(figure_width)
@@ -188,9 +170,9 @@ class LiveTraining:
         self._exact_ks = sorted({k for cb in self.callbacks if isinstance(cb, ExactSuccess)
                                  for k in cb.ks})
         self._build_controls(title)
-        self._panels: tuple[_Panel, ...] = ()
-        self._traces: dict[str, dict[str, int]] = {}
-        self.figure = self._new_figure(self._wanted_panels(self.base_config.beta > 0))
+        #: The curves (:class:`rlnb.viz.LiveFigure`): one colour per run.
+        self.live_figure = LiveFigure(self._wanted_panels(self.base_config.beta > 0),
+                                      width=self.figure_width)
         self._fig_box = W.Box([self.figure], layout=W.Layout(width="100%"))
         self.widget = W.VBox(
             [self._header, W.HBox([self._live_box, self._restart_box]), self._note,
@@ -205,6 +187,11 @@ class LiveTraining:
     def state(self) -> str:
         """``idle`` (no run yet), ``running``, ``paused``, ``stopped``, ``finished`` or ``error``."""
         return self._state
+
+    @property
+    def figure(self) -> go.FigureWidget:
+        """The figure widget of the curves (``live_figure.figure``)."""
+        return self.live_figure.figure
 
     @property
     def trainer(self) -> Trainer | None:
@@ -309,48 +296,7 @@ class LiveTraining:
 
     # --- controls -------------------------------------------------------------------
     def _build_controls(self, title: str | None) -> None:
-        c = self.base_config
-        log_lr = math.log10(c.learning_rate)
-        eps_high = c.epsilon_high if c.epsilon_high is not None else c.epsilon
-        algos = _algorithms()
-        if c.advantage not in algos:
-            algos.append(c.advantage)
-        def common() -> dict[str, Any]:  # one Layout per widget: a shared one is shared state
-            return {"style": _LABEL_STYLE, "layout": W.Layout(**_SLIDER_LAYOUT),
-                    "continuous_update": False}
-
-        live = {
-            "learning_rate": W.FloatLogSlider(
-                value=c.learning_rate, base=10, min=math.floor(log_lr) - 2,
-                max=math.floor(log_lr) + 1, step=0.1, readout_format=".3g",
-                description="learning rate", **common()),
-            "temperature": W.FloatSlider(
-                value=c.temperature, min=0.1, max=max(2.0, c.temperature), step=0.05,
-                readout_format=".2f", description="temperature", **common()),
-            "beta": W.FloatSlider(
-                value=c.beta, min=0.0, max=max(1.0, c.beta), step=0.01, readout_format=".2f",
-                description="beta (KL)", **common()),
-            "epsilon_high": W.FloatSlider(
-                value=eps_high, min=0.05, max=max(0.5, eps_high), step=0.01,
-                readout_format=".2f", description="epsilon_high", **common()),
-            "entropy_coef": W.FloatSlider(
-                value=c.entropy_coef, min=0.0, max=max(0.1, c.entropy_coef), step=0.001,
-                readout_format=".3f", description="entropy coef", **common()),
-            "max_steps": W.BoundedIntText(
-                value=c.max_steps, min=1, max=10**7, description="steps",
-                style=_LABEL_STYLE, layout=W.Layout(width="230px")),
-        }
-        restart = {
-            "advantage": W.Dropdown(options=algos, value=c.advantage, description="algorithm",
-                                    style=_LABEL_STYLE, layout=W.Layout(width="280px")),
-            "num_generations": W.IntSlider(
-                value=c.num_generations, min=1, max=max(32, c.num_generations),
-                description="group size", **common()),
-            "scale_rewards": W.Dropdown(
-                options=list(rl.SCALE_REWARDS), value=c.scale_rewards,
-                description="scale_rewards", style=_LABEL_STYLE,
-                layout=W.Layout(width="280px")),
-        }
+        live, restart = knob_widgets(self.base_config)
         self._controls: dict[str, W.ValueWidget] = {**live, **restart}
         for name, w in live.items():
             w.observe(lambda change, name=name: self._on_live(name, change["new"]), names="value")
@@ -372,7 +318,7 @@ class LiveTraining:
         self.start_button.on_click(lambda _: self.start())
         self.pause_button.on_click(lambda _: self.pause())
         self.stop_button.on_click(lambda _: self.stop())
-        self.progress = W.IntProgress(value=0, min=0, max=max(c.max_steps, 1),
+        self.progress = W.IntProgress(value=0, min=0, max=max(self.base_config.max_steps, 1),
                                       layout=W.Layout(width="320px", margin="6px 0 0 12px"))
         self.status = W.HTML()
 
@@ -393,11 +339,8 @@ class LiveTraining:
                  "(Stop, then Start makes a new run)."]
         trainer = self._trainer
         if trainer is not None and self._state in ("running", "paused"):
-            c = trainer.config
-            waiting = [f"{w.description} = {w.value}" for name, w in self._controls.items()
-                       if name in RESTART_KNOBS and getattr(c, name) != w.value]
-            if trainer.reference is None and self._controls["beta"].value > 0:
-                waiting.append("beta > 0 (this run has no reference policy)")
+            waiting = waiting_for_restart(self._controls, trainer.config,
+                                          trainer.reference is not None)
             if waiting:
                 parts.append("<b>Waiting for a restart:</b> " + html.escape(", ".join(waiting)))
         self._note.value = ("<div style='font-size:12px;color:#555;margin:2px 0 6px 0'>"
@@ -406,13 +349,9 @@ class LiveTraining:
     # --- runs -----------------------------------------------------------------------
     def _new_run(self) -> None:
         """Build a fresh policy, config and run directory from the current knobs."""
-        knobs = self._knob_values()
-        config = TrainConfig.from_dict({**self.base_config.to_dict(), **knobs})
-        index = len(self._run_dirs) + 1
-        while any(self.run_root.glob(f"{index:03d}-*")):
-            index += 1
-        name = f"{index:03d}-{config.advantage}"
-        run_dir = self.run_root / name
+        config = self.base_config.replace(**self._knob_values())
+        run_dir = numbered_run(self.run_root, config.advantage)
+        name = run_dir.name
         with self.lock:
             policy = self.policy_factory()
             if not isinstance(policy, Policy):
@@ -424,21 +363,21 @@ class LiveTraining:
                 self._run_dirs.append(run_dir)
                 self._rows[name] = []
                 self._pending.clear()
-        panels = self._wanted_panels(config.beta > 0 or any(p.title.startswith("KL")
-                                                            for p in self._panels))
+        had_kl = any(p.title.startswith("KL") for p in self.live_figure.panels)
+        panels = self._wanted_panels(config.beta > 0 or had_kl)
         with self._ui_lock:
-            if panels != self._panels:  # e.g. the first run with beta > 0 adds a KL panel
-                self.figure = self._new_figure(panels)
+            if panels != self.live_figure.panels:  # the first run with beta > 0 adds KL
+                self.live_figure = self.live_figure.with_panels(panels)
                 self._fig_box.children = [self.figure]
-            self._add_run_traces(name)
+            self.live_figure.add_run(name)
         self.progress.max = max(config.max_steps, 1)
 
     def _work(self, trainer: Trainer) -> None:
-        """The worker thread: steps until max_steps, a pause or a stop request."""
+        """The worker thread: drives ``trainer.steps()`` until the run ends (max_steps,
+        ``trainer.stop()``) or a pause or stop request lands between two steps."""
         end, last_refresh = "finished", 0.0
-        # The run's thread counts, as Trainer.train uses them.
-        with trainer.thread_settings():
-            try:
+        try:
+            with contextlib.closing(trainer.steps()) as steps:
                 while True:
                     with self._state_lock:
                         if self._request is not None:
@@ -447,23 +386,21 @@ class LiveTraining:
                         pending, self._pending = self._pending, {}
                     with self.lock:
                         self._apply(trainer, pending)
-                        # trainer.stop() from a callback (e.g. early stopping) ends the run too.
-                        if trainer.step >= trainer.config.max_steps or trainer.stop_requested:
-                            break
-                        metrics = trainer.train_step()
+                        metrics = next(steps, None)
+                    if metrics is None:
+                        break
                     with self._state_lock:
                         self._rows[self._run_name].append(_plain(metrics))
                         self._step_times.append(time.perf_counter())
-                    now = time.perf_counter()
-                    if now - last_refresh >= self.refresh_seconds:
+                    if time.perf_counter() - last_refresh >= self.refresh_seconds:
                         self._refresh()
                         last_refresh = time.perf_counter()
-            except Exception as err:  # shown in the status line and re-raised by wait()
-                self.error, end = err, "error"
+        except Exception as err:  # shown in the status line and re-raised by wait()
+            self.error, end = err, "error"
         with self.lock:
             if end == "paused":
                 try:
-                    self._save(trainer)
+                    trainer.save()  # the run directory resumes from here
                 except Exception as err:  # e.g. a full disk: the run ends here
                     self.error = err
                     self._finish(trainer, "error")
@@ -481,21 +418,13 @@ class LiveTraining:
         if pending:
             trainer.update_config(**pending)
 
-    def _save(self, trainer: Trainer) -> None:
-        """Checkpoint the last step and record the knobs in force in config.json, so the
-        run directory resumes with what the dashboard ran last. Both writes go through the
-        Trainer, which refuses them unless it holds the run directory's lock."""
-        if trainer.run_dir is None:
-            return
-        trainer.save_checkpoint()
-        trainer.save_config()
-
     def _finish(self, trainer: Trainer | None, end: str) -> None:
-        """Leave a complete run directory and close its metrics file (holding ``lock``)."""
+        """Leave a complete run directory (``trainer.save()``: the last step's checkpoint,
+        the knobs in force in config.json) and close it (holding ``lock``)."""
         try:
             if trainer is not None and self._trainer_open:
                 try:
-                    self._save(trainer)
+                    trainer.save()
                 finally:
                     trainer.close()
                     self._trainer_open = False
@@ -507,77 +436,25 @@ class LiveTraining:
                 self._state, self._request = end, None
 
     # --- figure ---------------------------------------------------------------------
-    def _wanted_panels(self, with_kl: bool) -> tuple[_Panel, ...]:
-        panels = [_Panel("reward (batch mean)", ("reward",)),
-                  _Panel("entropy (nats per token)", ("entropy",))]
+    def _wanted_panels(self, with_kl: bool) -> tuple[Panel, ...]:
+        panels = [Panel("reward (batch mean)", ("reward",)),
+                  Panel("entropy (nats per token)", ("entropy",))]
         if with_kl:
-            panels.append(_Panel("KL to the reference", ("kl",)))
+            panels.append(Panel("KL to the reference", ("kl",)))
         if self._exact_ks:
-            dashes = ", ".join(f"{_DASHES[i % len(_DASHES)]} k={k}"
+            dashes = ", ".join(f"{DASHES[i % len(DASHES)]} k={k}"
                                for i, k in enumerate(self._exact_ks))
-            panels.append(_Panel(f"exact pass@k ({dashes})",
-                                 tuple(f"exact/pass@{k}" for k in self._exact_ks)))
+            panels.append(Panel(f"exact pass@k ({dashes})",
+                                tuple(f"exact/pass@{k}" for k in self._exact_ks)))
         return tuple(panels)
-
-    def _new_figure(self, panels: tuple[_Panel, ...]) -> go.FigureWidget:
-        self._panels = panels
-        cols = _columns(len(panels))
-        rows = math.ceil(len(panels) / cols)
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels],
-                            horizontal_spacing=0.08, vertical_spacing=0.2)
-        for i in range(len(panels)):
-            r, col = divmod(i, cols)
-            fig.update_xaxes(title_text="step" if r == rows - 1 or i + cols >= len(panels)
-                             else None, row=r + 1, col=col + 1)
-        height, top, bottom = 130 + 250 * rows, 80, 50
-        style_figure(fig, height=height)
-        # An explicit width: a FigureWidget is drawn before it is attached to the page, so
-        # plotly.js cannot measure the notebook and would fall back to 700 px.
-        fig.update_layout(width=self.figure_width, margin=dict(l=60, r=20, t=top, b=bottom),
-                          hovermode="x", legend=dict(orientation="h", x=0, xanchor="left",
-                                                     y=1 + 34 / (height - top - bottom),
-                                                     yanchor="bottom", title_text="run"))
-        fig.update_annotations(font_size=13)
-        widget = go.FigureWidget(fig)
-        self._traces = {}
-        for run in self._rows:  # a rebuilt figure keeps the runs drawn so far
-            self._add_run_traces(run, widget)
-            self._update_traces(run, widget)
-        return widget
-
-    def _add_run_traces(self, run: str, fig: go.FigureWidget | None = None) -> None:
-        fig = self.figure if fig is None else fig
-        color = PALETTE[len(self._traces) % len(PALETTE)]
-        cols = _columns(len(self._panels))
-        index: dict[str, int] = {}
-        for i, panel in enumerate(self._panels):
-            r, col = divmod(i, cols)
-            for j, metric in enumerate(panel.metrics):
-                fig.add_trace(
-                    go.Scatter(x=[], y=[], mode="lines", name=run, legendgroup=run,
-                               showlegend=i == 0 and j == 0,
-                               line=dict(color=color, width=2, dash=_DASHES[j % len(_DASHES)]),
-                               hovertemplate=f"{metric} %{{y:.4g}}<extra>{run}</extra>"),
-                    row=r + 1, col=col + 1,
-                )
-                index[metric] = len(fig.data) - 1
-        self._traces[run] = index
-
-    def _update_traces(self, run: str, fig: go.FigureWidget) -> None:
-        with self._state_lock:
-            rows = list(self._rows.get(run, ()))
-        with fig.batch_update():
-            for metric, i in self._traces.get(run, {}).items():
-                pts = [(r["step"], r[metric]) for r in rows
-                       if isinstance(r.get(metric), (int, float))]
-                fig.data[i].x = [p[0] for p in pts]
-                fig.data[i].y = [p[1] for p in pts]
 
     def _refresh(self) -> None:
         """Push the current run's curves, the progress bar and the status line."""
         with self._ui_lock:
             if self._run_name is not None:
-                self._update_traces(self._run_name, self.figure)
+                with self._state_lock:
+                    rows = list(self._rows.get(self._run_name, ()))
+                self.live_figure.update(self._run_name, rows)
             self._sync_ui()
 
     def _sync_ui(self) -> None:
@@ -594,36 +471,12 @@ class LiveTraining:
         self.status.value = self._status_html(state, step)
 
     def _status_html(self, state: str, step: int) -> str:
-        colors = {"running": PALETTE[2], "paused": PALETTE[4], "error": PALETTE[1],
-                  "finished": PALETTE[0], "stopped": "#555", "idle": "#555"}
-        label = state if self._request is None else f"{self._request} requested"
-        parts = [f"<b style='color:{colors.get(state, '#555')}'>{label}</b>"]
-        if self._run_name is not None:
-            total = self._trainer.config.max_steps if self._trainer is not None else 0
-            parts.append(f"run {html.escape(self._run_name)}")
-            parts.append(f"step {step}/{total}")
-        times = list(self._step_times)
-        if len(times) >= 2 and state == "running":
-            parts.append(f"{(len(times) - 1) / max(times[-1] - times[0], 1e-9):.1f} steps/s")
-        rows = self._rows.get(self._run_name or "", [])
-        if rows:
-            last = rows[-1]
-            parts.append(f"lr {last['learning_rate']:.3g}")
-            parts.append(f"reward {last['reward']:.3f}")
-            if self._exact_ks and f"exact/pass@{self._exact_ks[0]}" in last:
-                parts += [f"pass@{k} {last[f'exact/pass@{k}']:.3f}" for k in self._exact_ks
-                          if f"exact/pass@{k}" in last]
-        if state == "idle":
-            parts.append("press Start to train")
-        if self.error is not None:
-            parts.append(f"<span style='color:{PALETTE[1]}'>{html.escape(repr(self.error))}</span>")
-        return ("<div style='font-family:monospace;font-size:13px;margin:4px 0'>"
-                + " · ".join(parts) + "</div>")
-
-
-def _columns(num_panels: int) -> int:
-    """Panels per figure row: 1, 2, 3 in a row; four as a 2 x 2 grid."""
-    return num_panels if num_panels <= 3 else 2
+        trainer, run = self._trainer, self._run_name
+        rows = self._rows.get(run or "", [])
+        return status_html(state, self._request, run=run, step=step,
+                           total=trainer.config.max_steps if trainer is not None else 0,
+                           step_times=list(self._step_times), last=rows[-1] if rows else None,
+                           exact_ks=self._exact_ks, error=self.error)
 
 
 def _record_knobs(trainer: Trainer, metrics: dict[str, Any]) -> dict[str, float]:

@@ -52,7 +52,7 @@ def at_step(step, action):
 
 def trace(dash, metric, run=None):
     run = run if run is not None else dash.run_dir.name
-    return dash.figure.data[dash._traces[run][metric]]
+    return dash.live_figure.trace(run, metric)
 
 
 def wide(dash):
@@ -94,6 +94,21 @@ def test_start_runs_steps_and_updates_the_figure(env, tmp_path):
     # The run directory is complete: metrics, checkpoint of the last step, config.
     assert checkpoint_step(dash.run_dir) == 5
     assert sorted(load_runs(dash.run_dir, wide=True)["step"]) == [1, 2, 3, 4, 5]
+
+
+def test_the_dashboard_steps_the_trainer_loop_to_the_same_numbers(env, tmp_path):
+    """The dashboard drives Trainer.steps(): its run logs what Trainer.train logs."""
+    dash = make_dashboard(env, tmp_path, max_steps=4)
+    dash.start()
+    assert dash.wait(TIMEOUT) and dash.state == "finished"
+    from rlnb.train import Trainer
+
+    config = dash.trainer.config
+    plain = Trainer(TabularPolicy.for_env(env, shared=True), env, config)
+    plain.train()
+    logged = wide(dash)
+    for metric in ("reward", "entropy", "loss", "grad_norm"):
+        assert logged[metric].tolist() == [row[metric] for row in plain.history]
 
 
 def test_slider_change_applies_at_the_next_step(env, tmp_path):
