@@ -7,10 +7,10 @@ a key and door, and a decoy goal next to the start. For each map:
 
 - the exact effective horizon by the paper's definition, ``H = min_k k + log_A m_k`` with
   ``m_k`` the fewest rollouts per action sequence for which GORP acts optimally with
-  probability >= 1/2 (:func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`: exact for
+  probability >= 1/2 (:func:`rlnb.mdp.gorp_horizon.gorp_effective_horizon`: exact for
   these 0/1-reward maps, ties broken at random as :func:`rlnb.algos.gorp` does), next to
   card 9's closed-form upper bound ``m_k <= ceil(16 Var / Delta^2 ln(2 T A^k))``
-  (:func:`rlnb.probes.horizon.effective_horizon`), and the smallest ``k`` for which acting
+  (:func:`rlnb.mdp.horizon.effective_horizon`), and the smallest ``k`` for which acting
   greedily on ``Q^k`` is optimal;
 - PPO's samples-to-optimal: episodes until the tabular policy's *exact* return is 90% of
   the way from the random policy's to ``V*``. PPO here is critic-free (the clipped PPO loss

@@ -31,8 +31,8 @@ step the page faults of its large temporaries. TRL as shipped does not; the same
 can be given to any process through ``GLIBC_TUNABLES``, so TRL is also timed with it
 (rows marked "keep freed memory"). Two ratios are printed: against TRL's best setting as
 shipped (the last line) and against TRL's best setting of all, allocator included.
-``--ablations`` adds rlnb rows without the fused CPU kernels (:mod:`rlnb.policies.native`,
-``RLNB_NATIVE=0``), without the activation replay (:mod:`rlnb.policies.lm_replay`) and
+``--ablations`` adds rlnb rows without the fused CPU kernels (:mod:`rlnb.policies.lm.fast.native`,
+``RLNB_NATIVE=0``), without the activation replay (:mod:`rlnb.policies.lm.fast.replay`) and
 without the allocator setting.
 
 rlnb's median milliseconds per phase (sampling, rewards, update, whole step; the Trainer

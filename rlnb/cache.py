@@ -1,6 +1,6 @@
 """Where rlnb keeps what it makes once and re-uses (base models, compiled kernels).
 
-A cache that holds code (the compiled kernels of :mod:`rlnb.policies.native`) must be
+A cache that holds code (the compiled kernels of :mod:`rlnb.policies.lm.fast.native`) must be
 private: a folder another user can write to would let them plant a library that this
 process then loads. :func:`untrusted` says why a path is not private, and
 :func:`private_dir` gives a per-user folder (mode 0o700) to use instead.

@@ -133,7 +133,7 @@ class TrainConfig:
     same count."""
     matmul_threads: int = 1
     """Threads for the large matrix products (a million multiply-adds and more) of an
-    update replayed from the sampler's activations (:mod:`rlnb.policies.lm_replay`),
+    update replayed from the sampler's activations (:mod:`rlnb.policies.lm.fast.replay`),
     while the rest of the step stays on ``torch_threads``. 1 (default) gives the same
     numbers on every machine whatever its load; 2 or more can be faster for models of
     hidden size 256 and up on idle cores (a product is not bitwise the same on 1 and 2

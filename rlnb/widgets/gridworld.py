@@ -22,7 +22,7 @@ class GridworldExplorer:
     transition tensors and recomputes value iteration and the effective horizon (well
     under a second on the named maps). The bars are card 9's closed form; tick
     "definition" to add ``H`` by its definition, the rollouts GORP needs
-    (:func:`rlnb.probes.gorp_horizon.gorp_effective_horizon`: a fraction of a second on
+    (:func:`rlnb.mdp.gorp_horizon.gorp_effective_horizon`: a fraction of a second on
     most maps, up to a minute and a half on the maze with slip).
 
     Args:
@@ -38,7 +38,7 @@ class GridworldExplorer:
     True
 
     Footgun: with slip or sticky actions the card's variance bound is applied as it is;
-    it is a heuristic there, not a proven bound (see ``rlnb.probes.horizon``).
+    it is a heuristic there, not a proven bound (see ``rlnb.mdp.horizon``).
     """
 
     def __init__(self, names: Sequence[str] | None = None, *, name: str = "open5",
