@@ -40,27 +40,31 @@ Footgun: ``output_hidden_states`` in ``transformers`` returns L + 1 tensors whos
 taken after the final norm (it equals ``last_hidden_state``), not the raw output of the
 last layer. :func:`from_hidden_states` names it ``"final_norm"``; the raw
 ``"layers.{L-1}.resid_post"`` needs the hook route.
+
+The cache and pooling are :mod:`rlnb.probes.activation_cache`; where each name lives in a
+module and the hooks that record it are :mod:`rlnb.policies.layers`, the one capture that
+``LMPolicy.hidden_states`` runs on too. All their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from rlnb.policies.layers import (
-    LAYER_PATHS,
-    NORM_NAMES,
+from rlnb.policies.layers import (  # the lookups, importable from here as before
+    LAYER_PATHS,  # noqa: F401
+    NORM_NAMES,  # noqa: F401
     find_final_norm,
     find_layers,
-    submodule,
+    read_hidden_states,
+    record_states,
+    submodule,  # noqa: F401
 )
+from rlnb.probes.activation_cache import POOLINGS, ActivationCache, pool_states
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -75,190 +79,10 @@ __all__ = [
 #: Default cap on the bytes one capture may hold (all names together).
 DEFAULT_MAX_BYTES = 2**30
 
-_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(resid_pre|resid_post)$")
-POOLINGS = ("mean", "last")
-
-
-# --- POOLING ----------------------------------------------------------------------------
-
-
-def pool_states(x: Tensor, mask: Tensor | None = None, how: str = "mean") -> Tensor:
-    """Pool per-token states ``(N, L, d)`` into one vector per row, ``(N, d)``.
-
-    Args:
-        x: ``(N, L, d)``; an ``(N, d)`` input is returned as it is (already pooled).
-        mask: ``(N, L)`` valid positions; None means every position. Footgun: with a padded
-            batch, leaving the mask out averages the padding in (and ``"last"`` picks a pad
-            token under right padding).
-        how: ``"mean"`` over the valid positions, or ``"last"`` valid position (the state
-            that predicts the next token; works with left or right padding).
-
-    Returns:
-        ``(N, d)``, at least float32.
-
-    >>> x = torch.tensor([[[1.0], [3.0], [99.0]]])
-    >>> pool_states(x, torch.tensor([[1, 1, 0]])).tolist(), pool_states(x, torch.tensor([[1, 1, 0]]), "last").tolist()
-    ([[2.0]], [[3.0]])
-    """
-    if how not in POOLINGS:
-        raise ValueError(f"how must be one of {POOLINGS}, got {how!r}")
-    if x.ndim == 2:
-        return x
-    if x.ndim != 3:
-        raise ValueError(f"states must be (N, L, d) or pooled (N, d); got shape {tuple(x.shape)}")
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    if mask is None:
-        m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    else:
-        m = torch.as_tensor(mask)
-        if tuple(m.shape) != tuple(x.shape[:2]):
-            raise ValueError(
-                f"mask {tuple(m.shape)} must be (N, L) = {tuple(x.shape[:2])}, one flag per "
-                "position of the states"
-            )
-        m = m.to(device=x.device, dtype=torch.bool)
-    counts = m.sum(dim=1)  # (N,)
-    if (counts == 0).any():
-        row = int(torch.nonzero(counts == 0)[0])
-        raise ValueError(
-            f"row {row} has no valid position under the mask: drop empty completions before "
-            "pooling (a zero vector would silently enter the probe)"
-        )
-    if how == "mean":
-        return (x.to(dtype) * m[..., None]).sum(dim=1) / counts[:, None].to(dtype)
-    L = x.shape[1]
-    last = L - 1 - torch.argmax(m.flip(1).to(torch.int8), dim=1)  # (N,) last True position
-    return x[torch.arange(x.shape[0], device=x.device), last].to(dtype)
-
-
-# --- THE CACHE ---------------------------------------------------------------------------
-
-
-class ActivationCache(Mapping):
-    """Captured states by stable name: ``cache["layers.3.resid_post"]`` is ``(N, L, d)``.
-
-    A read-only mapping name -> tensor (detached, on CPU unless captured otherwise).
-
-    Attributes:
-        mask: ``(N, L)`` bool, the valid positions (from ``attention_mask`` or the ``mask``
-            given to :func:`capture`), or None. Pooling uses it by default.
-        pooled: None, or ``"mean"``/``"last"`` when the entries were pooled at capture
-            (then each is ``(N, d)``).
-
-    >>> cache = ActivationCache({"h": torch.ones(2, 3, 4)}, mask=torch.tensor([[1, 1, 0], [1, 0, 0]]))
-    >>> cache["h"].shape, cache.pool("h").shape
-    (torch.Size([2, 3, 4]), torch.Size([2, 4]))
-    """
-
-    def __init__(
-        self,
-        tensors: Mapping[str, Tensor] | None = None,
-        mask: Any = None,
-        *,
-        pooled: str | None = None,
-    ) -> None:
-        self._data: dict[str, Tensor] = dict(tensors or {})
-        self.mask: Tensor | None = None if mask is None else torch.as_tensor(mask).to(torch.bool)
-        self.pooled = pooled
-
-    def __getitem__(self, name: str) -> Tensor:
-        try:
-            return self._data[name]
-        except KeyError:
-            raise KeyError(
-                f"{name!r} is not in the cache; it holds {list(self._data)}. Ask capture() "
-                "for it with names=[...]"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        lines = [f"ActivationCache({len(self)} entries, {self.nbytes / 2**20:.2f} MiB"
-                 + ("" if self.mask is None else f", mask {tuple(self.mask.shape)}")
-                 + ("" if self.pooled is None else f", pooled={self.pooled!r}") + ")"]
-        lines += [f"  {k}: {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
-                  for k, v in self._data.items()]
-        return "\n".join(lines)
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """name -> shape."""
-        return {k: tuple(v.shape) for k, v in self._data.items()}
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the tensors."""
-        return sum(v.numel() * v.element_size() for v in self._data.values())
-
-    def layer_names(self, kind: str = "resid_post") -> list[str]:
-        """The ``layers.{i}.{kind}`` names present, in layer order."""
-        found = [(int(m.group(1)), k) for k in self._data
-                 if (m := _LAYER_NAME.match(k)) and m.group(2) == kind]
-        return [k for _, k in sorted(found)]
-
-    def pool(self, name: str, mask: Any = None, how: str = "mean") -> Tensor:
-        """``(N, d)``: the states of ``name`` pooled per row (see :func:`pool_states`).
-
-        ``mask`` defaults to the cache's mask. Pass the completion mask to pool over the
-        answer only; the cache's mask (an attention mask) covers the prompt too.
-        """
-        if self.pooled is not None and how != self.pooled:
-            raise ValueError(
-                f"the entries were pooled with {self.pooled!r} at capture; how={how!r} needs "
-                "a capture without pool="
-            )
-        return pool_states(self[name], self.mask if mask is None else mask, how)
-
-    def to_numpy(self, name: str, *, how: str | None = None, mask: Any = None) -> np.ndarray:
-        """float32 numpy array of ``name`` -- pooled to ``(N, d)`` when ``how`` is given."""
-        x = self[name] if how is None else self.pool(name, mask, how)
-        return x.detach().to(device="cpu", dtype=torch.float32).numpy()
-
-    @classmethod
-    def concat(cls, caches: Sequence[ActivationCache]) -> ActivationCache:
-        """Stack the rows of several caches (batches) with the same names.
-
-        Shorter sequences are right-padded with zeros and a False mask, so pooling still
-        sees only the valid positions.
-        """
-        caches = list(caches)
-        if not caches:
-            raise ValueError("concat needs at least one cache")
-        names = list(caches[0])
-        for c in caches[1:]:
-            if list(c) != names:
-                raise ValueError(f"caches hold different names: {names} vs {list(c)}")
-        if len({c.pooled for c in caches}) > 1:
-            raise ValueError("cannot concat pooled and unpooled caches")
-        if not names:
-            return cls({}, None)
-        widths = [max((v.shape[1] for v in c.values() if v.ndim == 3), default=0) for c in caches]
-        L = max(widths)
-        out: dict[str, Tensor] = {}
-        for n in names:
-            parts = [c[n] if c[n].ndim != 3 else F.pad(c[n], (0, 0, 0, L - c[n].shape[1]))
-                     for c in caches]
-            out[n] = torch.cat(parts, dim=0)
-        mask = None
-        if any(c.mask is not None for c in caches) or len(set(widths)) > 1:
-            ms = []
-            for c, w in zip(caches, widths):
-                rows = next(iter(c.values())).shape[0]
-                ms.append(c.mask if c.mask is not None else torch.ones(rows, w, dtype=torch.bool))
-            width = max(m.shape[1] for m in ms)
-            mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in ms])  # pads False
-        return cls(out, mask, pooled=caches[0].pooled)
-
-
-# --- CAPTURE ----------------------------------------------------------------------------
-
 
 class _Store:
-    """Detach, bound, pool, copy: where every captured tensor goes."""
+    """Bound, pool, copy: where every captured tensor goes (``keep`` of
+    :func:`rlnb.policies.layers.record_states`)."""
 
     def __init__(self, *, mask: Tensor | None, pool: str | None, dtype: torch.dtype | None,
                  device: Any, max_tokens: int | None, max_bytes: int | None) -> None:
@@ -272,16 +96,7 @@ class _Store:
         self.data: dict[str, Tensor] = {}
         self.bytes = 0
 
-    def add(self, name: str, value: Any) -> None:
-        t = _first_tensor(value)
-        if t is None:
-            raise TypeError(f"{name!r}: the module produced no tensor ({type(value).__name__})")
-        if name in self.data:
-            raise RuntimeError(
-                f"{name!r} was computed more than once in one capture (a generate loop, a "
-                "module used twice, or gradient checkpointing re-running it): capture a "
-                "single forward pass, e.g. score the finished sequences"
-            )
+    def add(self, name: str, t: Tensor) -> None:
         t = t.detach()
         if self.pool is not None and t.ndim == 3:
             m = None if self.mask is None else self.mask.to(t.device)
@@ -310,19 +125,6 @@ class _Store:
                                self.mask, pooled=self.pool)
 
 
-def _first_tensor(x: Any) -> Tensor | None:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, Mapping):
-        x = list(x.values())
-    if isinstance(x, (tuple, list)):
-        for item in x:
-            t = _first_tensor(item)
-            if t is not None:
-                return t
-    return None
-
-
 def _standard_names(model: nn.Module) -> list[str]:
     found = find_layers(model)
     if found is None:
@@ -334,48 +136,6 @@ def _standard_names(model: nn.Module) -> list[str]:
 def _leaf_names(model: nn.Module) -> list[str]:
     names = [n for n, m in model.named_modules() if n and not list(m.children())]
     return names or ["output"]
-
-
-def _resolve(model: nn.Module, name: str, modules: Mapping[str, Any]) -> tuple[nn.Module, str]:
-    """``(module, "in" | "out")`` whose input or output is the state called ``name``."""
-    if name in modules:
-        target = modules[name]
-        mod = target if isinstance(target, nn.Module) else submodule(model, str(target))
-        if mod is None:
-            raise KeyError(f"modules[{name!r}] = {target!r} is not a submodule of the model")
-        return mod, "out"
-    if name == "output":
-        return model, "out"
-    m = _LAYER_NAME.match(name)
-    if name == "embed" or m:
-        found = find_layers(model)
-        if found is None:
-            raise KeyError(
-                f"{name!r}: no decoder layers found on {type(model).__name__} (looked at "
-                f"{', '.join(LAYER_PATHS)}); map names to modules with modules={{...}}"
-            )
-        path, layers = found
-        i = 0 if name == "embed" else int(m.group(1))
-        if i >= len(layers):
-            raise KeyError(f"{name!r}: the model has {len(layers)} layers ({path}.0..{len(layers) - 1})")
-        return layers[i], "in" if name == "embed" or m.group(2) == "resid_pre" else "out"
-    if name == "final_norm":
-        found_norm = find_final_norm(model)
-        if found_norm is None:
-            raise KeyError(
-                f"'final_norm': no final norm found on {type(model).__name__} (looked for "
-                f"{', '.join(NORM_NAMES)} beside the decoder layers); name it with "
-                "modules={'final_norm': ...}"
-            )
-        return found_norm[1], "out"
-    mod = submodule(model, name)
-    if mod is None:
-        some = [n for n, _ in model.named_modules() if n][:8]
-        raise KeyError(
-            f"{name!r} is neither a stable name (embed, layers.{{i}}.resid_pre/post, final_norm, "
-            f"output) nor a submodule path; submodules include {some}"
-        )
-    return mod, "out"
 
 
 def _mask_from(mask: Any, inputs: Any) -> Tensor | None:
@@ -482,71 +242,18 @@ def capture(
         names = (_standard_names(model) or _leaf_names(model)) + [
             k for k in modules if k not in _standard_names(model)]
     names = list(dict.fromkeys(names))
-    handles = []
-    try:
-        for name in names:
-            mod, where = _resolve(model, name, modules)
-            if where == "out":
-                handles.append(mod.register_forward_hook(
-                    lambda _m, _a, out, name=name: store.add(name, out)))
-            else:
-                handles.append(mod.register_forward_pre_hook(
-                    lambda _m, args, kwargs, name=name: store.add(
-                        name, args[0] if args else kwargs.get("hidden_states")),
-                    with_kwargs=True))
+
+    def forward() -> None:
         with grad_mode:
             _run(model, inputs)  # the output is dropped here: no graph outlives the call
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if n not in store.data]
-    if missing:
-        raise RuntimeError(
-            f"the forward never ran the modules of {missing}: does this forward use them?"
-        )
+
+    record_states(model, forward, names, store.add, modules=modules)
     return store.cache(names)
-
-
-def _hidden_state_index(name: str, L: int) -> int:
-    m = _LAYER_NAME.match(name)
-    if name == "embed":
-        return 0
-    if name == "final_norm":
-        return L
-    if m is None:
-        raise KeyError(
-            f"{name!r}: from hidden_states only embed, layers.{{i}}.resid_pre/resid_post and "
-            "final_norm exist; use capture(..., hooks=True) for submodules"
-        )
-    i = int(m.group(1))
-    if m.group(2) == "resid_pre":
-        if i >= L:
-            raise KeyError(f"{name!r}: hidden_states describe {L} layers (0..{L - 1})")
-        return i
-    if i == L - 1:
-        raise KeyError(
-            f"{name!r}: transformers' last hidden state is taken after the final norm (it is "
-            "'final_norm' here); the raw output of the last layer needs capture(..., hooks=True)"
-        )
-    if i >= L:
-        raise KeyError(f"{name!r}: hidden_states describe {L} layers (0..{L - 1})")
-    return i + 1
 
 
 def _from_hidden_states(hidden_states: Sequence[Tensor], names: Sequence[str] | None,
                         store: _Store) -> ActivationCache:
-    L = len(hidden_states) - 1
-    if L < 1:
-        raise ValueError(
-            f"hidden_states must hold L + 1 >= 2 tensors (embeddings, then one per layer), "
-            f"got {len(hidden_states)}"
-        )
-    if names is None:
-        names = ["embed", *[f"layers.{i}.resid_post" for i in range(L - 1)], "final_norm"]
-    names = list(dict.fromkeys(names))
-    for name in names:
-        store.add(name, hidden_states[_hidden_state_index(name, L)])
-    return store.cache(names)
+    return store.cache(read_hidden_states(hidden_states, names, store.add))
 
 
 def from_hidden_states(

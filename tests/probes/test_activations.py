@@ -89,6 +89,41 @@ def test_hooks_and_output_hidden_states_give_identical_tensors(arch, request):
     assert torch.equal(capture(model, inputs, ["layers.0.resid_pre"])["layers.0.resid_pre"], hooked["embed"])
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_policy_hidden_states_and_capture_give_identical_tensors(arch):
+    """``LMPolicy.hidden_states`` and ``capture`` run on one implementation
+    (rlnb.policies.layers): the same forward gives the same tensors, bit for bit."""
+    from rlnb.policies.lm import LMPolicy, positions
+    from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
+
+    tok = char_tokenizer("+0123456789=")
+    model = tiny_model(tiny_config(arch, len(tok), n_layer=3, d_model=32), seed=1)
+    with torch.no_grad():  # break the init's symmetries (zero biases, unit norms)
+        for q in model.parameters():
+            q.add_(0.05 * torch.randn(q.shape, generator=torch.Generator().manual_seed(2)))
+    policy = LMPolicy.from_model(model, tok, max_new_tokens=4)
+    texts = ["1+2=", "12+34=", "5="]
+    states = policy.hidden_states(texts)
+    am = states.pop("attention_mask")
+    ids = torch.full(am.shape, tok.pad_token_id)
+    for i, t in enumerate(texts):
+        enc = policy.encode_prompt(t)
+        ids[i, am.shape[1] - len(enc):] = torch.tensor(enc)
+    inputs = {"input_ids": ids, "attention_mask": am, "position_ids": positions(am)}
+    hooked = capture(policy.model, inputs, dtype=torch.float32)
+    assert list(hooked) == list(states) == [
+        "embed", "layers.0.resid_post", "layers.1.resid_post", "layers.2.resid_post", "final_norm"]
+    for name in states:
+        assert torch.equal(hooked[name], states[name]), name
+    assert torch.equal(hooked.mask, am.bool())
+    native = capture(policy.model, inputs, hooks=False)
+    some = policy.hidden_states(texts, layers=[1, 0])
+    assert list(some) == ["embed", "layers.1.resid_post", "layers.0.resid_post", "final_norm",
+                          "attention_mask"]
+    for name in native:
+        assert torch.equal(native[name], states[name]) and torch.equal(some[name], states[name])
+
+
 def test_last_hidden_state_is_after_the_final_norm(llama):
     """The footgun the names encode: hidden_states[-1] is final_norm, not the last layer."""
     cache = capture(llama, batch())
