@@ -27,7 +27,7 @@ import numpy as np
 __all__ = ["default_ks", "pass_at_k", "pass_at_k_from_probs"]
 
 
-def _as_int_array(x: Any, name: str) -> np.ndarray:
+def as_int_array(x: Any, name: str) -> np.ndarray:
     """An int64 numpy array from an int, a sequence, a numpy array or a torch tensor."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
@@ -84,7 +84,7 @@ def pass_at_k(n: Any, c: Any, k: int) -> np.ndarray | float:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
     k = int(k)
-    n_in, c_in = _as_int_array(n, "n"), _as_int_array(c, "c")
+    n_in, c_in = as_int_array(n, "n"), as_int_array(c, "c")
     scalar = n_in.ndim == 0 and c_in.ndim == 0
     try:
         n_arr, c_arr = np.broadcast_arrays(n_in, c_in)
@@ -151,7 +151,11 @@ def pass_at_k_from_probs(p: Any, k: Any, *, reduce: str = "mean") -> np.ndarray 
         scalar k: a float (``"mean"``) or shape ``(P,)`` (``"none"``);
         array k: shape ``(K,)`` (``"mean"``) or ``(K, P)`` (``"none"``).
 
-    Computed as ``-expm1(k * log1p(-p))`` so that tiny p at large k keeps its digits.
+    Computed as ``-expm1(k * log1p(-p))`` in float64 so that tiny p at large k keeps its
+    digits. Its tensor twin, :func:`rlnb.envs.strategy_bandit.exact_pass_at_k` (the
+    sandboxes' exact metrics), computes ``1 - (1 - p)^k`` in the input's dtype with torch's
+    ops instead; the two agree to the rounding of that dtype but not bit for bit, which is
+    why neither calls the other (one would change the other's numbers).
 
     >>> pass_at_k_from_probs([0.5, 0.0], 2)
     0.375
@@ -165,7 +169,7 @@ def pass_at_k_from_probs(p: Any, k: Any, *, reduce: str = "mean") -> np.ndarray 
     p_arr = np.asarray(p, dtype=np.float64)
     if np.any(~np.isfinite(p_arr)) or np.any((p_arr < 0) | (p_arr > 1)):
         raise ValueError("p must hold probabilities in [0, 1]")
-    k_arr = _as_int_array(k, "k")
+    k_arr = as_int_array(k, "k")
     if np.any(k_arr < 1):
         raise ValueError(f"k must be at least 1, got {k_arr.ravel().tolist()}")
     if k_arr.ndim > 1:

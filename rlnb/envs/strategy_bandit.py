@@ -42,6 +42,9 @@ def exact_pass_at_k(
     The tensor twin of :func:`rlnb.estimators.pass_at_k_from_probs`, the core's exact
     pass@k of NumPy arrays (float64, ``-expm1(k log1p(-p))``): this one stays in the
     input's dtype and device, which is what the sandboxes' exact metrics are logged in.
+    The two are kept apart on purpose: they agree to the input dtype's rounding, not bit
+    for bit (different formulas, dtypes and libraries; on card 1's inputs about 45% of the
+    float32 values differ in the last bits), and the reproductions' numbers are this one's.
 
     Args:
         success: ``(P,)`` per-problem probability that one attempt succeeds.

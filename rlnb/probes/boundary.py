@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from rlnb.estimators import _as_int_array, pass_at_k, pass_at_k_from_probs
+from rlnb.estimators import as_int_array, pass_at_k, pass_at_k_from_probs
 
 __all__ = [
     "BOUNDARY_CATEGORIES",
@@ -138,8 +138,8 @@ def boundary(
     pass@k is noisy when ``n`` is close to ``k``.
     """
     threshold = _check_threshold(threshold)
-    cb = _as_int_array(counts_base, "counts_base").ravel()
-    cr = _as_int_array(counts_rl, "counts_rl").ravel()
+    cb = as_int_array(counts_base, "counts_base").ravel()
+    cr = as_int_array(counts_rl, "counts_rl").ravel()
     if cb.shape != cr.shape:
         raise ValueError(
             f"counts_base ({cb.size},) and counts_rl ({cr.size},) must cover the same problems "

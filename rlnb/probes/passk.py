@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rlnb.estimators import _as_int_array, default_ks, pass_at_k, pass_at_k_from_probs
+from rlnb.estimators import as_int_array, default_ks, pass_at_k, pass_at_k_from_probs
 
 __all__ = ["default_ks", "pass_at_k", "pass_at_k_curve", "pass_at_k_from_probs"]
 
@@ -33,7 +33,7 @@ def _one_curve(
     ci: float,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
-    c = _as_int_array(counts, "counts").ravel()
+    c = as_int_array(counts, "counts").ravel()
     if c.size == 0:
         raise ValueError(f"counts for model {model!r} is empty: give one count per problem")
     per_problem = np.stack([pass_at_k(n, c, int(k)) * np.ones_like(c, float) for k in ks])

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlnb.envs.strategy_bandit import exact_pass_at_k as tensor_exact_pass_at_k
 from rlnb.probes import default_ks, pass_at_k, pass_at_k_curve, pass_at_k_from_probs
 
 
@@ -164,6 +165,30 @@ def test_pass_at_k_from_probs():
         pass_at_k_from_probs([1.5], 2)
     with pytest.raises(ValueError, match="reduce"):
         pass_at_k_from_probs([0.5], 2, reduce="sum")
+
+
+def test_exact_pass_at_k_twins_keep_their_own_arithmetic():
+    # Two exact pass@k from probabilities, kept apart: the core's (NumPy, float64,
+    # -expm1(k log1p(-p))) and the sandboxes' tensor twin (the input's dtype, torch's
+    # 1 - (1 - p)^k), whose float32 numbers the reproductions report. Each is pinned bit
+    # for bit to its formula; they agree only to float32 rounding.
+    g = torch.Generator().manual_seed(0)
+    p32 = torch.cat([torch.rand(500, generator=g), torch.tensor([0.0, 1.0, 1e-7, 1 - 1e-7])])
+    ks = [1, 2, 3, 16, 255, 256]
+    k32 = torch.tensor(ks, dtype=torch.float32)
+    twin = tensor_exact_pass_at_k(p32, ks, per_problem=True)
+    assert twin.dtype == torch.float32
+    assert torch.equal(twin, 1 - (1 - p32).clamp(0, 1)[None] ** k32[:, None])
+    assert torch.equal(tensor_exact_pass_at_k(p32, ks), twin.mean(-1))
+    p64 = p32.double().numpy()
+    core = pass_at_k_from_probs(p64, ks, reduce="none")
+    assert np.array_equal(core, -np.expm1(np.array(ks, float)[:, None] * np.log1p(-p64)[None]))
+    np.testing.assert_allclose(twin[:, :500].double().numpy(), core[:, :500], rtol=0, atol=1e-6)
+    # not bit for bit: merging them would change one side's numbers
+    assert (np.float32(core) != twin.numpy()).any()
+    # and at tiny p the float32 power form keeps few digits (1 - 1e-7 rounds), the core all
+    assert core[-1, -2] == pytest.approx(256e-7, rel=1e-4)
+    assert abs(float(twin[-1, -2]) / core[-1, -2] - 1) > 0.1
 
 
 def test_estimator_mean_matches_exact_probability_formula():
