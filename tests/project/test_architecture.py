@@ -3,12 +3,15 @@ modules of rlnb import each other, directly or through others (docs/ARCHITECTURE
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,3 +90,25 @@ def test_import_contracts_are_kept():
     assert cmd is not None, "import-linter is part of the dev extra: pip install -e '.[dev]'"
     proc = subprocess.run([cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _doc_snippets():
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_architecture_page_has_its_snippets():
+    assert len(_doc_snippets()) >= 6  # a sandbox, an objective, a probe, a figure, a
+    # reproduction, driving a run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(6))
+def test_each_snippet_of_the_architecture_page_runs(index, tmp_path):
+    """What docs/ARCHITECTURE.md shows a contributor runs as it stands (in a fresh
+    process, in an empty folder, with this checkout first on the path)."""
+    code = _doc_snippets()[index]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, code + "\n" + proc.stderr[-3000:]
