@@ -36,6 +36,10 @@ Footgun: a policy's rollout records the state *before* each action, so the outco
 last action is not in ``rollout.states``. :meth:`Gridworld.reward_rollout` reads a finished
 episode's reward from the first terminal state it recorded, and otherwise simulates the
 last transition with the generator (exact in distribution, not a replay).
+
+The exact answers (:meth:`Gridworld.mdp` and what follows from it) live in
+:mod:`rlnb.envs.gridworld_exact`, the action names and the plain-Python oracle
+:func:`reference_step` in :mod:`rlnb.envs.gridworld_rules`; both are importable from here.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from rlnb.checks import check_index, check_int, check_number, check_probs, check_size
+from rlnb.checks import check_index, check_int, check_number
 from rlnb.envs.base import Sandbox
+from rlnb.envs.gridworld_exact import GridworldExact
+from rlnb.envs.gridworld_rules import ACTIONS, ARROWS, COL_STEP, NONE, ROW_STEP, reference_step
 from rlnb.envs.layouts import (
     TERMINAL_CHARS,
     layout_horizon,
@@ -56,24 +62,15 @@ from rlnb.envs.layouts import (
     random_layout,
     shortest_distance,
 )
-from rlnb.mdp.horizon import EffectiveHorizon, FiniteMDP, effective_horizon, value_iteration
 
-__all__ = ["ACTIONS", "ARROWS", "Gridworld", "effective_horizon_table", "reference_step"]
-
-#: Action names, in index order.
-ACTIONS: tuple[str, ...] = ("up", "right", "down", "left")
-#: One arrow per action, for plots.
-ARROWS: tuple[str, ...] = ("↑", "→", "↓", "←")
-_DR = (-1, 0, 1, 0)
-_DC = (0, 1, 0, -1)
-NONE = 4  # "no previous action" (t = 0)
+__all__ = ["ACTIONS", "ARROWS", "NONE", "Gridworld", "effective_horizon_table", "reference_step"]
 
 
 def _check_probability(name: str, value: float, meaning: str) -> float:
     return check_number(value, name, 0, 1, meaning=meaning)
 
 
-class Gridworld(Sandbox):
+class Gridworld(GridworldExact, Sandbox):
     """One or more same-sized gridworld maps (one per prompt), batched in torch.
 
     Args:
@@ -168,14 +165,15 @@ class Gridworld(Sandbox):
             for cell in range(HW):
                 r, c = divmod(cell, W)
                 for d in range(4):
-                    nr, nc = r + _DR[d], c + _DC[d]
+                    nr, nc = r + ROW_STEP[d], c + COL_STEP[d]
                     ok = 0 <= nr < H and 0 <= nc < W and char[p][nr * W + nc] != "#"
                     target[p, cell, d] = nr * W + nc if ok else cell
         self._target = target.reshape(-1)  # flat (P * HW * 4,)
         self._door = torch.tensor([[x == "D" for x in row] for row in char]).reshape(-1)
         self._keycell = torch.tensor([[x == "K" for x in row] for row in char]).reshape(-1)
         self._terminal = torch.tensor([[x in TERMINAL_CHARS for x in row] for row in char]).reshape(-1)
-        self._value = torch.tensor(
+        # Value of entering each cell (1 for G, decoy_reward for g), flat (P * HW,) float64.
+        self.goal_values = torch.tensor(
             [[1.0 if x == "G" else self.decoy_reward if x == "g" else 0.0 for x in row]
              for row in char], dtype=torch.float64).reshape(-1)
         self._start = torch.tensor([row.index("S") for row in char])  # (P,) cell
@@ -269,10 +267,11 @@ class Gridworld(Sandbox):
         return self._terminal[d["prompt"] * self.num_cells + d["cell"]] | (d["t"] >= self.horizon)
 
     # --- dynamics -------------------------------------------------------------------
-    def _move(self, prompt, cell, key, prev, executed, direction):
-        """Deterministic part of a step: ``(cell, key, prev)`` after executing ``executed``
-        with the body moving in ``direction``; terminal cells absorb. Also returns the value
-        of the cell entered (0 unless a goal is entered now)."""
+    def move(self, prompt, cell, key, prev, executed, direction):
+        """Deterministic part of a step, batched: ``(cell, key, prev)`` after executing
+        ``executed`` with the body moving in ``direction``; terminal cells absorb. Also
+        returns the value of the cell entered (0 unless a goal is entered now). Shared by the
+        sampled dynamics (:meth:`step`) and the explicit MDP (:meth:`mdp`)."""
         flat = prompt * self.num_cells
         term = self._terminal[flat + cell]
         tgt = self._target[(flat + cell) * 4 + direction]
@@ -281,10 +280,10 @@ class Gridworld(Sandbox):
         new_key = torch.where(term, key, key | self._keycell[flat + new_cell].long()) \
             if self.num_key_states > 1 else key
         new_prev = torch.where(term, prev, executed) if self.num_prev > 1 else prev
-        value = torch.where(term, torch.zeros((), dtype=torch.float64), self._value[flat + new_cell])
+        value = torch.where(term, torch.zeros((), dtype=torch.float64), self.goal_values[flat + new_cell])
         return new_cell, new_key, new_prev, value
 
-    def _time_factor(self, t: torch.Tensor) -> torch.Tensor:
+    def time_factor(self, t: torch.Tensor) -> torch.Tensor:
         """Reward multiplier of a goal entered by the action taken at step ``t``."""
         return 1.0 - self.time_penalty * (t + 1).double() / self.horizon
 
@@ -301,12 +300,12 @@ class Gridworld(Sandbox):
                                     torch.where(u[1] < self.slip, (executed + 3) % 4, executed))
         else:
             direction = executed
-        cell, key, prev, value = self._move(d["prompt"], d["cell"], d["key"], d["prev"],
+        cell, key, prev, value = self.move(d["prompt"], d["cell"], d["key"], d["prev"],
                                             executed, direction)
         core = (cell * self.num_key_states + key) * self.num_prev + prev
         t = d["t"]
         nxt = d["prompt"] * self.states_per_prompt + (t + 1) * self.core_states + core
-        reward = value * self._time_factor(t)
+        reward = value * self.time_factor(t)
         done = self._terminal[d["prompt"] * self.num_cells + cell] | (t + 1 >= self.horizon)
         over = t >= self.horizon  # past the last action: nothing moves
         if bool(over.any()):
@@ -371,7 +370,7 @@ class Gridworld(Sandbox):
         first = term.double().argmax(1)  # first terminal index (0 if none)
         ended = term.any(1)
         rows = torch.arange(S.shape[0])
-        value = self._value[flat[rows, first]]
+        value = self.goal_values[flat[rows, first]]
         earlier = value * (1.0 - self.time_penalty * first.double() / self.horizon)
         _, last, _ = self._transition(S[:, -1], A[:, -1], self._draws(S.shape[0], generator))
         return torch.where(ended, earlier, last).to(torch.get_default_dtype())
@@ -418,136 +417,6 @@ class Gridworld(Sandbox):
             parts.append(F.one_hot(d["prev"], self.num_prev))
         return torch.cat(parts, dim=-1).float()
 
-    # --- exact answers --------------------------------------------------------------
-    def mdp(self, prompt: int = 0, reward: str = "return") -> FiniteMDP:
-        """The explicit time-indexed MDP of one map over its ``C`` core states.
-
-        Args:
-            prompt: which map.
-            reward: ``"return"`` (the sandbox's reward) or ``"success"`` (1 for entering
-                any goal or decoy: its value is the probability of success).
-
-        Returns:
-            :class:`rlnb.mdp.horizon.FiniteMDP` with ``transitions (C, 4, C)``,
-            ``rewards (T, C, 4)`` and ``initial (C,)``. Core state ``c`` at step ``t`` is
-            global state ``prompt * states_per_prompt + t * C + c``. Built once per map and
-            cached (treat it as read-only).
-        """
-        if reward not in ("return", "success"):
-            raise ValueError(f"reward must be 'return' or 'success', got {reward!r}")
-        check_index(torch.tensor([prompt]), self.num_prompts, "prompt", "map index")
-        cache = self.__dict__.setdefault("_mdp_cache", {})
-        if (prompt, reward) not in cache:  # the map never changes: build each MDP once
-            cache[(prompt, reward)] = self._build_mdp(prompt, reward)
-        return cache[(prompt, reward)]
-
-    def _build_mdp(self, prompt: int, reward: str) -> FiniteMDP:
-        C, A = self.core_states, 4
-        check_size(C * A * C, "the map's explicit MDP (dense transitions)",
-                   f"core_states * 4 * core_states = {C} * 4 * {C}",
-                   "use a smaller map (core states = cells x key states x previous actions; "
-                   "sticky actions multiply them by 5)")
-        core = torch.arange(C).repeat_interleave(A)  # (C*A,)
-        act = torch.arange(A).repeat(C)
-        prev = core % self.num_prev
-        key = (core // self.num_prev) % self.num_key_states
-        cell = core // (self.num_prev * self.num_key_states)
-        p = torch.full_like(core, prompt)
-        has_prev = (prev != NONE) if self.num_prev > 1 else torch.zeros_like(core, dtype=torch.bool)
-        P = torch.zeros(C * A, C, dtype=torch.float64)
-        R0 = torch.zeros(C * A, dtype=torch.float64)
-        f64 = torch.float64
-        branches = (  # (probability that this action is executed, executed action)
-            (torch.where(has_prev, 1 - self.sticky, 1.0).to(f64), act),
-            (torch.where(has_prev, self.sticky, 0.0).to(f64), torch.where(has_prev, prev, act)),
-        )
-        for p_exec, executed in branches:
-            for turn, p_turn in ((0, 1 - self.slip), (1, self.slip / 2), (3, self.slip / 2)):
-                prob = p_exec * p_turn  # exactly 0 for branches that cannot happen
-                nc, nk, npv, value = self._move(p, cell, key, prev, executed, (executed + turn) % 4)
-                nxt = (nc * self.num_key_states + nk) * self.num_prev + npv
-                P.index_put_((torch.arange(C * A), nxt), prob, accumulate=True)
-                R0 += prob * ((value > 0).double() if reward == "success" else value)
-        t = torch.arange(self.horizon, dtype=torch.long)
-        factor = self._time_factor(t) if reward == "return" else torch.ones(self.horizon, dtype=torch.float64)
-        R = factor[:, None, None] * R0.reshape(C, A)[None]
-        init = torch.zeros(C, dtype=torch.float64)
-        init[int(self.decode(self.initial_states(torch.tensor([prompt])))["core"])] = 1.0
-        # An episode earns at most one goal's value: with no time penalty the possible
-        # returns are 0 and the values of this map's goals (exact GORP analysis for 0/1).
-        HW = self.height * self.width
-        values = self._value[prompt * HW:(prompt + 1) * HW]
-        returns = ((0.0, 1.0) if reward == "success" else
-                   (0.0, *values[values > 0].tolist()) if self.time_penalty == 0 else None)
-        return FiniteMDP(P.reshape(C, A, C), R, init, returns=returns)
-
-    def policy_table(self, policy_probs: torch.Tensor) -> torch.Tensor:
-        """A tabular policy's probabilities ``(num_states, 4)`` (``TabularPolicy.probs()``,
-        ``MLPPolicy.probs(env)``) as ``(num_prompts, T, C, 4)`` float64 (decision layers)."""
-        pi = self.action_probs(torch.as_tensor(policy_probs))  # (P, spp, A)
-        check_probs(pi)
-        T, C = self.horizon, self.core_states
-        return pi[:, : T * C].reshape(self.num_prompts, T, C, 4).double()
-
-    def _per_prompt(self, fn, policy_probs=None, reward="return") -> torch.Tensor:
-        table = None if policy_probs is None else self.policy_table(policy_probs)
-        out = [fn(self.mdp(p, reward), None if table is None else table[p])
-               for p in range(self.num_prompts)]
-        return torch.tensor(out, dtype=torch.float64)
-
-    def expected_return(self, policy_probs: torch.Tensor) -> torch.Tensor:
-        """Exact expected return of a tabular policy per map, ``(num_prompts,)``."""
-        from rlnb.mdp.horizon import expected_return
-        return self._per_prompt(expected_return, policy_probs)
-
-    def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:
-        """Exact probability of entering a goal or decoy per map, ``(num_prompts,)``."""
-        from rlnb.mdp.horizon import expected_return
-        return self._per_prompt(expected_return, policy_probs, reward="success")
-
-    def optimal_value(self) -> torch.Tensor:
-        """``V*`` of the start state per map, ``(num_prompts,)``."""
-        return self._per_prompt(lambda m, _: float(m.initial @ value_iteration(m)[1][0]))
-
-    def random_value(self) -> torch.Tensor:
-        """Expected return of the uniform random policy per map, ``(num_prompts,)``."""
-        from rlnb.mdp.horizon import expected_return
-        return self._per_prompt(lambda m, _: expected_return(m, torch.full((m.num_states, 4), 0.25)))
-
-    def effective_horizon(self, prompt: int = 0, method: str = "bound", **kwargs: Any) -> EffectiveHorizon:
-        """The effective horizon of one map. ``method="bound"``: card 9's closed form
-        (:func:`rlnb.mdp.horizon.effective_horizon`); ``"gorp"``: the paper's definition,
-        how many rollouts GORP needs (:func:`rlnb.mdp.gorp_horizon.gorp_effective_horizon`,
-        exact here when the map has no time penalty and no decoy)."""
-        if method == "bound":
-            return effective_horizon(self.mdp(prompt), **kwargs)
-        if method == "gorp":
-            from rlnb.mdp.gorp_horizon import gorp_effective_horizon
-            return gorp_effective_horizon(self.mdp(prompt), **kwargs)
-        raise ValueError(f"method must be 'bound' (card 9's formula) or 'gorp' (the definition), got {method!r}")
-
-    def table_to_states(self, x: torch.Tensor, prompt: int = 0) -> torch.Tensor:
-        """Scatter a time-indexed ``(T, C, ...)`` tensor of one map into global state order
-        ``(num_states, ...)`` (zeros elsewhere), e.g. to initialise a TabularPolicy."""
-        T, C = self.horizon, self.core_states
-        out = torch.zeros((self.num_states,) + tuple(x.shape[2:]), dtype=x.dtype)
-        start = prompt * self.states_per_prompt
-        out[start : start + T * C] = x.reshape((T * C,) + tuple(x.shape[2:]))
-        return out
-
-    def cell_cores(self, key: int = 0, prev: int | None = None) -> torch.Tensor:
-        """Core index of every cell, ``(height, width)`` long, for a fixed key bit and
-        previous action (``None``: none yet, the value at t = 0)."""
-        rows = torch.arange(self.height)[:, None].expand(self.height, self.width)
-        cols = torch.arange(self.width)[None, :].expand(self.height, self.width)
-        return self.encode(0, 0, rows, cols, key, prev)
-
-    def grid_view(self, x: torch.Tensor, t: int = 0, key: int = 0, prev: int | None = None) -> torch.Tensor:
-        """Pick one time step of a ``(T, C, ...)`` tensor (V, Q, greedy actions) as a map
-        ``(height, width, ...)``: each cell's value with the given key bit and previous action.
-        The default ``prev=None`` shows "as if the episode started in this cell"."""
-        return x[t][self.cell_cores(key, prev)]
-
 
 def effective_horizon_table(names: Sequence[str] | None = None, gorp: bool = False,
                             **env_kwargs: Any) -> pd.DataFrame:
@@ -576,50 +445,3 @@ def effective_horizon_table(names: Sequence[str] | None = None, gorp: bool = Fal
         rows.append(row)
     return pd.DataFrame(rows)
 
-
-# --- the obvious version, kept as the test oracle and the benchmark baseline --------------
-
-
-def reference_step(
-    env: Gridworld, state: int, action: int, u_sticky: float, u_slip: float
-) -> tuple[int, float, bool]:
-    """One step of one environment in plain Python, read straight from the ASCII layout.
-
-    Given the same two uniforms, it must agree exactly with :meth:`Gridworld.step` (which
-    draws ``u = torch.rand(2, B)`` and uses ``u[0, i], u[1, i]`` for env ``i``).
-    """
-    spp, C, T = env.states_per_prompt, env.core_states, env.horizon
-    prompt, local = divmod(state, spp)
-    t, core = divmod(local, C)
-    rest, prev = divmod(core, env.num_prev)
-    cell, key = divmod(rest, env.num_key_states)
-    rows = env.layouts[prompt]
-    r, c = divmod(cell, env.width)
-    if t >= T:
-        return state, 0.0, True
-    if rows[r][c] in TERMINAL_CHARS:  # absorbing
-        nxt = state + C
-        return nxt, 0.0, True
-    executed = action
-    if env.num_prev > 1 and prev != NONE and u_sticky < env.sticky:
-        executed = prev
-    direction = executed
-    if u_slip < env.slip / 2:
-        direction = (executed + 1) % 4
-    elif u_slip < env.slip:
-        direction = (executed + 3) % 4
-    nr, nc = r + _DR[direction], c + _DC[direction]
-    if 0 <= nr < env.height and 0 <= nc < env.width and rows[nr][nc] != "#" and not (
-        rows[nr][nc] == "D" and not key
-    ):
-        r, c = nr, nc
-    if rows[r][c] == "K":
-        key = 1
-    if env.num_prev > 1:
-        prev = executed
-    ch = rows[r][c]
-    value = 1.0 if ch == "G" else env.decoy_reward if ch == "g" else 0.0
-    reward = value * (1.0 - env.time_penalty * (t + 1) / T)
-    core = ((r * env.width + c) * env.num_key_states + key) * env.num_prev + prev
-    nxt = prompt * spp + (t + 1) * C + core
-    return nxt, reward, ch in TERMINAL_CHARS or t + 1 >= T

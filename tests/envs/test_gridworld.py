@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import rlnb.envs.gridworld as gridworld_module
+import rlnb.envs.gridworld_exact as gridworld_exact_module
+import rlnb.envs.gridworld_rules as gridworld_rules_module
 import rlnb.envs.layouts as layouts_module
 from rlnb.envs.gridworld import Gridworld, reference_step
 from rlnb.envs.layouts import LAYOUTS, combination_lock, parse_layout, random_layout
@@ -244,6 +246,7 @@ def test_value_heatmap_and_bars():
 
 
 def test_docstring_examples():
-    for module in (gridworld_module, layouts_module):
+    for module in (gridworld_module, gridworld_exact_module, gridworld_rules_module,
+                   layouts_module):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__

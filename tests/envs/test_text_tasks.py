@@ -11,6 +11,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import rlnb.envs.arithmetic_tasks as arithmetic_module
+import rlnb.envs.countdown_task as countdown_module
+import rlnb.envs.expressions as expressions_module
+import rlnb.envs.factor_task as factor_module
+import rlnb.envs.task_tools as task_tools_module
 import rlnb.envs.text as text_module
 import rlnb.envs.text_tasks as tasks_module
 from rlnb.envs.text import ExactMatchTask, TextTask, strip_completion
@@ -544,7 +549,8 @@ def test_registry():
 
 
 def test_doctests():
-    for module in (text_module, tasks_module):
+    for module in (text_module, tasks_module, arithmetic_module, countdown_module,
+                   expressions_module, factor_module, task_tools_module):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__
 
