@@ -1,7 +1,8 @@
 """pass@k: the unbiased estimator of Chen et al. (2021), and exact pass@k from known
-success probabilities. Pure NumPy functions of counts and probabilities, in the core so
-that every layer computes pass@k the same way (:mod:`rlnb.probes.passk` builds curves on
-them and re-exports them).
+success probabilities, in the core so that every layer computes pass@k the same way
+(:mod:`rlnb.probes.passk` builds curves on them and re-exports them; the sandboxes' exact
+metrics use :func:`exact_pass_at_k`). Functions of counts and probabilities: NumPy
+arrays, and torch tensors for :func:`exact_pass_at_k`.
 
 Draw ``n`` samples for a problem, count the ``c`` that are correct. The unbiased estimate
 of "at least one of k fresh samples is correct" is::
@@ -20,11 +21,15 @@ tabular policy, a sandbox's exact answer).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["default_ks", "pass_at_k", "pass_at_k_from_probs"]
+from rlnb.checks import as_tensor
+
+__all__ = ["default_ks", "exact_pass_at_k", "pass_at_k", "pass_at_k_from_probs"]
 
 
 def as_int_array(x: Any, name: str) -> np.ndarray:
@@ -152,10 +157,10 @@ def pass_at_k_from_probs(p: Any, k: Any, *, reduce: str = "mean") -> np.ndarray 
         array k: shape ``(K,)`` (``"mean"``) or ``(K, P)`` (``"none"``).
 
     Computed as ``-expm1(k * log1p(-p))`` in float64 so that tiny p at large k keeps its
-    digits. Its tensor twin, :func:`rlnb.envs.strategy_bandit.exact_pass_at_k` (the
-    sandboxes' exact metrics), computes ``1 - (1 - p)^k`` in the input's dtype with torch's
-    ops instead; the two agree to the rounding of that dtype but not bit for bit, which is
-    why neither calls the other (one would change the other's numbers).
+    digits. Its tensor form, :func:`exact_pass_at_k` (the sandboxes' exact metrics),
+    computes ``1 - (1 - p)^k`` in the input's dtype with torch's ops instead; the two
+    agree to the rounding of that dtype but not bit for bit, which is why neither calls
+    the other (one would change the other's numbers).
 
     >>> pass_at_k_from_probs([0.5, 0.0], 2)
     0.375
@@ -195,3 +200,52 @@ def default_ks(n: int) -> list[int]:
         raise ValueError(f"n ({n}) must be at least 1")
     ks = [2**j for j in range(int(n).bit_length()) if 2**j <= n]
     return ks if ks[-1] == n else [*ks, int(n)]
+
+
+def exact_pass_at_k(
+    success: torch.Tensor, k: int | Sequence[int] | torch.Tensor, *, per_problem: bool = False
+) -> torch.Tensor:
+    """pass@k of ``k`` independent attempts with per-problem success probability ``p``:
+    ``1 - (1 - p)^k``, averaged over problems.
+
+    The tensor form of :func:`pass_at_k_from_probs` (NumPy arrays, float64,
+    ``-expm1(k log1p(-p))``): this one stays in the input's dtype and device, which is
+    what the sandboxes' exact metrics (``StrategyBandit.exact_pass_at_k``,
+    ``TreeMDP.exact_pass_at_k``) are computed and logged in.
+    The two are kept apart on purpose: they agree to the input dtype's rounding, not bit
+    for bit (different formulas, dtypes and libraries; on card 1's inputs about 45% of the
+    float32 values differ in the last bits), and the reproductions' numbers are this one's.
+
+    Args:
+        success: ``(P,)`` per-problem probability that one attempt succeeds.
+        k: an int, or a 1-D sequence/tensor of ints ``(K,)``; each must be >= 1.
+        per_problem: return the per-problem values instead of their mean.
+    Returns:
+        int ``k``: a 0-d tensor (or ``(P,)``); several ``k``: ``(K,)`` (or ``(K, P)``).
+
+    >>> exact_pass_at_k(torch.tensor([0.5, 0.0]), [1, 2])
+    tensor([0.2500, 0.3750])
+    """
+    success = as_tensor(success, "success", "per-problem success probabilities, shape (P,)")
+    if success.numel() and not success.dtype == torch.bool:
+        lo, hi = success.min().item(), success.max().item()
+        if not (0 <= lo and hi <= 1):  # also catches nan
+            bad = lo if not 0 <= lo else hi
+            raise ValueError(
+                f"success must hold probabilities in [0, 1] (per-problem chance that one "
+                f"attempt succeeds), got {bad:.4g}; pass probabilities, not logits or counts"
+            )
+    ks = as_tensor(k, "k", "an int or a 1-D sequence of ints (numbers of attempts)")
+    ks = ks.to(success.device)
+    scalar = ks.ndim == 0
+    ks = ks.reshape(-1)
+    if ks.is_floating_point() and not torch.equal(ks, ks.round()):
+        raise ValueError(f"k must be whole numbers of attempts (>= 1), got {ks.tolist()}")
+    if ks.numel() == 0 or ks.min() < 1:
+        raise ValueError(f"k must be >= 1 (number of attempts), got {ks.tolist()}")
+    dtype = success.dtype if success.is_floating_point() else torch.get_default_dtype()
+    fail = (1 - success.to(dtype)).clamp(0, 1)  # (P,)
+    out = 1 - fail.unsqueeze(0) ** ks.to(dtype).unsqueeze(1)  # (K, P)
+    if not per_problem:
+        out = out.mean(-1)  # (K,)
+    return out[0] if scalar else out

@@ -31,54 +31,7 @@ from rlnb.checks import (
     one_step_actions,
 )
 from rlnb.envs.base import Sandbox
-
-
-def exact_pass_at_k(
-    success: torch.Tensor, k: int | Sequence[int] | torch.Tensor, *, per_problem: bool = False
-) -> torch.Tensor:
-    """pass@k of ``k`` independent attempts with per-problem success probability ``p``:
-    ``1 - (1 - p)^k``, averaged over problems.
-
-    The tensor twin of :func:`rlnb.estimators.pass_at_k_from_probs`, the core's exact
-    pass@k of NumPy arrays (float64, ``-expm1(k log1p(-p))``): this one stays in the
-    input's dtype and device, which is what the sandboxes' exact metrics are logged in.
-    The two are kept apart on purpose: they agree to the input dtype's rounding, not bit
-    for bit (different formulas, dtypes and libraries; on card 1's inputs about 45% of the
-    float32 values differ in the last bits), and the reproductions' numbers are this one's.
-
-    Args:
-        success: ``(P,)`` per-problem probability that one attempt succeeds.
-        k: an int, or a 1-D sequence/tensor of ints ``(K,)``; each must be >= 1.
-        per_problem: return the per-problem values instead of their mean.
-    Returns:
-        int ``k``: a 0-d tensor (or ``(P,)``); several ``k``: ``(K,)`` (or ``(K, P)``).
-
-    >>> exact_pass_at_k(torch.tensor([0.5, 0.0]), [1, 2])
-    tensor([0.2500, 0.3750])
-    """
-    success = as_tensor(success, "success", "per-problem success probabilities, shape (P,)")
-    if success.numel() and not success.dtype == torch.bool:
-        lo, hi = success.min().item(), success.max().item()
-        if not (0 <= lo and hi <= 1):  # also catches nan
-            bad = lo if not 0 <= lo else hi
-            raise ValueError(
-                f"success must hold probabilities in [0, 1] (per-problem chance that one "
-                f"attempt succeeds), got {bad:.4g}; pass probabilities, not logits or counts"
-            )
-    ks = as_tensor(k, "k", "an int or a 1-D sequence of ints (numbers of attempts)")
-    ks = ks.to(success.device)
-    scalar = ks.ndim == 0
-    ks = ks.reshape(-1)
-    if ks.is_floating_point() and not torch.equal(ks, ks.round()):
-        raise ValueError(f"k must be whole numbers of attempts (>= 1), got {ks.tolist()}")
-    if ks.numel() == 0 or ks.min() < 1:
-        raise ValueError(f"k must be >= 1 (number of attempts), got {ks.tolist()}")
-    dtype = success.dtype if success.is_floating_point() else torch.get_default_dtype()
-    fail = (1 - success.to(dtype)).clamp(0, 1)  # (P,)
-    out = 1 - fail.unsqueeze(0) ** ks.to(dtype).unsqueeze(1)  # (K, P)
-    if not per_problem:
-        out = out.mean(-1)  # (K,)
-    return out[0] if scalar else out
+from rlnb.estimators import exact_pass_at_k
 
 
 def card_base_logits(

@@ -38,7 +38,7 @@ from rlnb.checks import (
     check_size,
 )
 from rlnb.envs.base import Sandbox
-from rlnb.envs.strategy_bandit import exact_pass_at_k
+from rlnb.estimators import exact_pass_at_k
 
 
 def check_tree(branching: object, depth: object, num_prompts: object = 1) -> tuple[int, int, int]:
@@ -334,5 +334,5 @@ class TreeMDP(Sandbox):
         per_problem: bool = False,
     ) -> torch.Tensor:
         """Exact pass@k, mean over prompts of ``1 - (1 - V(root))^k``; shapes as in
-        :func:`rlnb.envs.strategy_bandit.exact_pass_at_k`."""
+        :func:`rlnb.estimators.exact_pass_at_k`."""
         return exact_pass_at_k(self.success_probability(policy_probs), k, per_problem=per_problem)
