@@ -9,6 +9,7 @@
   entropy change and the entropy-reward fit (card 3).
 - :mod:`rlnb.probes.rank` -- effective rank of hidden states and ER/ERV/ERA (card 7).
 - :mod:`rlnb.probes.activations` -- named hidden states of any module in a cache.
+- :mod:`rlnb.probes.activation_cache` -- the cache of captured states and their pooling.
 - the effective horizon (card 9: its closed form, k-QVI-solvability, GORP's exact failure
   probability), re-exported from the exact MDP machinery in :mod:`rlnb.mdp`, which also
   holds :class:`~rlnb.mdp.FiniteMDP`, value iteration and the Q-functions.
