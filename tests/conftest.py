@@ -8,6 +8,10 @@ tokenizers are made by the tests and go through the real ``save_pretrained`` /
 that reaches for the hub fails instead of downloading, and no cache under the home
 directory is read or written.
 
+Every process the tests start (notebook kernels, the command line, training
+subprocesses) imports this checkout's ``rlnb``: its root leads ``PYTHONPATH``, whatever
+the environment's installed copy points at.
+
 Tiny models are made once per test run (``tests/_models.py``): the ``tiny_lm_dir``
 fixture returns the function that saves (or finds) one.
 """
@@ -23,6 +27,9 @@ import pytest
 _HF_HOME = tempfile.mkdtemp(prefix="rlnb-tests-hf-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_OFFLINE"] = "1"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])
 
 
 @pytest.fixture(scope="session")
