@@ -7,7 +7,8 @@ tree's rewarded leaves) are stored as tensors, never regenerated.
 
 Subclasses of :class:`Serializable` implement ``get_config()`` (JSON-able keyword
 arguments) and, when they hold data, ``get_tensors()``; ``cls(**config, **tensors)`` must
-rebuild an equal object.
+rebuild an equal object. A class whose spec is not its constructor's arguments (a text task
+stores its generator's name and settings) overrides ``spec()`` and ``from_spec()`` too.
 
 Opening a directory someone else made is safe: a spec names its class, but nothing is
 imported because a file says so. Only registered classes are rebuilt: rlnb's own (every
@@ -63,6 +64,11 @@ class Serializable:
 
     def spec(self) -> dict[str, Any]:
         return {"class": class_key(type(self)), "config": self.get_config()}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+        """The object ``spec`` (whose class resolved to ``cls``) and ``tensors`` describe."""
+        return cls(**spec.get("config", {}), **tensors)
 
 
 def register_serializable(cls: type, name: str | None = None) -> type:
@@ -219,7 +225,7 @@ def build_component(spec: dict[str, Any], tensors: dict[str, torch.Tensor] | Non
         raise ValueError(f"{where}the spec's 'config' must be a JSON object, got "
                          f"{type(config).__name__}")
     cls = resolve_class(spec["class"], source)
-    return cls(**config, **(tensors or {}))
+    return cls.from_spec(spec, dict(tensors or {}))
 
 
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:
@@ -262,4 +268,4 @@ def load_component(directory: str | os.PathLike, name: str) -> Any:
     cls = resolve_class(spec["class"], str(spec_path))  # before reading any tensor
     tensor_path = directory / f"{name}.safetensors"
     tensors = read_tensors(tensor_path) if tensor_path.exists() else {}
-    return cls(**spec.get("config", {}), **tensors)
+    return cls.from_spec(spec, tensors)

@@ -19,6 +19,7 @@ from rlnb.envs.task_tools import (
     resolve_answers,
 )
 from rlnb.envs.text import TextTask, strip_completion
+from rlnb.envs.text_spec import mark_generated, seeded_generator
 
 # Most terms a modular-sum prompt may hold (prompts stay short enough to parse fast).
 _MAX_TERMS = 256
@@ -86,6 +87,7 @@ class AdditionTask(TextTask):
 
 
 
+@seeded_generator("addition")
 def addition(num_prompts: int, digits: int = 2, seed: int = 0) -> AdditionTask:
     """``num_prompts`` distinct problems ``"a+b="`` with ``a`` and ``b`` drawn uniformly among
     the ``digits``-digit numbers (0-9 when ``digits == 1``).
@@ -111,7 +113,8 @@ def addition(num_prompts: int, digits: int = 2, seed: int = 0) -> AdditionTask:
     pairs = distinct_pairs(
         num_prompts, draw, random.Random(seed), "addition", everything if small else None
     )
-    return AdditionTask([p for p, _ in pairs], [a for _, a in pairs], digits=digits, seed=seed)
+    task = AdditionTask([p for p, _ in pairs], [a for _, a in pairs], digits=digits, seed=seed)
+    return mark_generated(task, "addition", num_prompts=num_prompts, digits=digits, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,6 +187,7 @@ class ModularSumTask(TextTask):
         }
 
 
+@seeded_generator("modular_sum")
 def modular_sum(
     num_prompts: int, terms: int = 3, modulus: int = 10, seed: int = 0
 ) -> ModularSumTask:
@@ -216,7 +220,9 @@ def modular_sum(
     pairs = distinct_pairs(
         num_prompts, draw, random.Random(seed), "modular_sum", everything if small else None
     )
-    return ModularSumTask(
+    task = ModularSumTask(
         [p for p, _ in pairs], [a for _, a in pairs], terms=terms, modulus=modulus, seed=seed
     )
+    return mark_generated(task, "modular_sum", num_prompts=num_prompts, terms=terms,
+                          modulus=modulus, seed=seed)
 

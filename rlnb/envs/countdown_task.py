@@ -19,6 +19,7 @@ from rlnb.envs.task_tools import (
     parse_uint,
 )
 from rlnb.envs.text import TextTask, strip_completion
+from rlnb.envs.text_spec import mark_generated, seeded_generator
 
 # Bounds of the generator's knobs: prompts stay short enough to tokenize and parse fast.
 _MAX_COUNTDOWN_NUMBERS = 12
@@ -145,6 +146,7 @@ class CountdownTask(TextTask):
         }
 
 
+@seeded_generator("countdown")
 def countdown(
     num_prompts: int, numbers: int = 3, max_number: int = 10, seed: int = 0
 ) -> CountdownTask:
@@ -180,11 +182,13 @@ def countdown(
         return f"{','.join(map(str, sorted(nums)))}>{target}:", text
 
     pairs = distinct_pairs(num_prompts, draw, random.Random(seed), "countdown")
-    return CountdownTask(
+    task = CountdownTask(
         [p for p, _ in pairs],
         [a for _, a in pairs],
         numbers=numbers,
         max_number=max_number,
         seed=seed,
     )
+    return mark_generated(task, "countdown", num_prompts=num_prompts, numbers=numbers,
+                          max_number=max_number, seed=seed)
 

@@ -21,6 +21,7 @@ from rlnb.envs.task_tools import (
     resolve_answers,
 )
 from rlnb.envs.text import TextTask, strip_completion
+from rlnb.envs.text_spec import mark_generated, seeded_generator
 
 # Largest bound of the small prime factor (prompts stay quick to generate).
 _MAX_PRIME = 10**6
@@ -200,6 +201,7 @@ def smallest_prime_factor(n: int) -> int:
     return n
 
 
+@seeded_generator("factor")
 def factor(
     num_prompts: int,
     digits: int = 6,
@@ -255,7 +257,7 @@ def factor(
         "factor",
         everything if digits <= 4 else None,
     )
-    return FactorTask(
+    task = FactorTask(
         [p for p, _ in pairs],
         [a for _, a in pairs],
         digits=digits,
@@ -263,4 +265,6 @@ def factor(
         allow_even_and_5=allow_even_and_5,
         seed=seed,
     )
+    return mark_generated(task, "factor", num_prompts=num_prompts, digits=digits,
+                          max_prime=max_prime, seed=seed, allow_even_and_5=allow_even_and_5)
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from rlnb.envs.base import Sandbox
+from rlnb.envs.text_spec import mark_split, rebuild_task, task_spec, task_tensors
 from rlnb.serialization import class_key, resolve_class
 
 # Key under which ``to_dataset`` stores the task's class and settings in
@@ -116,6 +117,10 @@ class TextTask(Sandbox):
     num_actions = 0
     states_per_prompt = 1
     reward_name: ClassVar[str] = "score"
+    #: How the task was made, for run directories (:mod:`rlnb.envs.text_spec`): ``{"generator":
+    #: name, "settings": {...}}`` (and ``"splits"``) when a seeded rlnb generator made it,
+    #: ``{"spec": spec}`` when rebuilt from an older spec that holds its data, else None.
+    origin: dict[str, Any] | None = None
 
     def __init__(
         self, prompts: Sequence[str], answers: Sequence[str], alphabet: str | None = None
@@ -355,7 +360,9 @@ class TextTask(Sandbox):
         test_set = set(test_keys)
         train_idx = [i for j, key in enumerate(keys) if j not in test_set for i in groups[key]]
         test_idx = [i for j in test_keys for i in groups[keys[j]]]
-        return self.subset(sorted(train_idx)), self.subset(sorted(test_idx))
+        parts = self.subset(sorted(train_idx)), self.subset(sorted(test_idx))
+        mark_split(self, parts, held_out, int(seed))
+        return parts
 
     # --- datasets round trip ------------------------------------------------------------------
     def metadata_columns(self) -> dict[str, list[Any]]:
@@ -441,6 +448,18 @@ class TextTask(Sandbox):
     # --- serialization --------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "answers": self.answers, "alphabet": self.alphabet}
+
+    def spec(self) -> dict[str, Any]:
+        """What ``env.json`` holds: a generator's name and settings, or the settings without
+        the data, which :meth:`get_tensors` holds (:mod:`rlnb.envs.text_spec`)."""
+        return task_spec(self)
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        return task_tensors(self)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> TextTask:
+        return rebuild_task(cls, spec, tensors)
 
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
