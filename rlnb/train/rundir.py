@@ -46,8 +46,10 @@ import torch
 from rlnb.serialization import (
     atomic_save_safetensors,
     atomic_write_bytes,
+    load_component,
     read_spec,
     read_tensors,
+    resolve_class,
     save_component,
 )
 from rlnb.train.checkpoint import (
@@ -243,14 +245,17 @@ class RunDir:
         return plan
 
     def _check_components(self, run: _Run) -> None:
-        """The sandbox and the policy given must be the ones the directory holds."""
+        """The sandbox and the policy given must be the ones the directory holds: the same
+        class (under any name it was registered by, e.g. before it moved module) and the
+        same options and data -- or, for a class that compares by value (a text task, by
+        its prompts and answers), equal to the one the directory rebuilds."""
         d = self.path
         for name, obj, what in (("env", run.env, "sandbox"), ("policy", run.policy, "policy")):
             path = d / f"{name}.json"
             saved = read_spec(path)
             mine = json.loads(json.dumps(obj.spec()))
             ignore = ("device",) if name == "policy" else ()  # where it runs, not what it is
-            if saved["class"] != mine["class"]:
+            if resolve_class(saved["class"], str(path)) is not type(obj):
                 problem = f"{path} holds a {saved['class']}, the {what} given is a {mine['class']}"
             else:
                 a, b = saved.get("config", {}), mine.get("config", {})
@@ -265,6 +270,9 @@ class RunDir:
                                 or not torch.equal(held[k], given[k].detach().cpu()))
                 if differ:
                     problem = f"its data {differ} differ from {tensor_path}"
+            if problem and name == "env" and _compares_by_value(obj) \
+                    and load_component(d, name) == obj:
+                problem = ""  # the same data, written another way (an older format)
             if problem:
                 raise ValueError(
                     f"{d} holds a run on another {what} than the one given ({problem}); "
@@ -399,6 +407,11 @@ class _Resources:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _compares_by_value(obj: Any) -> bool:
+    """Whether ``obj``'s class defines its own ``==`` (not object identity)."""
+    return type(obj).__eq__ is not object.__eq__
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -289,3 +289,22 @@ def test_an_old_format_run_directory_resumes(model_dir, tmp_path):
     assert trainer.step == 2 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
     assert json.loads((run / "env.json").read_text()) == _old_format(
         task, "rlnb.envs.text_tasks:AdditionTask")
+
+
+def test_a_fresh_task_continues_an_old_format_run_directory(model_dir, tmp_path):
+    """The task made again by its generator is the sandbox an older directory holds (its
+    class under the old key, the data inline): Trainer(..., run_dir=old) continues it, and
+    another task is still refused."""
+    run = tmp_path / "run"
+    task = addition(64, seed=0)
+    Trainer(LMPolicy(model_dir, max_new_tokens=3), task, _cfg(), run_dir=run).train()
+    (run / "env.json").write_text(
+        json.dumps(_old_format(task, "rlnb.envs.text_tasks:AdditionTask"), indent=2))
+    with Trainer(LMPolicy(model_dir, max_new_tokens=3), addition(64, seed=0),
+                 _cfg(max_steps=2), run_dir=run) as trainer:
+        assert trainer.step == 1
+        trainer.train()
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    with pytest.raises(ValueError, match="another sandbox"):
+        Trainer(LMPolicy(model_dir, max_new_tokens=3), addition(64, seed=1),
+                _cfg(max_steps=3), run_dir=run)

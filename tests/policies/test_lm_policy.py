@@ -795,3 +795,10 @@ def test_weights_held_only_as_a_pickle_are_refused(tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"pytorch_model\.bin \(a pickle.*safetensors only"):
         LMPolicy(d)
+
+
+def test_run_directories_written_before_the_package_split_name_lm_policy_by_its_old_key():
+    from rlnb.serialization import resolve_class
+
+    assert resolve_class("rlnb.policies.lm:LMPolicy") is LMPolicy
+    assert resolve_class("rlnb.policies.lm.policy:LMPolicy") is LMPolicy

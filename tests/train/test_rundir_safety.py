@@ -193,7 +193,7 @@ def test_the_dashboard_holds_the_lock_while_its_run_is_open(tmp_path):
     dash.stop()
     trainer = dash.trainer
     with pytest.raises(RuntimeError, match="closed"):  # its writes need the lock
-        dash._save(trainer)
+        trainer.save()
     assert resume(dash.run_dir, max_steps=4, progress_bar=False).step == 4
 
 

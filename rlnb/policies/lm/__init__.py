@@ -65,5 +65,9 @@ each reads in one sitting and the fast engine is one sub-package behind one obje
 from rlnb.policies.lm.fast import fast_engine_support
 from rlnb.policies.lm.layout import positions
 from rlnb.policies.lm.policy import ENGINES, LMPolicy
+from rlnb.serialization import register_serializable
+
+# Run directories written before LMPolicy moved into this package name it by its old key.
+register_serializable(LMPolicy, name="rlnb.policies.lm:LMPolicy")
 
 __all__ = ["ENGINES", "LMPolicy", "fast_engine_support", "positions"]

@@ -475,13 +475,11 @@ class LMPolicy(Policy):
         layers: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named hidden states of a rollout (prompt + completion, ``extra["input_ids"]``)
-        or of a list of texts (left-padded), detached, on the CPU:
-
-        * ``"embed"`` ``(N, L, d)``: the token (+ position) embeddings, input of layer 0;
-        * ``"layers.{i}.resid_post"`` ``(N, L, d)``: the residual stream after layer ``i``;
-        * ``"final_norm"`` ``(N, L, d)``: the last layer's output after the final norm
-          (what the LM head reads);
-        * ``"attention_mask"`` ``(N, L)``: 1 on real tokens.
+        or of a list of texts (left-padded), detached, on the CPU: ``"embed"`` (the token
+        and position embeddings, input of layer 0), ``"layers.{i}.resid_post"`` (the
+        residual stream after layer ``i``), ``"final_norm"`` (the last layer's output
+        after the final norm: what the LM head reads), each ``(N, L, d)``, and
+        ``"attention_mask"`` ``(N, L)``, 1 on real tokens.
 
         Footgun: positions run over the whole left-padded sequence. For the completion
         only, take ``[:, Lp:]`` and weight by ``rollout.mask``; padding rows hold garbage.
