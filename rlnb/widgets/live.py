@@ -157,7 +157,6 @@ class LiveTraining:
         self._ui_lock = threading.Lock()  # one figure/status update at a time
         self._thread: threading.Thread | None = None
         self._trainer: Trainer | None = None
-        self._trainer_open = False  # its metrics file is open (not yet finished)
         self._run_name: str | None = None
         self._run_dirs: list[Path] = []
         self._rows: dict[str, list[dict[str, Any]]] = {}
@@ -359,7 +358,7 @@ class LiveTraining:
             trainer = Trainer(policy, self.env, config, run_dir=run_dir,
                               callbacks=[*self.callbacks, _record_knobs])
             with self._state_lock:
-                self._trainer, self._run_name, self._trainer_open = trainer, name, True
+                self._trainer, self._run_name = trainer, name
                 self._run_dirs.append(run_dir)
                 self._rows[name] = []
                 self._pending.clear()
@@ -422,12 +421,11 @@ class LiveTraining:
         """Leave a complete run directory (``trainer.save()``: the last step's checkpoint,
         the knobs in force in config.json) and close it (holding ``lock``)."""
         try:
-            if trainer is not None and self._trainer_open:
+            if trainer is not None and trainer.directory.held:  # not yet closed
                 try:
                     trainer.save()
                 finally:
                     trainer.close()
-                    self._trainer_open = False
         except Exception as err:  # the state must still leave "running"
             self.error = self.error or err
             end = "error"
