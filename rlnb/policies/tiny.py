@@ -1,4 +1,5 @@
-"""Tiny base models made here, not downloaded: a character tokenizer, small Llama / GPT-2 /
+"""Tiny base models made here, not downloaded: a character tokenizer (and a chat-templated
+one, :func:`chat_tokenizer`, for the code paths of instruct models), small Llama / GPT-2 /
 Qwen2 configs, and :func:`pretrain_base`, supervised pre-training on a text task to a base
 model fit for RL studies (low pass@1, high pass@k), cached on disk.
 
@@ -72,6 +73,50 @@ def char_tokenizer(alphabet: str, *, model_max_length: int = 64) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
         padding_side="left", model_max_length=model_max_length)
+
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+#: ChatML, the turn format of Qwen's instruct models: ``<|im_start|>{role}\n{content}<|im_end|>\n``
+#: per message, then ``<|im_start|>assistant\n`` to open the answer. It starts with BOS
+#: (Qwen's does not) so that a test can tell a template that writes the special tokens from
+#: an encoding that adds them a second time.
+CHATML_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_CHAT_CHARS = "\nassistantsystemuser"  # what CHATML_TEMPLATE writes around the contents
+
+
+def chat_tokenizer(alphabet: str, *, model_max_length: int = 64) -> Any:
+    """:func:`char_tokenizer` made an instruct model's tokenizer: the special tokens
+    ``<|im_start|>`` and ``<|im_end|>`` (one id each, after the characters), the ChatML
+    :data:`CHATML_TEMPLATE` as its ``chat_template``, and ``<|im_end|>`` as EOS, so a
+    completion ends where the assistant's turn does. The characters the template writes
+    (newline, the role names) join the vocabulary after ``alphabet``'s. ``save_pretrained``
+    writes the template (``chat_template.jinja``) and ``from_pretrained`` reads it back.
+
+    Plain encoding still prepends ``<s>``; the template writes ``<s>`` itself, so encode a
+    rendered chat with ``add_special_tokens=False`` (as ``apply_chat_template`` does).
+    Give the model ``eos_token_id=tok.eos_token_id`` (:func:`tiny_config`).
+
+    >>> tok = chat_tokenizer("0123456789+=")
+    >>> tok.apply_chat_template([{"role": "user", "content": "1+1="}],
+    ...                         add_generation_prompt=True, tokenize=False)
+    '<s><|im_start|>user\\n1+1=<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> tok.eos_token, tok.convert_tokens_to_ids(tok.eos_token) == len(tok) - 1
+    ('<|im_end|>', True)
+    """
+    if not isinstance(alphabet, str) or not alphabet:
+        raise ValueError(f"alphabet must be a non-empty string of characters, got {alphabet!r}")
+    extra = "".join(sorted(set(_CHAT_CHARS) - set(alphabet)))
+    tok = char_tokenizer(alphabet + extra, model_max_length=model_max_length)
+    tok.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
+    tok.eos_token = IM_END
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
 
 
 # ======================================================================================
