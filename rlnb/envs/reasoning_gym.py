@@ -10,6 +10,10 @@ locally (no network) and deterministically from ``seed``.
 Completion format: if the completion contains ``<answer>...</answer>``, the text inside the
 last such pair (stripped) is the answer; otherwise the whole stripped completion is. So a
 chat model can think first and tag its answer, and a tiny model can emit the bare answer.
+With ``answer_tag="answer"`` the task asks for the tag instead (an instruction after every
+question, as reasoning-gym's own prompts and the TRL / verl recipes do) and requires it: the
+text inside the last ``<answer>...</answer>`` is scored, and a completion without one scores
+0, the format reward of DeepSeek-R1-style training folded into the answer reward.
 
 Footgun: scores are whatever the dataset's verifier returns, in [0, 1] but not always
 binary; the default verifier (``chain_sum`` for one) gives partial credit
@@ -66,6 +70,48 @@ def extract_answer(completion: str) -> str:
     return completion.strip()
 
 
+def check_tag(tag: str) -> str:
+    """``tag`` if it is a tag name (letters, digits, ``_`` and ``-``, starting with a letter),
+    else ``ValueError``: it is written into prompts as ``<tag>`` and searched for as is."""
+    if not isinstance(tag, str) or not tag or not tag[0].isascii() or not tag[0].isalpha() or \
+            not all(c.isascii() and (c.isalnum() or c in "_-") for c in tag):
+        raise ValueError(
+            f"answer_tag must be a tag name such as 'answer' (ASCII letters, digits, '_' and "
+            f"'-', starting with a letter; no angle brackets), got {tag!r}"
+        )
+    return tag
+
+
+def extract_tagged(completion: str, tag: str = "answer") -> str | None:
+    """The stripped text inside the last ``<tag>...</tag>`` pair of a completion, or None
+    when it has none. The pairs are those ``reasoning_gym.utils.extract_answer`` finds
+    (left to right, each ``<tag>`` closed by the first ``</tag>`` after it), and so is the
+    answer; this scan takes linear time where that regex can take quadratic time on a
+    runaway completion full of unclosed tags.
+
+    >>> extract_tagged("<think>1+1</think><answer> 2 </answer>"), extract_tagged("2")
+    ('2', None)
+    >>> extract_tagged("<answer>1</answer> no, <answer>2</answer>")
+    '2'
+    """
+    open_tag, close_tag = f"<{tag}>", f"</{tag}>"
+    found = None
+    pos = 0
+    while (start := completion.find(open_tag, pos)) >= 0:
+        end = completion.find(close_tag, start + len(open_tag))
+        if end < 0:
+            break
+        found = (start + len(open_tag), end)
+        pos = end + len(close_tag)
+    return None if found is None else completion[found[0] : found[1]].strip()
+
+
+def answer_instruction_for(tag: str) -> str:
+    """The default instruction appended to every question by ``answer_tag=tag`` (the
+    wording of reasoning-gym's ``simple`` system prompt)."""
+    return f"\nProvide your final answer between <{tag}> and </{tag}> tags."
+
+
 class ReasoningGymTask(TextTask):
     """A reasoning-gym dataset as a text task.
 
@@ -79,18 +125,38 @@ class ReasoningGymTask(TextTask):
             None keeps all.
         max_answer_chars: an extracted answer longer than this scores 0.0 without calling
             the verifier. Default: ``max(256, 4 * longest reference answer)``.
+        answer_tag: a tag name such as ``"answer"``: every prompt asks for the final answer
+            inside ``<answer>...</answer>`` (the question, then ``answer_instruction``), and
+            only the text inside the last such pair is scored; a completion without the tag
+            scores 0.0, however right its bare answer. :meth:`sft_completion` wraps the
+            reference answer in the tag. None (default): prompts are the bare questions
+            and the tag is optional (:func:`extract_answer`).
+        answer_instruction: what ``answer_tag`` appends to every question. None (default):
+            ``"\\nProvide your final answer between <answer> and </answer> tags."``
+            (:func:`answer_instruction_for`); ``""`` appends nothing, for a policy whose
+            system prompt asks for the tag (``LMPolicy(..., system_prompt=...)``, e.g. one
+            of ``reasoning_gym.utils.SYSTEM_PROMPTS``). Only with ``answer_tag``.
         **dataset_kwargs: the dataset's own options (JSON-able), e.g. ``min_terms=2``.
 
-    ``score`` maps the completion to an answer with :func:`extract_answer` and returns
+    ``score`` maps the completion to an answer (:func:`extract_answer`, or
+    :func:`extract_tagged` with ``answer_tag``) and returns
     ``dataset.score_answer(answer=..., entry=...)``, turning a verifier exception or a
-    non-finite value into 0.0. The alphabet is every character found in the questions and
-    answers of all ``size`` entries (the same for every split of one task).
+    non-finite value into 0.0. The alphabet is every character found in the prompts and
+    answers of all ``size`` entries, and in the tags (the same for every split of one task).
+
+    Footgun: ``entry(i)["question"]`` is the dataset's question; ``prompt(i)`` is what the
+    model reads, with the instruction when ``answer_tag`` is set.
 
     >>> task = ReasoningGymTask("chain_sum", size=2, seed=1)  # doctest: +SKIP
     >>> task.prompt(1), task.answer(1)  # doctest: +SKIP
     ('State the final answer to the following arithmetic problem: 1 + 5 =', '6')
     >>> task.score(task.prompt(1), "<answer>6</answer>"), task.score(task.prompt(1), "7")  # doctest: +SKIP
     (1.0, 0.0)
+    >>> tagged = ReasoningGymTask("chain_sum", size=2, seed=1, answer_tag="answer")  # doctest: +SKIP
+    >>> tagged.prompt(1)  # doctest: +SKIP
+    'State the final answer to the following arithmetic problem: 1 + 5 =\\nProvide your final answer between <answer> and </answer> tags.'
+    >>> tagged.score(tagged.prompt(1), "6"), tagged.score(tagged.prompt(1), "<answer>6</answer>")  # doctest: +SKIP
+    (0.0, 1.0)
     """
 
     def __init__(
@@ -100,6 +166,8 @@ class ReasoningGymTask(TextTask):
         seed: int = 0,
         indices: Sequence[int] | None = None,
         max_answer_chars: int | None = None,
+        answer_tag: str | None = None,
+        answer_instruction: str | None = None,
         **dataset_kwargs: Any,
     ) -> None:
         _import_reasoning_gym()
@@ -114,6 +182,17 @@ class ReasoningGymTask(TextTask):
             raise ValueError(
                 f"seed must be an int so the task can be rebuilt from its config, got {seed!r}"
             )
+        if answer_tag is not None:
+            check_tag(answer_tag)
+        if answer_instruction is not None:
+            if answer_tag is None:
+                raise ValueError(
+                    "answer_instruction is only used with answer_tag (it tells the model to "
+                    "put its answer in that tag); pass answer_tag='answer' as well, or drop it"
+                )
+            if not isinstance(answer_instruction, str):
+                raise TypeError(f"answer_instruction must be a str, got "
+                                f"{type(answer_instruction).__name__}")
         try:
             json.dumps(dataset_kwargs)
         except TypeError as err:
@@ -122,7 +201,14 @@ class ReasoningGymTask(TextTask):
             ) from err
         dataset = create_dataset(dataset_name, size=size, seed=seed, **dataset_kwargs)
         entries = [dataset[i] for i in range(size)]
-        alphabet = "".join(sorted(set().union(*(e["question"] + e["answer"] for e in entries))))
+        if answer_tag is None:
+            suffix, tag_chars = "", ""
+        else:
+            suffix = (answer_instruction if answer_instruction is not None
+                      else answer_instruction_for(answer_tag))
+            tag_chars = f"<{answer_tag}></{answer_tag}>" + suffix
+        alphabet = "".join(sorted(set(tag_chars).union(
+            *(e["question"] + e["answer"] for e in entries))))
         if indices is not None:
             indices = [int(i) for i in indices]
             bad = [i for i in indices if not 0 <= i < size]
@@ -136,7 +222,11 @@ class ReasoningGymTask(TextTask):
         self.indices = indices
         self.dataset = dataset
         self._entries = kept
-        super().__init__([e["question"] for e in kept], [e["answer"] for e in kept], alphabet)
+        self.answer_tag = answer_tag
+        self._answer_instruction_given = answer_instruction
+        self.answer_instruction = suffix if answer_tag is not None else None
+        super().__init__([e["question"] + suffix for e in kept], [e["answer"] for e in kept],
+                         alphabet)
         longest = max(len(a) for a in self._answers)
         self._max_answer_chars_given = max_answer_chars
         self.max_answer_chars = (
@@ -157,7 +247,12 @@ class ReasoningGymTask(TextTask):
             raise TypeError(
                 f"a completion must be a str (decoded text), got {type(completion).__name__}"
             )
-        answer = extract_answer(completion)
+        if self.answer_tag is None:
+            answer = extract_answer(completion)
+        else:
+            answer = extract_tagged(completion, self.answer_tag)
+            if answer is None:  # the prompt asked for the tag: no tag, no answer
+                return 0.0
         if len(answer) > self.max_answer_chars:
             return 0.0
         try:
@@ -165,6 +260,11 @@ class ReasoningGymTask(TextTask):
         except Exception:
             return 0.0
         return value if math.isfinite(value) else 0.0
+
+    def sft_completion(self, i: int, generator: Any = None) -> str:
+        """The reference answer, inside the answer tag when the task asks for one."""
+        answer = super().sft_completion(i, generator)
+        return answer if self.answer_tag is None else f"<{self.answer_tag}>{answer}</{self.answer_tag}>"
 
     # --- splits and datasets ------------------------------------------------------------
     def _positions(self) -> list[int]:
@@ -207,11 +307,17 @@ class ReasoningGymTask(TextTask):
             config["indices"] = list(self.indices)
         if self._max_answer_chars_given is not None:
             config["max_answer_chars"] = self._max_answer_chars_given
+        if self.answer_tag is not None:
+            config["answer_tag"] = self.answer_tag
+        if self._answer_instruction_given is not None:
+            config["answer_instruction"] = self._answer_instruction_given
         config.update(self.dataset_kwargs)
         return config
 
     def __repr__(self) -> str:
         return (
             f"ReasoningGymTask({self.dataset_name!r}, num_prompts={self.num_prompts}, "
-            f"size={self.size}, seed={self.seed})"
+            f"size={self.size}, seed={self.seed}"
+            + (f", answer_tag={self.answer_tag!r}" if self.answer_tag is not None else "")
+            + ")"
         )
