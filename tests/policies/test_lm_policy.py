@@ -629,18 +629,24 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_bf16_policy_samples_scores_trains_and_reloads(arch, tmp_path):
-    """The half-precision path a GPU uses by default, run on the CPU: the model is held in
-    bf16, log-probs come back in float32 and equal the sampler's, a GRPO step updates the
-    weights, and the saved model reloads in bf16 with the same log-probs."""
+@pytest.mark.parametrize("mixed", [None, False], ids=["mixed", "pure"])
+def test_bf16_policy_samples_scores_trains_and_reloads(arch, mixed, tmp_path):
+    """The half-precision path a GPU uses by default, run on the CPU: by default (mixed
+    precision) the weights stay float32 and the forward computes in bf16; with
+    ``mixed_precision=False`` the model is held in bf16. Either way log-probs come back in
+    float32 and equal the sampler's, a GRPO step updates the weights, and the saved model
+    reloads with the same log-probs."""
     from rlnb.envs import addition
     from rlnb.train import TrainConfig, Trainer
 
     model, tok = _model(arch)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    pi = LMPolicy(tmp_path / "m", device="cpu", dtype="bf16", max_new_tokens=6)
-    assert pi.model.dtype == torch.bfloat16
+    pi = LMPolicy(tmp_path / "m", device="cpu", dtype="bf16", max_new_tokens=6,
+                  mixed_precision=mixed)
+    assert pi.model.dtype == (torch.float32 if mixed is None else torch.bfloat16)
+    assert pi.compute_dtype == (torch.bfloat16 if mixed is None else None)
+    assert pi.engine == ("hf" if mixed is None else pi.engine)
     r = pi.rollout(MIXED, torch.tensor([0, 1, 3]), 2, generator=_gen(0))
     logp, ent = pi.log_probs(r)
     assert logp.dtype == torch.float32 and torch.isfinite(ent).all()
@@ -653,7 +659,8 @@ def test_bf16_policy_samples_scores_trains_and_reloads(arch, tmp_path):
     assert history["loss"].map(math.isfinite).all()
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, pi.parameters()))
     pi.save_pretrained(tmp_path / "trained")
-    back = LMPolicy(tmp_path / "trained", device="cpu", dtype="bf16", max_new_tokens=6)
+    back = LMPolicy(tmp_path / "trained", device="cpu", dtype="bf16", max_new_tokens=6,
+                    mixed_precision=mixed)
     with torch.no_grad():
         assert torch.equal(back.log_probs(r)[0], pi.log_probs(r)[0])
 

@@ -9,10 +9,11 @@ engine: sampling (:mod:`rlnb.policies.lm.sampling`, with a stepper per engine) a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,15 @@ import torch
 
 from rlnb import threads
 from rlnb.policies.base import Policy, Rollout, validate_sampling_args
-from rlnb.policies.lm import hidden, sampling, scoring
+from rlnb.policies.lm import hidden, precision, sampling, scoring
+from rlnb.policies.lm import lora as adapters
 from rlnb.policies.lm.fast import FastEngine, fast_engine_support
 from rlnb.policies.lm.layout import left_pad
 from rlnb.policies.lm.load import (
     check_device,
     dtype_name,
     load_model,
+    load_tokenizer,
     resolve_dtype,
     special_tokens,
 )
@@ -50,6 +53,18 @@ class LMPolicy(Policy):
             ``top_p < 1`` the PPO ratio is against the untruncated policy, as in TRL.
         hidden_states: also store ``extra["hidden_states"]`` (see :meth:`hidden_states`)
             in every rollout.
+        mixed_precision: with a bf16/fp16 ``dtype``, keep float32 master weights and
+            optimiser state and compute in ``dtype`` (``torch.autocast``), as accelerate
+            and DeepSpeed train: the default (None) for bf16/fp16. ``False`` stores the
+            weights in ``dtype`` itself, where updates smaller than the dtype's spacing
+            are lost (:mod:`rlnb.policies.lm.precision`). Ignored for float32.
+        lora: a ``peft.LoraConfig`` (or a dict of its fields): train LoRA adapters only,
+            the base model frozen (:mod:`rlnb.policies.lm.lora`). ``model`` may also be a
+            directory of adapters written by ``save_pretrained`` of such a policy.
+        chat_template: render prompts through the tokenizer's chat template (a user
+            message, after the optional ``system_prompt``). None: when the tokenizer has
+            one; True: require one; False: plain text.
+        system_prompt: a system message before each prompt (chat templates only).
         engine: ``"auto"`` (the functional "fast" forward for llama/qwen2/mistral/gpt2,
             the model's own forward otherwise), ``"fast"``, ``"hf"`` (model forward with
             Hugging Face's KV cache) or ``"hf-nocache"`` (the whole sequence re-run at every
@@ -83,17 +98,40 @@ class LMPolicy(Policy):
         top_p: float = 1.0,
         hidden_states: bool = False,
         engine: str = "auto",
+        mixed_precision: bool | None = None,
+        lora: Any = None,
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         dev = check_device(device if device is not None else
                             ("cuda" if torch.cuda.is_available() else "cpu"))
         dt = resolve_dtype(dtype, dev)
-        hf, tok = load_model(model, dev, dt)
+        mixed = precision.resolve_mixed_precision(mixed_precision, dt)
+        weights_dtype = torch.float32 if mixed else dt
+        adapter_dir = None  # a directory of LoRA adapters, loaded onto its base model
+        if isinstance(model, (str, os.PathLike)) and adapters.adapter_dir_exists(model):
+            if lora is not None:
+                raise ValueError(f"{str(model)!r} holds LoRA adapters with their own settings "
+                                 "(adapter_config.json); do not pass lora= as well")
+            adapter_dir = Path(model).expanduser().resolve()
+            base, lora = adapters.read_adapter_dir(adapter_dir)
+            hf, tok = load_model(base, dev, weights_dtype)
+            if (adapter_dir / "tokenizer_config.json").exists():
+                tok = load_tokenizer(adapter_dir)
+        else:
+            hf, tok = load_model(model, dev, weights_dtype)
         local = Path(model).expanduser()
         # A local directory is recorded as an absolute path, so a run directory rebuilds
         # the policy from any working directory; a hub name is kept as given.
         ref = str(local.resolve()) if local.is_dir() else str(model)
-        self._setup(hf, tok, ref, dev, dtype, max_new_tokens, top_p, hidden_states, engine)
+        self._setup(hf, tok, ref, dev, dtype, max_new_tokens, top_p, hidden_states, engine,
+                    compute_dtype=dt if mixed else None, lora=lora,
+                    chat_template=chat_template, system_prompt=system_prompt)
+        self._mixed_option = mixed_precision
+        self._adapter_dir = adapter_dir
+        if adapter_dir is not None:
+            adapters.load_adapter_weights(self._peft, adapter_dir)
         self._device_option = None if device is None else str(device)
 
     @classmethod
@@ -106,10 +144,15 @@ class LMPolicy(Policy):
         top_p: float = 1.0,
         hidden_states: bool = False,
         engine: str = "auto",
+        lora: Any = None,
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
     ) -> LMPolicy:
-        """Wrap an already loaded model (kept on its device and dtype). Such a policy has
-        no directory to rebuild from: ``save_pretrained`` it before training with a
-        ``run_dir``."""
+        """Wrap an already loaded model (kept on its device and dtype, so no mixed
+        precision: load it in float32 and use ``LMPolicy(dir, dtype="bfloat16")`` for
+        that). Such a policy has no directory to rebuild from: ``save_pretrained`` it
+        before training with a ``run_dir``. ``lora`` injects adapters into ``model``
+        itself."""
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
             raise TypeError(
                 f"model must be a loaded Hugging Face causal LM (a torch.nn.Module with a "
@@ -126,14 +169,23 @@ class LMPolicy(Policy):
         ref = ref if ref and (Path(ref) / "config.json").exists() else None
         self._setup(model, tokenizer, ref, next(model.parameters()).device,
                     dtype_name(next(model.parameters()).dtype), max_new_tokens, top_p,
-                    hidden_states, engine)
+                    hidden_states, engine, lora=lora, chat_template=chat_template,
+                    system_prompt=system_prompt)
         self._device_option = str(self.device)
+        self._mixed_option = None
+        self._adapter_dir = None
         return self
 
     def _setup(self, model, tokenizer, ref, device, dtype, max_new_tokens, top_p,
-               hidden_states, engine) -> None:
+               hidden_states, engine, *, compute_dtype=None, lora=None, chat_template=None,
+               system_prompt=None) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if chat_template is not None and not isinstance(chat_template, bool):
+            raise TypeError(f"chat_template must be True, False or None, got {chat_template!r}")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a str or None, got "
+                            f"{type(system_prompt).__name__}")
         from rlnb.checks import check_int, check_number
 
         max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1,
@@ -141,6 +193,17 @@ class LMPolicy(Policy):
         top_p = check_number(top_p, "top_p", 0, 1, low_open=True, meaning="nucleus sampling")
         if not isinstance(hidden_states, bool):
             raise TypeError(f"hidden_states must be True or False, got {hidden_states!r}")
+        #: The compute dtype of mixed precision (weights in float32), or None.
+        self.compute_dtype = compute_dtype
+        self._peft = None  # the peft wrapper of a LoRA policy
+        self._lora = None
+        if lora is not None:
+            self._lora = adapters.lora_config(lora)
+            self._peft = adapters.add_adapters(model, self._lora)
+            model = self._peft.get_base_model()  # the same model, LoRA layers injected
+        self._trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
+        self._checkpointed: list[torch.nn.Module] = []  # layers recomputed in the backward
+        self.chat_template, self.system_prompt = chat_template, system_prompt
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_ref = ref
@@ -152,6 +215,11 @@ class LMPolicy(Policy):
         self.record_hidden_states = bool(hidden_states)
         self.engine_option = engine
         why_not = fast_engine_support(model)
+        if why_not is None and compute_dtype is not None:
+            why_not = ("mixed precision computes under torch.autocast, which the fast "
+                       "engine's fused kernels do not follow")
+        if why_not is None and self._peft is not None:
+            why_not = "LoRA layers run only in the model's own forward"
         if engine == "fast" and why_not is not None:
             raise ValueError(f"engine='fast' cannot run this model: {why_not}; use engine='hf'")
         self.engine = ("fast" if why_not is None else "hf") if engine == "auto" else engine
@@ -159,7 +227,8 @@ class LMPolicy(Policy):
         self._fast = FastEngine(model, self.device) if self.engine == "fast" else None
         self.pad_id, self.eos_ids = special_tokens(model, tokenizer)
         self._eos_t = torch.tensor(self.eos_ids, device=self.device)
-        self._prompts = PromptChecker(tokenizer, model.config)
+        self._prompts = PromptChecker(tokenizer, model.config, chat_template=chat_template,
+                                      system_prompt=system_prompt)
         self.max_positions = self._prompts.max_positions  # the model's context, or None
         self._num_params = sum(p.numel() for p in model.parameters())
         try:
@@ -175,7 +244,7 @@ class LMPolicy(Policy):
                 "this LMPolicy wraps an in-memory model that has no directory to be rebuilt "
                 "from; call policy.save_pretrained(dir) and train LMPolicy(dir) instead"
             )
-        return {
+        config = {
             "model": self.model_ref,
             "device": self._device_option,
             "dtype": self._dtype_option,
@@ -184,14 +253,83 @@ class LMPolicy(Policy):
             "hidden_states": self.record_hidden_states,
             "engine": self.engine_option,
         }
+        # Options added later are recorded only when set, so that the spec of a policy
+        # without them stays what older run directories hold.
+        optional = {"mixed_precision": self._mixed_option,
+                    "chat_template": self.chat_template, "system_prompt": self.system_prompt}
+        if self._lora is not None and self._adapter_dir is None:  # a directory has its own
+            optional["lora"] = adapters.lora_spec(self._lora)
+        config.update({k: v for k, v in optional.items() if v is not None})
+        return config
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, merge_lora: bool = False) -> Path:
         """Write model and tokenizer with ``save_pretrained``; ``LMPolicy(directory)``
-        loads them back."""
+        loads them back. A LoRA policy writes its adapters only (``adapter_config.json``
+        naming the base model's directory, ``adapter_model.safetensors``), or with
+        ``merge_lora=True`` a plain model with the adapters merged into its weights."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        if self._peft is None:
+            self.model.save_pretrained(directory)
+        elif merge_lora:
+            adapters.merged_copy(self._peft).save_pretrained(directory)
+        else:
+            adapters.save_adapters(self._peft, directory, self._base_ref())
         self.tokenizer.save_pretrained(directory)
         return directory
+
+    def _base_ref(self) -> str | None:
+        """The base model a LoRA policy's adapters apply to."""
+        if self._adapter_dir is not None:
+            return adapters.read_adapter_dir(self._adapter_dir)[0]
+        return self.model_ref
+
+    @property
+    def lora(self) -> Any:
+        """The ``peft.LoraConfig`` of a LoRA policy, else None."""
+        return self._lora
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Within the block, the policy is its base model (LoRA adapters off)."""
+        if self._peft is None:
+            raise ValueError("this policy has no LoRA adapters to disable")
+        with self._peft.disable_adapter():
+            yield
+
+    def reference_policy(self) -> Policy:
+        """The frozen policy for the KL term: for a LoRA policy, this very model with its
+        adapters disabled (no second copy of the weights); else a frozen copy."""
+        if self._peft is not None:
+            return adapters.AdaptersDisabled(self)
+        return super().reference_policy()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer's activations in the backward pass instead of
+        keeping them (Hugging Face's activation checkpointing, non-reentrant): less memory,
+        about a third more compute. The policy then runs on the model's own forward (the
+        fast engine, where ``engine="auto"`` chose it, is switched off: it has no
+        checkpointing); ``engine="fast"`` raises. The trainer calls this for
+        ``TrainConfig(gradient_checkpointing=True)``."""
+        if self.engine_option == "fast":
+            raise ValueError("engine='fast' has no activation checkpointing; use "
+                             "engine='auto' or 'hf' with gradient_checkpointing")
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.model).__name__} does not support gradient "
+                             "checkpointing")
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Hugging Face checkpoints a layer only in training mode; the layers alone are put
+        # in it (their dropout sub-modules stay in eval mode), at every scoring call.
+        self._checkpointed = [m for m in self.model.modules()
+                              if isinstance(m, GradientCheckpointingLayer)]
+        self.engine, self._fast = "hf", None
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether :meth:`enable_gradient_checkpointing` is in force."""
+        return bool(self._checkpointed)
 
     def train(self, mode: bool = True) -> LMPolicy:
         """Set the policy's mode flag; the wrapped model stays in eval mode (no dropout).
@@ -212,16 +350,21 @@ class LMPolicy(Policy):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The parameters, without the duplicate names of tied weights (GPT-2's ``lm_head``
-        is its embedding): safetensors refuses to save one tensor twice."""
+        is its embedding): safetensors refuses to save one tensor twice. A LoRA policy's
+        state is its adapters alone (the base weights are those of its model directory)."""
         sd = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", "")
         for name in self._aliases():
             sd.pop(prefix + name, None)
+        if self._peft is not None:
+            sd = type(sd)((k, v) for k, v in sd.items()
+                          if k.removeprefix(prefix) in self._trainable)
         return sd
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if k not in self._aliases()]
+        expected = set(self.state_dict())
+        missing = [k for k in result.missing_keys if k not in self._aliases() and k in expected]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
                 f"LMPolicy.load_state_dict: missing keys {missing}, unexpected keys "
@@ -327,6 +470,12 @@ class LMPolicy(Policy):
         fused kernels are in use: each changes the last bits of the numbers."""
         info: dict[str, Any] = {"engine": self.engine, "device": str(self.device),
                                 "dtype": str(next(self.model.parameters()).dtype)}
+        if self.compute_dtype is not None:
+            info["compute_dtype"] = str(self.compute_dtype)
+        if self._peft is not None:
+            info["lora"] = True
+        if self._checkpointed:
+            info["gradient_checkpointing"] = True
         if self._fast is not None:
             info.update(self._fast.runtime_info())
         return info
@@ -413,11 +562,20 @@ class LMPolicy(Policy):
         # The trainer's rule (rlnb.threads): a small model samples on one CPU thread.
         one_thread = threads.is_small(self._num_params, self.device)
         tape = self._fast.new_tape(temperature) if keep_activations else None
-        return sampling.sample(
-            self._stepper, seqs, n, T, temperature=temperature, generator=generator,
-            top_p=self.top_p, pad_id=self.pad_id, eos_ids=self.eos_ids, eos_t=self._eos_t,
-            vocab_size=self.model.get_output_embeddings().weight.shape[0], device=self.device,
-            compact=self.engine == "fast", tape=tape, one_thread=one_thread)
+        with self._compute():
+            return sampling.sample(
+                self._stepper, seqs, n, T, temperature=temperature, generator=generator,
+                top_p=self.top_p, pad_id=self.pad_id, eos_ids=self.eos_ids, eos_t=self._eos_t,
+                vocab_size=self._vocab_size(), device=self.device,
+                compact=self.engine == "fast", tape=tape, one_thread=one_thread)
+
+    def _vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """The compute context of every forward pass: autocast to the compute dtype under
+        mixed precision, nothing otherwise."""
+        return precision.autocast(self.device, self.compute_dtype)
 
     def _stepper(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int,
                  tape: Any = None):
@@ -437,10 +595,18 @@ class LMPolicy(Policy):
         """Logits ``(N, T, V)`` that score each completion token (position ``Lp - 1 + t``
         predicts completion token ``t``), with gradients."""
         ids, Lp, pos, key_valid = scoring.completion_inputs(rollout, self.device)
-        if self._fast is None:
-            return scoring.completion_logits(self.model, ids, pos, key_valid,
-                                             rollout.actions.shape[1], self._takes_logits_to_keep)
-        return self._fast.completion_logits(ids, pos, key_valid, Lp, rollout.group_size)
+        self._checkpointing_on()
+        with self._compute():
+            if self._fast is None:
+                return scoring.completion_logits(self.model, ids, pos, key_valid,
+                                                 rollout.actions.shape[1],
+                                                 self._takes_logits_to_keep)
+            return self._fast.completion_logits(ids, pos, key_valid, Lp, rollout.group_size)
+
+    def _checkpointing_on(self) -> None:
+        """Hugging Face recomputes a layer only while that layer is in training mode."""
+        for layer in self._checkpointed:
+            layer.training = True
 
     def log_probs(
         self, rollout: Rollout, *, temperature: float = 1.0
@@ -453,19 +619,30 @@ class LMPolicy(Policy):
         Only what the masked tokens depend on is computed: the completion columns after
         the last masked token of every row are dropped and the LM head runs on the scored
         positions alone; the fast engine also runs each group's shared prompt once and
-        packs the completion tokens (:func:`rlnb.policies.lm.fast.score.packed_hidden`)."""
+        packs the completion tokens (:func:`rlnb.policies.lm.fast.score.packed_hidden`).
+        The LM head runs on a bounded number of positions at a time
+        (:func:`rlnb.policies.lm.scoring.chunked_token_stats`): the ``(S, V)`` float32
+        logits of a large vocabulary never exist at once."""
         validate_sampling_args(1, temperature)
         mask = rollout.mask.to(rollout.actions.device)  # (N, T)
-        if self._fast is not None:  # packed, or replayed from the sampler's activations
-            logits, actions = self._fast.scored_logits(rollout, mask, temperature)  # (S, V), (S,)
-        else:  # the model's own forward over the columns up to the last masked one
-            trimmed = scoring.trim_to_mask(rollout, mask)
-            logits = self.completion_logits(trimmed)  # (N, Te, V)
-            m = trimmed.mask.to(logits.device)
-            logits, actions = logits[m], trimmed.actions.to(logits.device)[m]
-        logp, entropy = scoring.scatter_masked(
-            mask, *scoring.token_stats(logits, actions, temperature))
-        return logp, entropy
+        V = self._vocab_size()
+        self._checkpointing_on()
+        with self._compute():
+            if self._fast is not None:  # packed, or replayed from the sampler's activations
+                h, actions, head = self._fast.scored_hidden(rollout, mask, temperature)
+            else:  # the model's own forward over the columns up to the last masked one
+                trimmed = scoring.trim_to_mask(rollout, mask)
+                if scoring.hidden_path_supported(self.model):
+                    ids, _, pos, key_valid = scoring.completion_inputs(trimmed, self.device)
+                    h = scoring.completion_hidden(self.model, ids, pos, key_valid,
+                                                  trimmed.actions.shape[1])  # (N, Te, d)
+                    head = self.model.get_output_embeddings()
+                else:  # a head with soft-capping or scaling: the model's own logits
+                    h, head = self.completion_logits(trimmed), (lambda x: x)
+                m = trimmed.mask.to(h.device)
+                h, actions = h[m], trimmed.actions.to(h.device)[m]
+            stats = scoring.chunked_token_stats(head, h, actions, temperature, V)
+        return tuple(scoring.scatter_masked(mask, *stats))
 
     # --- internals ------------------------------------------------------------------------
     @torch.no_grad()
@@ -493,7 +670,10 @@ class LMPolicy(Policy):
             source = list(source)
             self.check_prompts(source, max_new_tokens=0)
             ids, am = left_pad([self.encode_prompt(t) for t in source], self.pad_id)
-        return hidden.hidden_states(self.model, ids.to(self.device), am.to(self.device), layers)
+        with self._compute():
+            states = hidden.hidden_states(self.model, ids.to(self.device), am.to(self.device),
+                                          layers)
+        return {k: v.float() if v.is_floating_point() else v for k, v in states.items()}
 
     def extra_repr(self) -> str:
         return (f"model={self.model_ref!r}, engine={self.engine!r}, "

@@ -8,9 +8,11 @@ off-by-one here trains on garbage without raising anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rlnb.policies.base import Rollout
 from rlnb.policies.lm.layout import positions
@@ -42,6 +44,62 @@ def completion_logits(model: Any, ids: torch.Tensor, pos: torch.Tensor, key_vali
     out = model(input_ids=ids[:, :-1], attention_mask=key_valid[:, :-1].long(),
                 position_ids=pos[:, :-1], use_cache=False, **keep)
     return out.logits[:, -T:]
+
+
+#: Logits computed at once by :func:`chunked_token_stats`: 2**24 float32 values (64 MiB),
+#: e.g. 110 scored tokens of a 151,936-token vocabulary (Qwen2.5), all of a tiny model's.
+CHUNK_ELEMENTS = 2 ** 24
+
+#: Config settings of LM heads that do more than one linear map (soft-capping, scaling):
+#: such models are scored from their own logits (:func:`completion_logits`).
+_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def hidden_path_supported(model: Any) -> bool:
+    """Whether the model's logits are ``lm_head(base_model(...).last_hidden_state)``, so that
+    :func:`completion_hidden` and a chunked head reproduce them: a ``base_model`` distinct
+    from the model, an ``nn.Linear`` head, no soft-capping or logit scaling in the config."""
+    cfg = getattr(model, "config", None)
+    if any(getattr(cfg, key, None) not in (None, 1, 1.0) for key in _HEAD_EXTRAS):
+        return False
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return base is not None and base is not model and type(head) is torch.nn.Linear
+
+
+def completion_hidden(model: Any, ids: torch.Tensor, pos: torch.Tensor,
+                      key_valid: torch.Tensor, T: int) -> torch.Tensor:
+    """The final hidden states ``(N, T, d)`` (after the final norm: what the LM head reads)
+    that score the ``T`` completion tokens of ``ids (N, Lp + T)``, with gradients: the
+    model's own base forward without its LM head, so no ``(N, T, V)`` logits exist."""
+    out = model.base_model(input_ids=ids[:, :-1], attention_mask=key_valid[:, :-1].long(),
+                           position_ids=pos[:, :-1], use_cache=False)
+    return out.last_hidden_state[:, -T:]
+
+
+def chunked_token_stats(head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor,
+                        actions: torch.Tensor, temperature: float, vocab_size: int,
+                        chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_stats` of ``head(h)`` for hidden states ``h (S, d)``, ``C`` rows at a
+    time with ``C * vocab_size <= chunk_elements`` (default :data:`CHUNK_ELEMENTS`): the
+    ``(S, V)`` float32 logits, the peak of a step with a 150k vocabulary, never exist at
+    once. Under autograd each chunk is recomputed in the backward pass
+    (``torch.utils.checkpoint``) instead of keeping its logits. A batch that fits in one
+    chunk (every tiny model's) is computed exactly as ``token_stats(head(h), ...)``."""
+    limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    rows = max(1, limit // max(1, vocab_size))
+    S = h.shape[0]
+    if S <= rows:
+        return token_stats(head(h), actions, temperature)
+
+    def stats(hc: torch.Tensor, ac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_stats(head(hc), ac, temperature)
+
+    recompute = torch.is_grad_enabled()
+    parts = [checkpoint(stats, h[i:i + rows], actions[i:i + rows], use_reentrant=False)
+             if recompute else stats(h[i:i + rows], actions[i:i + rows])
+             for i in range(0, S, rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def trim_to_mask(rollout: Rollout, mask: torch.Tensor) -> Rollout:

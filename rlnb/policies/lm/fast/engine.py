@@ -58,21 +58,31 @@ class FastEngine:
     def scored_logits(self, rollout: Any, mask: torch.Tensor,
                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(S, V)`` that predict the masked tokens (row-major) and those tokens
-        ``(S,)``, with gradients: from the sampler's activations when the rollout kept them
-        for these very weights and temperature, else packed (:func:`score.scored_logits`)."""
+        ``(S,)``, with gradients (:meth:`scored_hidden` through its head)."""
+        h, actions, head = self.scored_hidden(rollout, mask, temperature)
+        return head(h), actions
+
+    def scored_hidden(self, rollout: Any, mask: torch.Tensor, temperature: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Hidden states ``(S, d)`` that predict the masked tokens (row-major), those tokens
+        ``(S,)``, and the head that maps hidden states to logits (final norm and LM head),
+        with gradients: from the sampler's activations when the rollout kept them for these
+        very weights and temperature, else packed (:func:`score.scored_hidden`). The
+        caller applies the head (in chunks, for a large vocabulary)."""
         # The sampler's activations serve one call at most, of the policy that sampled
         # with these very weights: whatever comes next recomputes.
         tape = rollout.extra.get("activations")
         if tape is not None and tape.valid_for(list(self.model.parameters()), temperature):
             del rollout.extra["activations"]
-            out = self._replayed_logits(tape, rollout, mask)
+            out = self._replayed_hidden(tape, rollout, mask)
             if out is not None:
                 return out
-        return score.scored_logits(self.forward(), rollout, mask, self.device)
+        fwd = self.forward()
+        return (*score.scored_hidden(fwd, rollout, mask, self.device), fwd.final)
 
-    def _replayed_logits(self, tape: replay.Tape, rollout: Any,
-                         mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """:meth:`scored_logits` from the tape, already checked to belong to these weights
+    def _replayed_hidden(self, tape: replay.Tape, rollout: Any, mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
+        """:meth:`scored_hidden` from the tape, already checked to belong to these weights
         and temperature; None where the mask asks for a token the sampler did not compute."""
         mask = mask.cpu()
         N, T = mask.shape
@@ -89,7 +99,7 @@ class FastEngine:
         src = torch.where(t == 0, r // tape.n, G + cell).to(self.device)
         h = replay.replay(tape, src)
         actions = rollout.actions.cpu()[r, t].to(self.device)
-        return tape.fast.final(h), actions
+        return h, actions, tape.fast.final
 
     def runtime_info(self) -> dict[str, Any]:
         """On the CPU, whether the fused kernels are in use (they change the last bits)."""

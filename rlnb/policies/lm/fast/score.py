@@ -23,6 +23,15 @@ def scored_logits(fwd: Forward, rollout: Any, mask: torch.Tensor,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(S, V)`` that predict the masked tokens of ``rollout`` (row-major) and those
     tokens ``(S,)``, with gradients, through :func:`packed_hidden`."""
+    h, actions = scored_hidden(fwd, rollout, mask, device)
+    return fwd.final(h), actions
+
+
+def scored_hidden(fwd: Forward, rollout: Any, mask: torch.Tensor,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's output ``(S, d)`` (before the final norm; ``fwd.final`` maps it to
+    logits) at the positions that predict the masked tokens of ``rollout`` (row-major),
+    and those tokens ``(S,)``, with gradients, through :func:`packed_hidden`."""
     # Index bookkeeping on the CPU (where rollouts live), one copy each to the device.
     ids = rollout.extra["input_ids"].cpu()  # (N, Lp + T)
     Lp = int(rollout.extra["prompt_length"])
@@ -56,7 +65,7 @@ def scored_logits(fwd: Forward, rollout: Any, mask: torch.Tensor,
     dev = device
     h = packed_hidden(fwd, prompt_ids.to(dev), prompt_mask.to(dev), n, comp_ids.to(dev),
                       comp_pos.to(dev), slots.to(dev), Tc, src.to(dev))  # (S, d)
-    return fwd.final(h), actions[r, t].to(dev)
+    return h, actions[r, t].to(dev)
 
 
 def completion_logits(fwd: Forward, ids: torch.Tensor, pos: torch.Tensor,
