@@ -199,7 +199,8 @@ class LMPolicy(Policy):
         self._lora = None
         if lora is not None:
             self._lora = adapters.lora_config(lora)
-            self._peft = adapters.add_adapters(model, self._lora)
+            # Kept out of the module tree (its modules are this model's, registered once).
+            object.__setattr__(self, "_peft", adapters.add_adapters(model, self._lora))
             model = self._peft.get_base_model()  # the same model, LoRA layers injected
         self._trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
         self._checkpointed: list[torch.nn.Module] = []  # layers recomputed in the backward
