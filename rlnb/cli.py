@@ -5,6 +5,14 @@ completions, and writes what the pass@k notebooks show::
 
     rlnb probe passk --model runs/base --task factor --num-problems 128 --n 256 --out out/
     rlnb probe passk --model base/ --compare rl/ --task addition --task-arg digits=3 --out out/
+    rlnb probe passk --model trl-out/ --task reasoning_gym:chain_sum --task-arg answer_tag=answer \
+        --system-prompt "Think, then answer." --max-new-tokens 256 --out out/
+
+``--model`` and ``--compare`` take any Hugging Face model directory (``save_pretrained``
+output: rlnb's, TRL's, verl's merged checkpoints, OpenRLHF's), or a directory of LoRA
+adapters (``adapter_config.json`` naming its base model). Prompts go through the
+tokenizer's chat template when it has one (``--chat-template auto``); ``on`` requires one,
+``off`` feeds the plain text; ``--system-prompt`` adds a system message (templates only).
 
 Files written to ``--out``:
 
@@ -123,7 +131,8 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
 
 def _check_model_dir(flag: str, path: str) -> None:
     """What can be checked of a model directory without loading it: it exists, holds a
-    model configuration (a JSON object with ``model_type``) and weights."""
+    model configuration (a JSON object with ``model_type``) and weights, or is a directory
+    of LoRA adapters (``adapter_config.json``; loading checks it and its base model)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CLIError(f"{flag}: model directory {str(p)!r} does not exist")
@@ -131,9 +140,11 @@ def _check_model_dir(flag: str, path: str) -> None:
         raise CLIError(f"{flag}: {str(p)!r} is a file, not a model directory (a folder written "
                        "by save_pretrained)")
     config = p / "config.json"
+    if not config.is_file() and (p / "adapter_config.json").is_file():
+        return
     if not config.is_file():
         raise CLIError(f"{flag}: {str(p)!r} holds no model: expected config.json and weights "
-                       "written by save_pretrained")
+                       "written by save_pretrained (or adapter_config.json for LoRA adapters)")
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -190,6 +201,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not -(2**63) <= args.sample_seed < 2**64:
         raise CLIError(f"--sample-seed must be in [-2**63, 2**64), got {args.sample_seed}")
+    if args.system_prompt is not None and args.chat_template == "off":
+        raise CLIError("--system-prompt needs a chat template to place it, but --chat-template "
+                       "is off; drop one of them, or put the instruction into the prompts")
 
 
 def _check_device_and_dtype(args: argparse.Namespace) -> None:
@@ -246,6 +260,21 @@ def _quiet_loading() -> Iterator[list[str]]:
         held.extend(str(w.message) for w in caught)
 
 
+_CHAT_TEMPLATE = {"auto": None, "on": True, "off": False}
+
+
+def _as_flags(message: str) -> str:
+    """A library message with its option names spelt as this command's flags."""
+    for option, flag in (("leave system_prompt=None", "drop --system-prompt"),
+                         ("chat_template=True", "--chat-template on"),
+                         ("chat_template=False", "--chat-template off"),
+                         ("chat_template=None", "--chat-template auto"),
+                         ("system_prompt=", "--system-prompt "),
+                         ("max_new_tokens", "--max-new-tokens")):
+        message = message.replace(option, flag)
+    return message
+
+
 def _load_policy(flag: str, path: str, args: argparse.Namespace, task: Any) -> Any:
     """Load the model of ``path`` and check that it can read every prompt of ``task``
     within its context; then show what loading printed."""
@@ -255,9 +284,12 @@ def _load_policy(flag: str, path: str, args: argparse.Namespace, task: Any) -> A
     with _quiet_loading() as held:
         try:
             policy = LMPolicy(p, device=args.device, dtype=args.dtype,
-                              max_new_tokens=args.max_new_tokens)
+                              max_new_tokens=args.max_new_tokens,
+                              chat_template=_CHAT_TEMPLATE[args.chat_template],
+                              system_prompt=args.system_prompt)
         except Exception as e:  # transformers reports a broken directory in many ways
-            raise CLIError(f"{flag}: cannot load {str(p)!r}: {_first_line(e)}") from None
+            raise CLIError(f"{flag}: cannot load {str(p)!r}: "
+                           f"{_as_flags(_first_line(e))}") from None
         try:
             policy.check_prompts(task.prompts)
         except ValueError as e:
@@ -376,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample --n completions per problem, verify them, write counts.csv, "
                     "passk.csv and passk.html (and boundary.csv with --compare).")
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="a model directory written by save_pretrained (model + tokenizer)")
+                   help="a Hugging Face model directory (save_pretrained: model + tokenizer; "
+                        "rlnb, TRL, verl, OpenRLHF outputs), or a directory of LoRA adapters")
     p.add_argument("--compare", metavar="DIR",
                    help="a second model (e.g. the RL checkpoint of --model): adds its curve "
                         "and boundary.csv")
@@ -391,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=256, help="samples per problem (default 256)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--max-new-tokens", type=int, default=16, help="completion budget")
+    p.add_argument("--chat-template", choices=tuple(_CHAT_TEMPLATE), default="auto",
+                   help="render prompts through the tokenizer's chat template: auto (when it "
+                        "has one; default), on (require one), off (plain text)")
+    p.add_argument("--system-prompt", default=None, metavar="TEXT",
+                   help="a system message before every prompt (needs a chat template)")
     p.add_argument("--sample-seed", type=int, default=0,
                    help="seed of the sampling generator (default 0)")
     p.add_argument("--batch-size", type=int, default=4096,

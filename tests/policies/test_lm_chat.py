@@ -185,3 +185,50 @@ def test_rollout_and_log_probs_through_the_template(chat_dir):
     logp, entropy = policy.log_probs(r)
     assert torch.allclose(logp, r.logp, atol=1e-5)
     assert (entropy[r.mask] > 0).all() and (logp[~r.mask] == 0).all()
+
+
+def test_lm_policy_chat_options(chat_dir, tiny_lm_dir):
+    system = LMPolicy(chat_dir, system_prompt=SYSTEM, max_new_tokens=4)
+    assert system._prompts.uses_chat_template
+    assert system.encode_prompt("1+2=") == _template_ids(system.tokenizer, "1+2=", SYSTEM)
+    assert f"{IM_START}system\n{SYSTEM}{IM_END}" in system._prompts.render("1+2=")
+    config = system.get_config()
+    assert config["system_prompt"] == SYSTEM and "chat_template" not in config
+    rebuilt = LMPolicy(**config)
+    assert rebuilt.encode_prompt("1+2=") == system.encode_prompt("1+2=")
+
+    plain = LMPolicy(chat_dir, chat_template=False, max_new_tokens=4)
+    assert not plain._prompts.uses_chat_template
+    assert plain.encode_prompt("1+2=") == plain.tokenizer("1+2=")["input_ids"]
+    assert plain.get_config()["chat_template"] is False
+    assert LMPolicy(**plain.get_config()).encode_prompt("1+2=") == plain.encode_prompt("1+2=")
+    assert "chat_template" not in LMPolicy(chat_dir).get_config()  # the default is not stored
+
+    base = tiny_lm_dir("+0123456789=")
+    with pytest.raises(ValueError, match="chat_template=True but the tokenizer has no chat "
+                                         "template"):
+        LMPolicy(base, chat_template=True)
+    with pytest.raises(ValueError, match="needs a chat template.*put the instruction into "
+                                         "the prompt text"):
+        LMPolicy(base, system_prompt=SYSTEM)
+    model, tok = _chat_model()
+    wrapped = LMPolicy.from_model(model, tok, system_prompt=SYSTEM)
+    assert wrapped.encode_prompt("1+2=") == _template_ids(tok, "1+2=", SYSTEM)
+
+
+def test_the_command_line_renders_through_the_template(chat_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from rlnb.cli import main
+
+    args = ["probe", "passk", "--model", str(chat_dir), "--task", "addition", "--task-arg",
+            "digits=1", "--num-problems", "3", "--n", "4", "--max-new-tokens", "3",
+            "--bootstrap", "0", "--no-progress"]
+    assert main([*args, "--system-prompt", SYSTEM, "--out", str(tmp_path / "a")]) == 0
+    assert len(pd.read_csv(tmp_path / "a" / "counts.csv")) == 3
+    assert main([*args, "--chat-template", "off", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    # a character outside the vocabulary, in the system prompt: named as such
+    assert main([*args, "--system-prompt", "add \u00e9", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "rendered through the chat template" in err and "written by the system prompt" in err
