@@ -120,7 +120,8 @@ def test_prompt_checks_read_the_rendered_prompt_and_name_the_given_one():
     assert n == len(_template_ids(tok, text, SYSTEM)) > len(text) + 1
     checker.check([text], [checker.encode(text)], ["prompt 0"], 128 - n)
     with pytest.raises(ValueError, match=r"prompt 0 '1\+2=' has \d+ tokens.*chat template "
-                                         "renders it, system prompt included"):
+                                         "renders it, system prompt included.*"
+                                         rf"\(at most {128 - n} for this prompt\)"):
         checker.check([text], [checker.encode(text)], ["prompt 0"], 128 - n + 1)
 
     bad = "1+2=\u20ac"

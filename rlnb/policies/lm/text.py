@@ -197,7 +197,7 @@ class PromptChecker:
                        + (", system prompt included" if self.system_prompt is not None else "")
                        + ".) " if self.uses_chat_template else "")
                     + "Use shorter prompts or a smaller max_new_tokens"
-                    + (f" (at most {room - 1} for this prompt)" if room > 1 else "")
+                    + (f" (at most {room} for this prompt)" if room >= 1 else "")
                 )
 
     def unrepresentable(self, text: str) -> list[str]:
