@@ -123,15 +123,18 @@ def test_a_trl_lora_checkpoint_loads_onto_its_base(tmp_path):
     base = tmp_path / "base"
     model.save_pretrained(base)
     tok.save_pretrained(base)
+    # No task type: peft then writes auto_mapping into adapter_config.json, which rlnb
+    # ignores (it loads the base itself and looks no class up by name).
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False, task_type="CAUSAL_LM")
+                      init_lora_weights=False)
     trainer = _grpo_step(AutoModelForCausalLM.from_pretrained(base), tok, tmp_path / "out",
                          peft_config=lora)
     directory = _save(trainer, tok, tmp_path / "adapters")
     assert (directory / "adapter_model.safetensors").exists()
     assert not (directory / "config.json").exists()
-    assert json.loads((directory / "adapter_config.json").read_text())[
-        "base_model_name_or_path"] == str(base)
+    written = json.loads((directory / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == str(base)
+    assert written.get("auto_mapping")  # what peft writes without a task type
 
     policy = LMPolicy(directory, device="cpu", dtype="float32", max_new_tokens=6)
     _check_against(policy, trainer.model)

@@ -17,8 +17,8 @@ into the loaded model (``peft.get_peft_model``). Then:
 
 A run directory stores the LoRA settings as JSON (the fields that differ from
 ``LoraConfig``'s defaults). Settings that make ``peft`` import a module by name
-(``megatron_config`` / ``megatron_core``) or map classes (``auto_mapping``) are refused:
-nothing a file names is imported.
+(``megatron_config`` / ``megatron_core``) are refused, and ``auto_mapping`` (the class
+peft's own auto-loader would look up) is ignored: nothing a file names is imported.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ import torch
 
 from rlnb.policies.base import Policy, Rollout
 
-#: LoraConfig fields a policy never records: bookkeeping, or set by rlnb itself.
+#: LoraConfig fields a policy never records (and ignores when given): bookkeeping, set by
+#: rlnb itself, or read only by peft's own auto-loading (``auto_mapping``: rlnb loads the
+#: base model itself and never looks a class up by name).
 _NOT_RECORDED = ("peft_type", "task_type", "peft_version", "base_model_name_or_path",
-                 "revision", "inference_mode", "runtime_config")
-#: Fields that make peft import or map code by name: refused.
-_REFUSED = ("megatron_config", "megatron_core", "auto_mapping")
+                 "revision", "inference_mode", "runtime_config", "auto_mapping")
+#: Fields that make peft import a module by name: refused.
+_REFUSED = ("megatron_config", "megatron_core")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
