@@ -3,7 +3,13 @@
 from rlnb.policies.base import Policy, Rollout
 from rlnb.policies.lm import LMPolicy
 from rlnb.policies.tabular import MLPPolicy, TabularPolicy
-from rlnb.policies.tiny import char_tokenizer, pretrain_base, tiny_config, tiny_model
+from rlnb.policies.tiny import (
+    char_tokenizer,
+    chat_tokenizer,
+    pretrain_base,
+    tiny_config,
+    tiny_model,
+)
 
 __all__ = [
     "LMPolicy",
@@ -12,6 +18,7 @@ __all__ = [
     "Rollout",
     "TabularPolicy",
     "char_tokenizer",
+    "chat_tokenizer",
     "pretrain_base",
     "tiny_config",
     "tiny_model",
