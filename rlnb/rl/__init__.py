@@ -19,7 +19,7 @@ from rlnb.rl.advantages import (
     rloo,
     w_reinforce,
 )
-from rlnb.rl.aggregation import AGG_MODES, agg_loss, check_agg_mode, masked_mean
+from rlnb.rl.aggregation import AGG_MODES, agg_loss, agg_weights, check_agg_mode, masked_mean
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
     clip_cov,
@@ -50,6 +50,7 @@ __all__ = [
     "SCALE_REWARDS",
     "Registry",
     "agg_loss",
+    "agg_weights",
     "check_agg_mode",
     "clip_cov",
     "compute_advantages",

@@ -60,7 +60,8 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def agg_loss(
-    loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, max_len: int | None = None
+    loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, max_len: int | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Aggregate a per-token loss ``(N, T)`` under ``mask`` ``(N, T)`` into a scalar.
 
@@ -77,6 +78,12 @@ def agg_loss(
         the batch is padded to less than that. (verl's mode of this name divides by T only.)
 
     Padding positions may hold any value, even inf or nan: they never reach the result.
+
+    ``weights`` ``(N, T)``: per-token weights that replace the mode's normaliser, the
+    result being ``sum(loss * mask * weights)``. Pass the rows of :func:`agg_weights` of a
+    *whole* batch to get one micro-batch's share of that batch's loss: the shares of its
+    micro-batches sum to the whole batch's loss in every mode (gradient accumulation).
+    ``mode`` and ``max_len`` are still checked, and have no other effect.
 
     >>> loss = torch.tensor([[1., 1., 1., 1.], [4., 0., 0., 0.]])
     >>> mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
@@ -99,6 +106,13 @@ def agg_loss(
 
         check_number(max_len, "max_len", 0, low_open=True,
                      meaning="generation budget in tokens, TRL's max_completion_length")
+    if weights is not None:
+        if weights.shape != loss_mat.shape:
+            raise ValueError(
+                f"weights {tuple(weights.shape)} must have the shape of loss_mat "
+                f"{tuple(loss_mat.shape)}: pass the rows of agg_weights(whole_batch_mask, mode) "
+                "that belong to this micro-batch")
+        return (_masked(loss_mat, mask) * weights.to(loss_mat.device, loss_mat.dtype)).sum()
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     if mode == "seq-mean-token-mean":
@@ -110,3 +124,60 @@ def agg_loss(
     if max_len <= 0:
         raise ValueError(f"max_len must be a positive number of tokens, got {max_len}")
     return seq_sum.sum() / (n * max_len)
+
+
+def agg_weights(
+    mask: Tensor, mode: str = "token-mean", *, max_len: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Per-token weights ``(N, T)`` of an aggregation mode: ``agg_loss(x, mask, mode)``
+    equals ``sum(x * mask * agg_weights(mask, mode))`` for every ``x`` (up to rounding).
+
+    The weights of a token depend on the whole batch (the token count in ``token-mean``,
+    the number of sequences N in the ``seq-mean-*`` modes), which is what gradient
+    accumulation needs: compute them once on the whole batch's ``mask``, slice the rows
+    of each micro-batch, and pass them as ``agg_loss(..., weights=w[rows])``; the
+    micro-batch losses then add up to the whole batch's loss and gradient.
+
+      - ``token-mean``: ``1 / sum(mask)`` on every valid token.
+      - ``seq-mean-token-mean``: ``1 / (N * len_i)`` on the valid tokens of row ``i``.
+      - ``seq-mean-token-sum``: ``1 / N``.
+      - ``seq-mean-token-sum-norm``: ``1 / (N * max_len)`` (``max_len`` defaults to T).
+
+    Padding positions get weight 0, and so does every token of a batch with none valid.
+    ``dtype``: of the weights (default: the mask's if it is floating, else float32).
+
+    Footgun: weights computed on a micro-batch's own mask give each micro-batch the
+    weight of a whole batch; the accumulated loss is then ``k`` times too large (``k``
+    micro-batches) in the ``seq-mean-*`` modes, and wrongly weighted in ``token-mean``.
+
+    >>> mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    >>> agg_weights(mask, "seq-mean-token-mean")
+    tensor([[0.1250, 0.1250, 0.1250, 0.1250],
+            [0.5000, 0.0000, 0.0000, 0.0000]])
+    >>> loss = torch.tensor([[1., 1., 1., 1.], [4., 0., 0., 0.]])
+    >>> w = agg_weights(mask, "token-mean")
+    >>> agg_loss(loss[:1], mask[:1], weights=w[:1]) + agg_loss(loss[1:], mask[1:], weights=w[1:])
+    tensor(1.6000)
+    """
+    check_agg_mode(mode)
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (N, T), got shape {tuple(mask.shape)}")
+    if dtype is None:
+        dtype = mask.dtype if mask.is_floating_point() else torch.float32
+    m = (mask != 0).to(dtype)  # (N, T)
+    n, t = m.shape
+    if mode == "token-mean":
+        count = m.sum()
+        return m / count if count > 0 else torch.zeros_like(m)
+    if mode == "seq-mean-token-mean":
+        lengths = m.sum(dim=1, keepdim=True)  # (N, 1)
+        return torch.where(lengths > 0, m / (n * lengths.clamp(min=1)), torch.zeros_like(m))
+    if mode == "seq-mean-token-sum":
+        return m / n
+    if max_len is not None:
+        from rlnb.checks import check_number
+
+        check_number(max_len, "max_len", 0, low_open=True,
+                     meaning="generation budget in tokens, TRL's max_completion_length")
+    return m / (n * (t if max_len is None else max_len))

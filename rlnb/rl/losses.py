@@ -9,6 +9,14 @@ Common signature::
         mask        (N, T)  1 for completion tokens, 0 for prompt/padding
     -> loss: scalar tensor, metrics: dict[str, float]
 
+A loss that can be computed micro-batch by micro-batch (gradient accumulation) also takes
+``weights=None``: ``(N, T)`` per-token weights that replace the aggregation's normaliser
+(the rows of :func:`rlnb.rl.agg_weights` of the whole batch), passed on to
+:func:`rlnb.rl.agg_loss`. ``vanilla_pg`` and ``ppo_clip`` take it; ``clip_cov`` and
+``kl_cov`` do not, since they pick tokens by a covariance over the whole batch. Their
+metrics stay means over the tokens of the rows given (the trainer weights them by token
+count to combine micro-batches), except ``pg_loss``, the weighted share of the loss.
+
 The footguns handled here: ``old_logp`` and ``advantages`` are detached, so passing
 ``old_logp=logp`` gives the on-policy gradient rather than zero; masked positions never
 reach the loss (the mask is *not* optional: forgetting it silently trains on the prompt).
@@ -125,12 +133,14 @@ def vanilla_pg(
     *,
     agg: str = "token-mean",
     max_len: int | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Policy gradient with no clipping: loss_t = -A_t * ratio_t, ratio = pi / pi_old.
 
     On-policy (``old_logp`` = ``logp`` detached) ratio = 1 and its gradient is
     -A * grad log pi: REINFORCE, identical to the textbook -A * logp. Written with the
     ratio it stays a correct (importance-weighted, unclipped) estimate off-policy.
+    ``weights`` ``(N, T)``: replace ``agg``'s normaliser (:func:`rlnb.rl.agg_loss`).
 
     >>> logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     >>> loss, m = vanilla_pg(logp, logp, torch.tensor([2.0]), torch.ones(1, 2))
@@ -139,7 +149,7 @@ def vanilla_pg(
     """
     adv, mask, log_ratio = _prepare(logp, old_logp, advantages, mask, agg)
     ratio = torch.exp(log_ratio)  # (N, T)
-    loss = agg_loss(-adv * ratio, mask, agg, max_len=max_len)
+    loss = agg_loss(-adv * ratio, mask, agg, max_len=max_len, weights=weights)
     return loss, _base_metrics(loss, log_ratio, mask)
 
 
@@ -155,6 +165,7 @@ def ppo_clip(
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     delta: float | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """PPO's clipped surrogate (Schulman et al. arXiv:1707.06347), GRPO's policy loss.
 
@@ -167,6 +178,8 @@ def ppo_clip(
       exploded stops pushing. Must exceed 1 + epsilon.
     - With one update per batch (on-policy) r = 1, nothing is clipped, and the gradient
       is vanilla_pg's.
+    - ``weights`` ``(N, T)``: replace ``agg``'s normaliser (:func:`rlnb.rl.agg_loss`),
+      for a micro-batch's share of a whole batch's loss.
 
     Metrics ``clip_ratio/low_mean`` (A < 0, r < 1 - eps), ``clip_ratio/high_mean``
     (A > 0, r > 1 + eps_high), ``clip_ratio/region_mean`` (either), TRL's definitions, and
@@ -188,7 +201,7 @@ def ppo_clip(
     if delta is not None:
         dual = (adv < 0) & (loss_tok > -adv * delta)  # (N, T)
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, -adv * delta), loss_tok)
-    loss = agg_loss(loss_tok, mask, agg, max_len=max_len)
+    loss = agg_loss(loss_tok, mask, agg, max_len=max_len, weights=weights)
     metrics = _base_metrics(loss, log_ratio, mask)
     metrics.update(_clip_metrics(low, high, mask))
     metrics["clip_ratio/dual_mean"] = masked_mean(dual.to(mask.dtype), mask).item()
