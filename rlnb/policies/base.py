@@ -13,6 +13,7 @@ excluded; forgetting the mask silently trains on the prompt and on padding.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -95,6 +96,29 @@ class Policy(torch.nn.Module, Serializable):
         current parameters, with gradients. Entropy is of the temperature-scaled
         distribution at each position. Values outside ``rollout.mask`` are 0."""
         raise NotImplementedError
+
+    def reference_policy(self) -> Policy:
+        """A frozen copy of the current policy for the KL term (``TrainConfig.beta > 0``):
+        the trainer scores each rollout with it, without gradients, and saves its
+        ``state_dict()`` in the run directory (``reference.safetensors``). Default: a deep
+        copy with every parameter's ``requires_grad`` off, in eval mode. A policy that
+        can express its initial self more cheaply overrides it (a LoRA language model:
+        the same model with its adapters switched off, whose ``state_dict()`` is empty).
+
+        Footgun: the copy must not share trainable tensors with this policy; a "copy"
+        that follows the updates makes the KL term zero."""
+        ref = copy.deepcopy(self)
+        ref.requires_grad_(False)
+        return ref.eval()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them
+        (``TrainConfig.gradient_checkpointing``). Only policies whose forward keeps large
+        activations (Hugging Face language models) implement it; the default refuses."""
+        raise ValueError(
+            f"{type(self).__name__} has no activations worth recomputing; "
+            "gradient_checkpointing applies to language-model policies (LMPolicy): set "
+            "TrainConfig(gradient_checkpointing=False) for this policy")
 
     def runtime_info(self) -> dict[str, Any]:
         """What this policy's numbers depend on besides its weights and the run's config:

@@ -3,11 +3,13 @@
 Names follow TRL's ``GRPOConfig`` where the two overlap (``num_generations``, ``epsilon``,
 ``epsilon_high``, ``delta``, ``beta``, ``scale_rewards``, ``temperature``,
 ``learning_rate``, ``num_iterations``, ``max_grad_norm``, ``seed``, ``max_steps``,
-``save_steps``), so a config moves between rlnb and TRL without a translation table.
+``save_steps``, ``per_device_train_batch_size``, ``gradient_accumulation_steps``,
+``gradient_checkpointing``), so a config moves between rlnb and TRL without a translation
+table.
 
 Where TRL has no name: TRL's batch is counted in completions
 (``per_device_train_batch_size * gradient_accumulation_steps = num_prompts_per_step *
-num_generations``); TRL's ``loss_type`` maps to ``loss_agg_mode`` as
+num_generations`` on one device); TRL's ``loss_type`` maps to ``loss_agg_mode`` as
 ``grpo -> seq-mean-token-mean``, ``dapo``/``bnpo -> token-mean``,
 ``dr_grpo -> seq-mean-token-sum-norm``.
 
@@ -92,6 +94,24 @@ class TrainConfig:
     seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
     num_iterations: int = 1
     """PPO epochs over each rollout batch (TRL's mu). 1 = on-policy, clipping inactive."""
+    per_device_train_batch_size: int | None = None
+    """Completions per micro-batch (TRL's name; TRL counts its batch in completions, not
+    prompts). The step's batch of N = num_prompts_per_step * num_generations completions is
+    split into contiguous micro-batches whose gradients add up before the one optimiser
+    step (gradient accumulation): the same loss and gradient as the whole batch at once
+    in every ``loss_agg_mode`` (each micro-batch is normalised by the whole batch's token
+    or sequence count), with the memory of one micro-batch. Must divide N. None = derived
+    from ``gradient_accumulation_steps``, or N (the whole batch at once) if both are None.
+    A micro-batch of a multiple of num_generations holds whole groups (a language model
+    then runs each group's shared prompt once). Not with ``clip_cov`` / ``kl_cov``, which
+    pick tokens by a covariance over the whole batch."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimiser step (TRL's name). With ``per_device_train_batch_size``
+    their product must be N = num_prompts_per_step * num_generations; alone it must divide
+    N. None = N / per_device_train_batch_size, or 1. One micro-batch (the default) computes
+    the step exactly as without micro-batching, bit for bit; more change the last bits
+    (sums taken in another order). With ``num_iterations > 1`` every PPO epoch runs over
+    all the micro-batches, then steps."""
     beta: float = 0.0
     """KL coefficient against the frozen initial policy (the reference). 0 = no reference."""
     kl_estimator: str = "k3"
@@ -122,6 +142,11 @@ class TrainConfig:
     """Adam's (beta1, beta2)."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value (TRL uses 1.0). None = no clipping."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of
+    keeping them from the forward pass (TRL's name): less memory, ~30% more compute.
+    Hugging Face language models only (``Policy.enable_gradient_checkpointing``); other
+    policies refuse it when the Trainer is made."""
 
     # --- speed ----------------------------------------------------------------------
     torch_threads: int | None = None
@@ -153,10 +178,15 @@ class TrainConfig:
     cache (a killed process still loses nothing). Not part of what defines a run."""
 
     # --- logging and checkpoints ----------------------------------------------------
-    save_steps: int = 1
-    """Write a checkpoint every this many steps. 1 (default) means a killed process
-    loses at most the step in flight; raise it for large models where a checkpoint is
-    expensive (a resume then re-runs, identically, the steps after the last checkpoint)."""
+    save_steps: int | None = None
+    """Write a checkpoint every this many steps, and always at the last step. A killed run
+    loses at most the steps since its last checkpoint (a resume re-runs them, to the same
+    numbers). None (default) = automatic: every step while one checkpoint (the policy's
+    ``state_dict()`` plus the optimiser state, Adam's two moments counted as twice the
+    trainable parameters) is at most 256 MiB, else every 100 steps
+    (:func:`rlnb.train.trainer.auto_save_steps`); a LoRA policy saves only its adapters,
+    so it checkpoints every step. Set save_steps=1 to checkpoint every step whatever the
+    size. Not part of what defines a run: a run directory continues with another value."""
     log_rollouts_steps: int = 0
     """Every this many steps append a sample of completions to rollouts.jsonl. 0 = never."""
     log_rollouts_count: int = 8
@@ -229,6 +259,7 @@ class TrainConfig:
              f"{self.delta}")
         one_of("loss_agg_mode", AGG_MODES)
         at_least("num_iterations", 1)
+        self._check_micro_batches()
         at_least("beta", 0)
         one_of("kl_estimator", KL_ESTIMATORS)
         need(0 < self.clip_cov_ratio <= 1,
@@ -246,10 +277,59 @@ class TrainConfig:
         positive("max_grad_norm", none=True)
         at_least("torch_threads", 1, none=True)
         at_least("matmul_threads", 1)
-        at_least("save_steps", 1)
+        at_least("save_steps", 1, none=True)
         at_least("log_rollouts_steps", 0)
         at_least("log_rollouts_count", 1)
         self._warn_if_nothing_is_learned()
+
+    def _check_micro_batches(self) -> None:
+        """``per_device_train_batch_size`` and ``gradient_accumulation_steps`` split the
+        step's N completions evenly (``ValueError`` naming the numbers and the fix)."""
+        size, steps = self.per_device_train_batch_size, self.gradient_accumulation_steps
+        P, G = self.num_prompts_per_step, self.num_generations
+        n = P * G
+        batch = f"num_prompts_per_step * num_generations = {P} * {G} = {n} completions"
+        for name, v in (("per_device_train_batch_size", size),
+                        ("gradient_accumulation_steps", steps)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {v}")
+        divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+        if size is not None and steps is not None:
+            if size * steps != n:
+                raise ValueError(
+                    f"per_device_train_batch_size * gradient_accumulation_steps = {size} * "
+                    f"{steps} = {size * steps} must equal the step's batch of {batch}; set "
+                    "one of the two and leave the other None (it is derived)")
+        elif size is not None and n % size:
+            raise ValueError(
+                f"per_device_train_batch_size ({size}) must divide the step's batch of "
+                f"{batch} (every micro-batch holds the same number); choose one of "
+                f"{divisors}")
+        elif steps is not None and n % steps:
+            raise ValueError(
+                f"gradient_accumulation_steps ({steps}) must divide the step's batch of "
+                f"{batch} into equal micro-batches; choose one of {divisors}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Completions per micro-batch, resolved: ``per_device_train_batch_size``, else
+        N / ``gradient_accumulation_steps``, else N (one batch per step).
+
+        >>> TrainConfig(num_prompts_per_step=4, num_generations=2,
+        ...             gradient_accumulation_steps=4).micro_batch_size
+        2
+        """
+        n = self.num_prompts_per_step * self.num_generations
+        if self.per_device_train_batch_size is not None:
+            return self.per_device_train_batch_size
+        if self.gradient_accumulation_steps is not None:
+            return n // self.gradient_accumulation_steps
+        return n
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per optimiser step, resolved (1 = no gradient accumulation)."""
+        return self.num_prompts_per_step * self.num_generations // self.micro_batch_size
 
     def _warn_if_nothing_is_learned(self) -> None:
         msg = None
@@ -318,6 +398,10 @@ _ALIASES = {
     "group_size": "num_generations", "clip_range": "epsilon", "cliprange": "epsilon",
     "loss_type": "loss_agg_mode", "batch_size": "num_prompts_per_step",
     "gradient_clip": "max_grad_norm", "entropy_coeff": "entropy_coef",
+    "micro_batch_size": "per_device_train_batch_size",
+    "mini_batch_size": "per_device_train_batch_size",
+    "grad_accum_steps": "gradient_accumulation_steps",
+    "accumulation_steps": "gradient_accumulation_steps",
 }
 
 

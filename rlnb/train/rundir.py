@@ -6,7 +6,10 @@
       config.json              TrainConfig, field by field
       env.json (+ .safetensors)     the sandbox, rebuildable (rlnb.serialization)
       policy.json              the policy's constructor arguments
-      reference.safetensors    the frozen initial policy (only when beta > 0)
+      reference.safetensors    the frozen initial policy (only when beta > 0): the
+                               state_dict() of Policy.reference_policy(), which may be
+                               empty (a view of the policy itself, such as a LoRA model
+                               with its adapters off); an empty file is valid
       metrics.jsonl            one JSON object per finished step, appended as it happens
       checkpoint.safetensors   policy, optimiser and sampler state of the last saved step
       rollouts.jsonl           samples of completions (when log_rollouts_steps > 0)
@@ -106,7 +109,7 @@ class RunDir:
 
     #: Config options that do not define a run: a run directory continues with others.
     NOT_COMPARED = frozenset({"max_steps", "progress_bar", "torch_threads",
-                              "keep_freed_memory", "fsync"})
+                              "keep_freed_memory", "fsync", "save_steps"})
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
         self.path = Path(path)
@@ -304,7 +307,7 @@ class RunDir:
             step = checkpoint.apply(policy=run.policy, optimizer=run.optimizer,
                                     generator=run.generator)
             if run.reference is not None and reference is not None:
-                run.reference.load_state_dict(reference)
+                _load_reference(run.reference, reference, d / REFERENCE)
         # Drop a partial last line and the rows of steps the checkpoint does not hold.
         if metrics_path.exists():
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode(),
@@ -407,6 +410,22 @@ class _Resources:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _load_reference(reference: torch.nn.Module, state: dict[str, torch.Tensor],
+                    path: Path) -> None:
+    """Load the saved reference state (possibly empty: a reference that is a view of the
+    policy saves nothing), with an error naming the file when it does not fit."""
+    mine = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    if mine != saved:
+        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        raise ValueError(
+            f"{path} does not fit this run's reference policy: tensors {diff[:6]} differ "
+            f"(names or shapes; the file holds {len(saved)}, the reference {len(mine)}); "
+            "restore the file from a copy, or start a new run directory")
+    if saved:
+        reference.load_state_dict(state)
 
 
 def _compares_by_value(obj: Any) -> bool:

@@ -11,6 +11,11 @@ Each step logs TRL's metric names where they exist (``reward``, ``reward_std``,
 ``time/update_seconds`` (advantages, loss, backward, optimizer) and
 ``time/step_seconds`` (all of it, with logging and callbacks).
 
+With ``per_device_train_batch_size`` / ``gradient_accumulation_steps`` the update runs
+micro-batch by micro-batch (:func:`rollout_rows`), each normalised by the whole batch
+(:func:`rlnb.rl.agg_weights`), and steps once: the loss, the gradient and the logged
+``loss``, ``pg_loss``, ``entropy`` and ``kl`` are the whole batch's.
+
 >>> import torch
 >>> from rlnb.envs import StrategyBandit
 >>> from rlnb.policies import TabularPolicy
@@ -27,7 +32,6 @@ Each step logs TRL's metric names where they exist (``reward``, ``reward_std``,
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import time
@@ -52,6 +56,18 @@ the current step."""
 
 StopCheck = Callable[[], bool]
 """Asked before each step of :meth:`Trainer.run`; True ends the run there."""
+
+#: ``save_steps=None`` checkpoints every step while a checkpoint is at most this many
+#: bytes (:func:`checkpoint_bytes`), else every :data:`AUTO_SAVE_STEPS_LARGE` steps.
+AUTO_SAVE_MAX_BYTES = 256 * 2**20
+#: Steps between checkpoints of ``save_steps=None`` for a checkpoint over the limit.
+AUTO_SAVE_STEPS_LARGE = 100
+
+#: Policy losses that cannot run micro-batch by micro-batch, and why.
+_WHOLE_BATCH_LOSSES = {
+    "clip_cov": "picks the tokens it detaches by a covariance over all the batch's tokens",
+    "kl_cov": "picks the tokens it penalises by a covariance over all the batch's tokens",
+}
 
 
 class Trainer:
@@ -91,6 +107,8 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
         check_pair(policy, env)
+        if self.config.gradient_checkpointing:
+            policy.enable_gradient_checkpointing()
         self.callbacks = list(callbacks)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -100,6 +118,8 @@ class Trainer:
         self.reference = self._build_reference() if self.config.beta > 0 else None
         self._loss_fn = rl.get_policy_loss_fn(self.config.policy_loss)
         self._loss_options = self._select_loss_options()
+        self._check_micro_batching()
+        self._auto_save_steps = auto_save_steps(checkpoint_bytes(self.policy, self.optimizer))
         rl.get_advantage_fn(self.config.advantage)  # fail now on a typo, not at step 1
         #: The run directory (:class:`rlnb.train.rundir.RunDir`), or None in memory.
         self.directory = (rundir.RunDir(run_dir, fsync=self.config.fsync)
@@ -132,9 +152,37 @@ class Trainer:
                    fused=fused or None)
 
     def _build_reference(self) -> Policy:
-        ref = copy.deepcopy(self.policy)
-        ref.requires_grad_(False)
-        return ref.eval()
+        ref = self.policy.reference_policy()
+        if not callable(getattr(ref, "log_probs", None)) or not callable(
+                getattr(ref, "state_dict", None)):
+            raise TypeError(
+                f"{type(self.policy).__name__}.reference_policy() must return a policy (with "
+                f"log_probs and state_dict), got {type(ref).__name__}")
+        return ref
+
+    def _check_micro_batching(self) -> None:
+        """With more than one micro-batch, the policy loss must take ``weights`` (its share
+        of the whole batch's normaliser) and must not need the whole batch at once."""
+        c = self.config
+        k = c.num_micro_batches
+        if k == 1:
+            return
+        split = (f"per_device_train_batch_size={c.per_device_train_batch_size}, "
+                 f"gradient_accumulation_steps={c.gradient_accumulation_steps}")
+        whole = ("leave per_device_train_batch_size and gradient_accumulation_steps None "
+                 "(the whole batch at once)")
+        if c.policy_loss in _WHOLE_BATCH_LOSSES:
+            raise ValueError(
+                f"policy_loss {c.policy_loss!r} {_WHOLE_BATCH_LOSSES[c.policy_loss]}, which "
+                f"no micro-batch sees, so it cannot be accumulated over {k} micro-batches "
+                f"({split}); {whole}, or use a loss that takes weights (ppo_clip, vanilla_pg)")
+        if "weights" not in inspect.signature(self._loss_fn).parameters:
+            raise ValueError(
+                f"policy loss {c.policy_loss!r} ({getattr(self._loss_fn, '__qualname__', '?')}) "
+                f"takes no `weights` argument, so it cannot be accumulated over {k} "
+                f"micro-batches ({split}): each micro-batch's loss must be normalised by the "
+                "whole batch. Give it a keyword `weights: Tensor | None = None` passed on to "
+                f"rlnb.rl.agg_loss(..., weights=weights), or {whole}")
 
     def _select_loss_options(self) -> dict[str, Any]:
         """Pass each policy loss the config options it declares, by name."""
@@ -293,6 +341,13 @@ class Trainer:
                 thread_rules.matmul_threads(self.config.matmul_threads):
             yield
 
+    @property
+    def save_steps(self) -> int:
+        """Steps between checkpoints in force: ``config.save_steps``, or where it is None
+        the automatic choice for this policy's checkpoint size (:func:`auto_save_steps`)."""
+        c = self.config.save_steps
+        return c if c is not None else self._auto_save_steps
+
     def threads(self) -> int:
         """The CPU thread count training uses (``TrainConfig.torch_threads``, else
         :func:`rlnb.threads.default_threads` for the policy's size and device)."""
@@ -312,9 +367,10 @@ class Trainer:
         # --- ROLLOUT ---
         prompts = self.env.sample_prompts(c.num_prompts_per_step, self.generator)
         self.policy.eval()
-        rollout = self.policy.training_rollout(
-            self.env, prompts, G, temperature=c.temperature, generator=self.generator
-        )
+        # What training_rollout keeps to spare the update (a language model's sampler
+        # activations) serves the whole batch only: micro-batches sample plainly.
+        sample = self.policy.training_rollout if c.num_micro_batches == 1 else self.policy.rollout
+        rollout = sample(self.env, prompts, G, temperature=c.temperature, generator=self.generator)
         self.policy.train()
         t_rollout = time.perf_counter()
         lengths = rollout.mask.sum(dim=1).float()  # (N,) before any masking below
@@ -331,28 +387,26 @@ class Trainer:
             rewards, G, method=c.advantage, scale_rewards=c.scale_rewards,
             **({"lam": c.w_reinforce_lambda} if c.advantage == "w_reinforce" else {}),
         )  # (N,)
+        micro = self._micro_batches(rollout)  # None: the whole batch at once
         ref_logp = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logp, _ = self.reference.log_probs(rollout, temperature=c.temperature)
+                if micro is None:
+                    ref_logp, _ = self.reference.log_probs(rollout, temperature=c.temperature)
+                else:
+                    ref_logp = torch.cat([self.reference.log_probs(b, temperature=c.temperature)[0]
+                                          for _, b, _ in micro])  # (N, T)
 
         # --- OBJECTIVE and UPDATE (num_iterations PPO epochs over the batch) ---
         for _ in range(c.num_iterations):
-            logp, entropy = self.policy.log_probs(rollout, temperature=c.temperature)  # (N, T)
-            loss, loss_metrics = self._loss_fn(
-                logp, rollout.logp, advantages, rollout.mask,
-                agg=c.loss_agg_mode, **self._loss_options,
-            )
-            pg_loss = loss
-            if ref_logp is not None:
-                kl_tok = rl.kl_penalty(logp, ref_logp, estimator=c.kl_estimator)  # (N, T)
-                kl = rl.agg_loss(kl_tok, rollout.mask, c.loss_agg_mode)
-                loss = loss + c.beta * kl
-            mean_entropy = rl.agg_loss(entropy, rollout.mask, c.loss_agg_mode)
-            if c.entropy_coef:
-                loss = loss - c.entropy_coef * mean_entropy
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if micro is None:
+                loss, pg_loss, entropy, loss_metrics = self._objective(
+                    rollout, advantages, ref_logp)
+                loss.backward()
+            else:  # gradient accumulation: each backward adds its share of the batch's loss
+                loss, pg_loss, entropy, loss_metrics = self._accumulate(
+                    micro, advantages, ref_logp)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]],
                 c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
@@ -380,6 +434,60 @@ class Trainer:
         if self.run_dir is not None:
             self._persist(metrics, rollout, rewards, advantages)
         return metrics
+
+    def _objective(self, batch: Rollout, advantages: torch.Tensor,
+                   ref_logp: torch.Tensor | None, weights: torch.Tensor | None = None):
+        """``(loss, pg_loss, entropy (n, T), loss metrics)`` of ``batch`` (``n`` rows): the
+        policy loss, plus ``beta`` times the KL to the reference, minus ``entropy_coef``
+        times the entropy. ``weights`` ``(n, T)``: the batch's rows of the whole step's
+        aggregation weights (a micro-batch); None aggregates over ``batch`` alone."""
+        c = self.config
+        w = {} if weights is None else {"weights": weights}
+        logp, entropy = self.policy.log_probs(batch, temperature=c.temperature)  # (n, T)
+        loss, loss_metrics = self._loss_fn(
+            logp, batch.logp, advantages, batch.mask,
+            agg=c.loss_agg_mode, **self._loss_options, **w,
+        )
+        pg_loss = loss
+        if ref_logp is not None:
+            kl_tok = rl.kl_penalty(logp, ref_logp, estimator=c.kl_estimator)  # (n, T)
+            kl = rl.agg_loss(kl_tok, batch.mask, c.loss_agg_mode, **w)
+            loss = loss + c.beta * kl
+        mean_entropy = rl.agg_loss(entropy, batch.mask, c.loss_agg_mode, **w)
+        if c.entropy_coef:
+            loss = loss - c.entropy_coef * mean_entropy
+        return loss, pg_loss, entropy, loss_metrics
+
+    def _micro_batches(self, rollout: Rollout
+                       ) -> list[tuple[slice, Rollout, torch.Tensor]] | None:
+        """``(rows, micro-batch, its weights (n, T))`` for each micro-batch of the step,
+        the weights being those rows of the whole batch's :func:`rlnb.rl.agg_weights`;
+        None with one micro-batch (the whole batch, computed as it always was)."""
+        c = self.config
+        if c.num_micro_batches == 1:
+            return None
+        weights = rl.agg_weights(rollout.mask, c.loss_agg_mode, dtype=rollout.logp.dtype)  # (N, T)
+        size, n = c.micro_batch_size, len(rollout)
+        rows = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        return [(r, rollout_rows(rollout, r), weights[r]) for r in rows]
+
+    def _accumulate(self, micro: list[tuple[slice, Rollout, torch.Tensor]],
+                    advantages: torch.Tensor, ref_logp: torch.Tensor | None):
+        """Backward of each micro-batch's share of the loss (the gradients add up to the
+        whole batch's); returns the whole batch's ``(loss, pg_loss, entropy (N, T), loss
+        metrics)``: losses summed, metrics combined by :func:`combine_loss_metrics`."""
+        loss = pg_loss = None
+        entropies, parts = [], []
+        for rows, batch, weights in micro:
+            b_loss, b_pg, b_entropy, b_metrics = self._objective(
+                batch, advantages[rows], None if ref_logp is None else ref_logp[rows], weights)
+            b_loss.backward()
+            b_loss, b_pg = b_loss.detach(), b_pg.detach()
+            loss = b_loss if loss is None else loss + b_loss
+            pg_loss = b_pg if pg_loss is None else pg_loss + b_pg
+            entropies.append(b_entropy.detach())
+            parts.append((int(batch.mask.sum()), b_metrics))
+        return loss, pg_loss, torch.cat(entropies), combine_loss_metrics(parts)
 
     def _rewards(self, rollout: Rollout) -> torch.Tensor:
         rewards = self.env.reward_rollout(rollout, self.generator)
@@ -427,7 +535,7 @@ class Trainer:
         d.append(metrics)  # first the metrics line, then the checkpoint
         if c.log_rollouts_steps and self.step % c.log_rollouts_steps == 0:
             d.append_rollouts(self._rollout_rows(rollout, rewards, advantages))
-        if self.step % c.save_steps == 0 or self.step == c.max_steps:
+        if self.step % self.save_steps == 0 or self.step == c.max_steps:
             self.save_checkpoint()
 
     def _rollout_rows(self, rollout: Rollout, rewards, advantages) -> list[dict[str, Any]]:
@@ -469,6 +577,107 @@ class Trainer:
         can still be inspected; writing to the run needs ``rlnb.train.resume``."""
         if self.directory is not None:
             self.directory.close()
+
+
+def rollout_rows(rollout: Rollout, rows: slice) -> Rollout:
+    """Rows ``rows`` of a rollout as a rollout of their own (a micro-batch).
+
+    Sliced: ``prompts``, ``actions``, ``mask``, ``logp``, ``states`` and every per-row
+    entry of ``extra`` (a tensor whose first dimension is N, a list or tuple of length N,
+    a dict of such: ``input_ids``, ``attention_mask``, ``truncated``, ``completions``,
+    ``features``, ``hidden_states``); other entries (``prompt_length``) are kept as they
+    are. ``extra["activations"]`` (a sampler's activations of the whole batch) is left
+    out. ``group_size`` is kept when the rows are whole groups, else 1.
+
+    >>> import torch
+    >>> r = Rollout(prompts=torch.tensor([0, 0, 1, 1]), actions=torch.zeros(4, 3),
+    ...             mask=torch.ones(4, 3, dtype=torch.bool), logp=torch.zeros(4, 3),
+    ...             group_size=2, extra={"completions": ["a", "b", "c", "d"], "prompt_length": 5})
+    >>> part = rollout_rows(r, slice(2, 4))
+    >>> part.prompts.tolist(), part.extra, part.group_size
+    ([1, 1], {'completions': ['c', 'd'], 'prompt_length': 5}, 2)
+    """
+    n = len(rollout)
+    start, stop, step = rows.indices(n)
+    if step != 1:
+        raise ValueError(f"a micro-batch is a contiguous range of rows, got the slice {rows}")
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value[start:stop] if value.dim() > 0 and value.shape[0] == n else value
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            return value[start:stop]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    G = rollout.group_size
+    whole_groups = G >= 1 and start % G == 0 and (stop - start) % G == 0
+    return Rollout(
+        prompts=cut(rollout.prompts),
+        actions=cut(rollout.actions),
+        mask=cut(rollout.mask),
+        logp=cut(rollout.logp),
+        group_size=G if whole_groups else 1,
+        states=None if rollout.states is None else cut(rollout.states),
+        extra={k: cut(v) for k, v in rollout.extra.items() if k != "activations"},
+    )
+
+
+def combine_loss_metrics(parts: Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """One batch's loss metrics from its micro-batches' ``(token count, metrics)``:
+    ``pg_loss`` (each part's weighted share of the loss) summed, every other metric (a
+    mean over its part's tokens: ``clip_ratio/...``, ``ratio_mean``, ``approx_kl``)
+    averaged weighted by token count, which gives the whole batch's token mean.
+
+    >>> combine_loss_metrics([(3, {"pg_loss": 0.5, "ratio_mean": 1.0}),
+    ...                       (1, {"pg_loss": 0.25, "ratio_mean": 2.0})])
+    {'pg_loss': 0.75, 'ratio_mean': 1.25}
+    """
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for _, m in parts for k in m):
+        have = [(n, float(m[key])) for n, m in parts if key in m]
+        tokens = sum(n for n, _ in have)
+        if key == "pg_loss":
+            out[key] = sum(v for _, v in have)
+        elif tokens > 0:
+            out[key] = sum(n * v for n, v in have) / tokens
+        else:  # no valid token anywhere: every part's mean is its empty-mask value
+            out[key] = sum(v for _, v in have) / len(have)
+    return out
+
+
+def checkpoint_bytes(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Estimated size in bytes of one checkpoint: the tensors of ``policy.state_dict()``
+    (what is saved: a LoRA policy's adapters only) plus the optimiser state, counted as
+    two copies of the trainable parameters for Adam / AdamW (``exp_avg``,
+    ``exp_avg_sq``), one for SGD with momentum, none for plain SGD.
+
+    >>> net = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
+    >>> checkpoint_bytes(net, torch.optim.Adam(net.parameters()))
+    1320
+    """
+    state = sum(v.numel() * v.element_size() for v in policy.state_dict().values()
+                if isinstance(v, torch.Tensor))
+    if isinstance(optimizer, torch.optim.SGD):
+        moments = 1 if any(g.get("momentum", 0) for g in optimizer.param_groups) else 0
+    else:
+        moments = 2
+    trainable = sum(p.numel() * p.element_size()
+                    for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
+    return state + moments * trainable
+
+
+def auto_save_steps(checkpoint_size: int) -> int:
+    """``save_steps`` when ``TrainConfig.save_steps`` is None: 1 (every step) for a
+    checkpoint of at most :data:`AUTO_SAVE_MAX_BYTES` (256 MiB), else
+    :data:`AUTO_SAVE_STEPS_LARGE` (100). ``checkpoint_size`` in bytes
+    (:func:`checkpoint_bytes`).
+
+    >>> auto_save_steps(10 * 2**20), auto_save_steps(2**30)
+    (1, 100)
+    """
+    return 1 if checkpoint_size <= AUTO_SAVE_MAX_BYTES else AUTO_SAVE_STEPS_LARGE
 
 
 def _on_cpu(policy: Policy) -> bool:
