@@ -81,5 +81,5 @@ def test_policy_loss_shares_give_the_batch_loss_and_gradient(mode, loss_fn):
         part.backward()
         total += float(part.detach())
         assert m["pg_loss"] == pytest.approx(float(part.detach()))
-    assert total == pytest.approx(float(whole), rel=1e-12, abs=1e-15)
+    assert total == pytest.approx(float(whole.detach()), rel=1e-12, abs=1e-15)
     torch.testing.assert_close(logp.grad, want_grad, rtol=1e-12, atol=1e-15)
