@@ -319,8 +319,12 @@ class LMPolicy(Policy):
                              "checkpointing")
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        self.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(self.model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.2x names it so
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         # Hugging Face checkpoints a layer only in training mode; the layers alone are put
         # in it (their dropout sub-modules stay in eval mode), at every scoring call.
         self._checkpointed = [m for m in self.model.modules()
