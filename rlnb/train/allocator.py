@@ -9,9 +9,18 @@ a tiny model's GRPO step. PyTorch's CPU performance guides recommend jemalloc or
 for this reason; raising glibc's mmap and trim thresholds (``mallopt``) gets the same
 effect without preloading anything. The price: the process keeps the memory of its peak.
 
-The setting is process-wide and lasts until the process ends. The trainer applies it on
-the CPU unless ``TrainConfig.keep_freed_memory`` is False; elsewhere (macOS, musl,
-Windows) nothing happens.
+The setting is process-wide and lasts until the process ends (or the other setting
+replaces it). The trainer applies it on the CPU, to policies of at most
+:data:`MAX_PARAMS` parameters, unless ``TrainConfig.keep_freed_memory`` is False.
+
+A larger policy gets the opposite, :func:`release_freed_memory`: a fixed 1 MiB mmap
+threshold, so that every large temporary is handed back when freed. glibc's dynamic
+threshold otherwise rises to the size of the largest block freed (a step's (rows,
+vocabulary) logits) and serves the following ones from a heap that fragments and grows:
+measured on a 2-layer model of Qwen2.5-0.5B's widths, sampling 32 rows grew the process by
+0.33 GiB in 8 tokens, and a LoRA step's peak fell from 1.46 to 1.34 GiB with the fixed
+threshold. For such a model the page faults this costs are a small part of a step.
+Elsewhere (macOS, musl, Windows) neither setting does anything.
 """
 
 from __future__ import annotations
@@ -24,28 +33,59 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest dynamic threshold on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
+#: :func:`release_freed_memory`'s fixed mmap threshold and glibc's default trim threshold.
+RELEASE_MMAP_THRESHOLD = 1 << 20
+DEFAULT_TRIM_THRESHOLD = 128 << 10
 
-_applied: bool | None = None
+#: The trainer keeps freed memory only for policies up to this many parameters.
+MAX_PARAMS = 100_000_000
+
+_mode: str | None = None  # "keep" or "release": the setting in force
+_mallopt = None
+
+
+def _libc_mallopt():
+    global _mallopt
+    if _mallopt is not None:
+        return _mallopt or None
+    _mallopt = False
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only: raises AttributeError elsewhere)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    _mallopt = mallopt
+    return mallopt
+
+
+def _set(mode: str, mmap_threshold: int, trim_threshold: int) -> bool:
+    global _mode
+    if _mode == mode:
+        return True
+    mallopt = _libc_mallopt()
+    if mallopt is None:
+        return False
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    if ok:
+        _mode = mode
+    return ok
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for re-use (allocations under 32 MiB come from the
     heap; the heap is trimmed only beyond 1 GiB free). Idempotent; returns whether the
     setting is in force (False where the C library is not glibc)."""
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc only: raises AttributeError elsewhere)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return _applied
+    return _set("keep", MMAP_THRESHOLD, TRIM_THRESHOLD)
+
+
+def release_freed_memory() -> bool:
+    """Ask glibc to hand large freed blocks back at once (a fixed 1 MiB mmap threshold,
+    the default trim threshold): the process's memory follows what is in use. Idempotent;
+    returns whether the setting is in force (False where the C library is not glibc)."""
+    return _set("release", RELEASE_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD)

@@ -168,7 +168,10 @@ class TrainConfig:
     """On the CPU under Linux, ask the C allocator (glibc) to keep freed memory for re-use
     instead of handing it back to the system after every step: the step's large
     temporaries are then not page-faulted in again each time (~10% of a tiny model's
-    step). Process-wide, for the rest of the process; see :mod:`rlnb.train.allocator`."""
+    step), for policies of up to 100M parameters (``rlnb.train.allocator.MAX_PARAMS``);
+    a larger one gets the opposite (large freed blocks handed back at once, so that the
+    peak memory follows what is in use). Process-wide; see :mod:`rlnb.train.allocator`.
+    False leaves the C allocator as it is."""
     fsync: bool = True
     """Flush each metrics line and checkpoint to the disk (``os.fsync``, and the directory
     after a rename) before the step counts as done, so a power cut or a kernel crash loses

@@ -299,7 +299,10 @@ class Trainer:
         """
         self._stop = False
         if self.config.keep_freed_memory and _on_cpu(self.policy):
-            allocator.keep_freed_memory()
+            if sum(p.numel() for p in self.policy.parameters()) <= allocator.MAX_PARAMS:
+                allocator.keep_freed_memory()
+            else:  # a large model: its peak memory matters more than page faults
+                allocator.release_freed_memory()
         with self.thread_settings():
             while not self._stop and self.step < (self.config.max_steps if until is None
                                                   else until):

@@ -109,6 +109,33 @@ def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
     assert applied == [1]
 
 
+def test_trainer_releases_freed_memory_for_a_large_policy(model_dir, monkeypatch):
+    from rlnb.train import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(allocator, "release_freed_memory",
+                        lambda: calls.append("release") or True)
+    policy = LMPolicy(model_dir, max_new_tokens=2)
+    monkeypatch.setattr(allocator, "MAX_PARAMS", sum(p.numel() for p in policy.parameters()) - 1)
+    Trainer(policy, addition(64, digits=2, seed=0), _cfg(max_steps=1)).train()
+    assert calls == ["release"]
+
+
+def test_allocator_settings_switch_and_are_idempotent():
+    import sys
+
+    from rlnb.train import allocator
+
+    released = allocator.release_freed_memory()
+    assert allocator.release_freed_memory() is released
+    if sys.platform.startswith("linux") and released:
+        assert allocator._mode == "release"
+    assert allocator.keep_freed_memory() is released  # glibc: both work, or neither
+    if released:
+        assert allocator._mode == "keep"
+
+
 def test_keep_freed_memory_is_idempotent():
     import sys
 

@@ -37,6 +37,12 @@ from rlnb.policies.lm.text import PromptChecker, decode_rows
 
 ENGINES = ("auto", "fast", "hf", "hf-nocache")
 
+#: ``engine="auto"`` runs the fast engine on models up to this many parameters (the tiny
+#: models it was written for, ~0.1-10M); a larger model runs on its own forward, where the
+#: fast engine's fused weight copies (q|k|v, gate|up, the folded LM head: about the size
+#: of the model) would add to the peak memory of every call.
+AUTO_FAST_MAX_PARAMS = 100_000_000
+
 
 class LMPolicy(Policy):
     """A Hugging Face causal LM + tokenizer as an rlnb policy.
@@ -65,8 +71,9 @@ class LMPolicy(Policy):
             message, after the optional ``system_prompt``). None: when the tokenizer has
             one; True: require one; False: plain text.
         system_prompt: a system message before each prompt (chat templates only).
-        engine: ``"auto"`` (the functional "fast" forward for llama/qwen2/mistral/gpt2,
-            the model's own forward otherwise), ``"fast"``, ``"hf"`` (model forward with
+        engine: ``"auto"`` (the functional "fast" forward for llama/qwen2/mistral/gpt2
+            models of up to :data:`AUTO_FAST_MAX_PARAMS` parameters in float32, the
+            model's own forward otherwise), ``"fast"``, ``"hf"`` (model forward with
             Hugging Face's KV cache) or ``"hf-nocache"`` (the whole sequence re-run at every
             token: slow, the reference that proves the caches right).
 
@@ -223,7 +230,12 @@ class LMPolicy(Policy):
             why_not = "LoRA layers run only in the model's own forward"
         if engine == "fast" and why_not is not None:
             raise ValueError(f"engine='fast' cannot run this model: {why_not}; use engine='hf'")
-        self.engine = ("fast" if why_not is None else "hf") if engine == "auto" else engine
+        num_params = sum(p.numel() for p in model.parameters())
+        # Above this size the fast engine's fused copies of the layer weights (rebuilt at
+        # every call) cost more memory than its speed is worth: "auto" leaves it out.
+        big = num_params > AUTO_FAST_MAX_PARAMS
+        self.engine = ("fast" if why_not is None and not big else "hf") if engine == "auto" \
+            else engine
         # The fast engine, where it runs (None: everything on the model's own forward).
         self._fast = FastEngine(model, self.device) if self.engine == "fast" else None
         self.pad_id, self.eos_ids = special_tokens(model, tokenizer)
@@ -641,7 +653,7 @@ class LMPolicy(Policy):
                     ids, _, pos, key_valid = scoring.completion_inputs(trimmed, self.device)
                     h = scoring.completion_hidden(self.model, ids, pos, key_valid,
                                                   trimmed.actions.shape[1])  # (N, Te, d)
-                    head = self.model.get_output_embeddings()
+                    head = scoring.linear_head(self.model.get_output_embeddings())
                 else:  # a head with soft-capping or scaling: the model's own logits
                     h, head = self.completion_logits(trimmed), (lambda x: x)
                 m = trimmed.mask.to(h.device)

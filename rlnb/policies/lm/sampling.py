@@ -188,6 +188,19 @@ def _sample_loop(stepper, seqs, n, T, temperature, generator, top_p, pad_id, eos
     }
 
 
+#: Prefill logits above which the reference stepper computes the last position's alone.
+PREFILL_LOGITS = 2 ** 24
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def hf_steps(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int):
     """The reference stepper: the model's own forward with Hugging Face's KV cache
     (``engine="hf"``). Every row is computed to the end (``keep`` is ignored)."""
@@ -197,8 +210,13 @@ def hf_steps(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n:
     am = prompt_mask.repeat_interleave(n, 0)
     lengths = am.sum(1)
     cache = DynamicCache(config=model.config)
+    # Only the last position's logits are sampled from: a large prefill (rows x prompt
+    # length x vocabulary over 2**24 logits) asks for that one alone.
+    vocab = model.get_output_embeddings().weight.shape[0]
+    last_only = ids.numel() * vocab > PREFILL_LOGITS and _takes_logits_to_keep(model)
     out = model(input_ids=ids, attention_mask=am, position_ids=positions(am),
-                past_key_values=cache, use_cache=True)
+                past_key_values=cache, use_cache=True,
+                **({"logits_to_keep": 1} if last_only else {}))
     t = 0
     while True:
         tok, _ = yield out.logits[:, -1]
