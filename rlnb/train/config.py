@@ -169,9 +169,10 @@ class TrainConfig:
     instead of handing it back to the system after every step: the step's large
     temporaries are then not page-faulted in again each time (~10% of a tiny model's
     step), for policies of up to 100M parameters (``rlnb.train.allocator.MAX_PARAMS``);
-    a larger one gets the opposite (large freed blocks handed back at once, so that the
-    peak memory follows what is in use). Process-wide; see :mod:`rlnb.train.allocator`.
-    False leaves the C allocator as it is."""
+    for a larger one the trainer instead hands the freed heap back after sampling and
+    after the backward pass (``malloc_trim``), so that the peak does not carry the
+    sampler's garbage. Process-wide; see :mod:`rlnb.train.allocator`. False leaves the C
+    allocator alone."""
     fsync: bool = True
     """Flush each metrics line and checkpoint to the disk (``os.fsync``, and the directory
     after a rename) before the step counts as done, so a power cut or a kernel crash loses

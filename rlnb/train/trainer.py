@@ -298,11 +298,12 @@ class Trainer:
         [1, 2, 3]
         """
         self._stop = False
+        self._trim = False
         if self.config.keep_freed_memory and _on_cpu(self.policy):
             if sum(p.numel() for p in self.policy.parameters()) <= allocator.MAX_PARAMS:
                 allocator.keep_freed_memory()
-            else:  # a large model: its peak memory matters more than page faults
-                allocator.release_freed_memory()
+            else:  # a large model: hand the freed heap back after sampling and backward
+                self._trim = True
         with self.thread_settings():
             while not self._stop and self.step < (self.config.max_steps if until is None
                                                   else until):
@@ -375,6 +376,8 @@ class Trainer:
         sample = self.policy.training_rollout if c.num_micro_batches == 1 else self.policy.rollout
         rollout = sample(self.env, prompts, G, temperature=c.temperature, generator=self.generator)
         self.policy.train()
+        if self._trim:
+            allocator.trim()  # the sampler's freed temporaries, before the update's peak
         t_rollout = time.perf_counter()
         lengths = rollout.mask.sum(dim=1).float()  # (N,) before any masking below
         truncated = rollout.extra.get("truncated")  # (N,) bool, language models only
@@ -414,6 +417,8 @@ class Trainer:
                 [p for g in self.optimizer.param_groups for p in g["params"]],
                 c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
             )
+            if self._trim:
+                allocator.trim()  # the backward's, before the optimiser state's
             self.optimizer.step()
         self.policy.after_update(rollout)  # e.g. drop what the old weights computed
         self.step += 1

@@ -109,31 +109,32 @@ def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
     assert applied == [1]
 
 
-def test_trainer_releases_freed_memory_for_a_large_policy(model_dir, monkeypatch):
+def test_trainer_trims_the_heap_for_a_large_policy(model_dir, monkeypatch):
     from rlnb.train import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(allocator, "release_freed_memory",
-                        lambda: calls.append("release") or True)
+    monkeypatch.setattr(allocator, "trim", lambda: calls.append("trim") or True)
     policy = LMPolicy(model_dir, max_new_tokens=2)
     monkeypatch.setattr(allocator, "MAX_PARAMS", sum(p.numel() for p in policy.parameters()) - 1)
-    Trainer(policy, addition(64, digits=2, seed=0), _cfg(max_steps=1)).train()
-    assert calls == ["release"]
+    Trainer(policy, addition(64, digits=2, seed=0), _cfg(max_steps=2)).train()
+    assert calls == ["trim"] * 4  # after sampling and after the backward, every step
 
 
-def test_allocator_settings_switch_and_are_idempotent():
+def test_trim_runs_on_glibc():
     import sys
 
     from rlnb.train import allocator
 
-    released = allocator.release_freed_memory()
-    assert allocator.release_freed_memory() is released
-    if sys.platform.startswith("linux") and released:
-        assert allocator._mode == "release"
-    assert allocator.keep_freed_memory() is released  # glibc: both work, or neither
-    if released:
-        assert allocator._mode == "keep"
+    ran = allocator.trim()
+    assert allocator.trim() is ran
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        glibc = hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
+                        "gnu_get_libc_version")
+        assert ran is glibc
 
 
 def test_keep_freed_memory_is_idempotent():
