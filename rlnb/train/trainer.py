@@ -113,6 +113,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._stop = False
+        self._trim = False  # hand freed heap memory back between phases (large models)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.optimizer = self._build_optimizer()
         self.reference = self._build_reference() if self.config.beta > 0 else None
