@@ -129,3 +129,43 @@ def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
             return int((f.metadata() or {})["step"])
     except Exception as err:
         raise ValueError(f"{path} is corrupt or truncated ({err}); {_DAMAGED}") from None
+
+
+#: ``save_steps=None`` checkpoints every step while a checkpoint is at most this many
+#: bytes (:func:`checkpoint_bytes`), else every :data:`AUTO_SAVE_STEPS_LARGE` steps.
+AUTO_SAVE_MAX_BYTES = 256 * 2**20
+#: Steps between checkpoints of ``save_steps=None`` for a checkpoint over the limit.
+AUTO_SAVE_STEPS_LARGE = 100
+
+
+def checkpoint_bytes(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Estimated size in bytes of one checkpoint: the tensors of ``policy.state_dict()``
+    (what is saved: a LoRA policy's adapters only) plus the optimiser state, counted as
+    two copies of the trainable parameters for Adam / AdamW (``exp_avg``,
+    ``exp_avg_sq``), one for SGD with momentum, none for plain SGD.
+
+    >>> net = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
+    >>> checkpoint_bytes(net, torch.optim.Adam(net.parameters()))
+    1320
+    """
+    state = sum(v.numel() * v.element_size() for v in policy.state_dict().values()
+                if isinstance(v, torch.Tensor))
+    if isinstance(optimizer, torch.optim.SGD):
+        moments = 1 if any(g.get("momentum", 0) for g in optimizer.param_groups) else 0
+    else:
+        moments = 2
+    trainable = sum(p.numel() * p.element_size()
+                    for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
+    return state + moments * trainable
+
+
+def auto_save_steps(checkpoint_size: int) -> int:
+    """``save_steps`` when ``TrainConfig.save_steps`` is None: 1 (every step) for a
+    checkpoint of at most :data:`AUTO_SAVE_MAX_BYTES` (256 MiB), else
+    :data:`AUTO_SAVE_STEPS_LARGE` (100). ``checkpoint_size`` in bytes
+    (:func:`checkpoint_bytes`).
+
+    >>> auto_save_steps(10 * 2**20), auto_save_steps(2**30)
+    (1, 100)
+    """
+    return 1 if checkpoint_size <= AUTO_SAVE_MAX_BYTES else AUTO_SAVE_STEPS_LARGE

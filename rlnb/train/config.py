@@ -188,7 +188,7 @@ class TrainConfig:
     numbers). None (default) = automatic: every step while one checkpoint (the policy's
     ``state_dict()`` plus the optimiser state, Adam's two moments counted as twice the
     trainable parameters) is at most 256 MiB, else every 100 steps
-    (:func:`rlnb.train.trainer.auto_save_steps`); a LoRA policy saves only its adapters,
+    (:func:`rlnb.train.checkpoint.auto_save_steps`); a LoRA policy saves only its adapters,
     so it checkpoints every step. Set save_steps=1 to checkpoint every step whatever the
     size. Not part of what defines a run: a run directory continues with another value."""
     log_rollouts_steps: int = 0

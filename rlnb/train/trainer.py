@@ -46,8 +46,10 @@ from rlnb import rl
 from rlnb import threads as thread_rules
 from rlnb.policies.base import Policy, Rollout
 from rlnb.train import allocator, rundir
+from rlnb.train.checkpoint import auto_save_steps, checkpoint_bytes
 from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig
+from rlnb.train.micro_batches import combine_loss_metrics, rollout_rows
 
 Callback = Callable[["Trainer", dict[str, Any]], "dict[str, Any] | None"]
 """A callback sees the trainer and the step's metrics after the update; a dict it returns
@@ -56,12 +58,6 @@ the current step."""
 
 StopCheck = Callable[[], bool]
 """Asked before each step of :meth:`Trainer.run`; True ends the run there."""
-
-#: ``save_steps=None`` checkpoints every step while a checkpoint is at most this many
-#: bytes (:func:`checkpoint_bytes`), else every :data:`AUTO_SAVE_STEPS_LARGE` steps.
-AUTO_SAVE_MAX_BYTES = 256 * 2**20
-#: Steps between checkpoints of ``save_steps=None`` for a checkpoint over the limit.
-AUTO_SAVE_STEPS_LARGE = 100
 
 #: Policy losses that cannot run micro-batch by micro-batch, and why.
 _WHOLE_BATCH_LOSSES = {
@@ -586,107 +582,6 @@ class Trainer:
         can still be inspected; writing to the run needs ``rlnb.train.resume``."""
         if self.directory is not None:
             self.directory.close()
-
-
-def rollout_rows(rollout: Rollout, rows: slice) -> Rollout:
-    """Rows ``rows`` of a rollout as a rollout of their own (a micro-batch).
-
-    Sliced: ``prompts``, ``actions``, ``mask``, ``logp``, ``states`` and every per-row
-    entry of ``extra`` (a tensor whose first dimension is N, a list or tuple of length N,
-    a dict of such: ``input_ids``, ``attention_mask``, ``truncated``, ``completions``,
-    ``features``, ``hidden_states``); other entries (``prompt_length``) are kept as they
-    are. ``extra["activations"]`` (a sampler's activations of the whole batch) is left
-    out. ``group_size`` is kept when the rows are whole groups, else 1.
-
-    >>> import torch
-    >>> r = Rollout(prompts=torch.tensor([0, 0, 1, 1]), actions=torch.zeros(4, 3),
-    ...             mask=torch.ones(4, 3, dtype=torch.bool), logp=torch.zeros(4, 3),
-    ...             group_size=2, extra={"completions": ["a", "b", "c", "d"], "prompt_length": 5})
-    >>> part = rollout_rows(r, slice(2, 4))
-    >>> part.prompts.tolist(), part.extra, part.group_size
-    ([1, 1], {'completions': ['c', 'd'], 'prompt_length': 5}, 2)
-    """
-    n = len(rollout)
-    start, stop, step = rows.indices(n)
-    if step != 1:
-        raise ValueError(f"a micro-batch is a contiguous range of rows, got the slice {rows}")
-
-    def cut(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value[start:stop] if value.dim() > 0 and value.shape[0] == n else value
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            return value[start:stop]
-        if isinstance(value, dict):
-            return {k: cut(v) for k, v in value.items()}
-        return value
-
-    G = rollout.group_size
-    whole_groups = G >= 1 and start % G == 0 and (stop - start) % G == 0
-    return Rollout(
-        prompts=cut(rollout.prompts),
-        actions=cut(rollout.actions),
-        mask=cut(rollout.mask),
-        logp=cut(rollout.logp),
-        group_size=G if whole_groups else 1,
-        states=None if rollout.states is None else cut(rollout.states),
-        extra={k: cut(v) for k, v in rollout.extra.items() if k != "activations"},
-    )
-
-
-def combine_loss_metrics(parts: Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """One batch's loss metrics from its micro-batches' ``(token count, metrics)``:
-    ``pg_loss`` (each part's weighted share of the loss) summed, every other metric (a
-    mean over its part's tokens: ``clip_ratio/...``, ``ratio_mean``, ``approx_kl``)
-    averaged weighted by token count, which gives the whole batch's token mean.
-
-    >>> combine_loss_metrics([(3, {"pg_loss": 0.5, "ratio_mean": 1.0}),
-    ...                       (1, {"pg_loss": 0.25, "ratio_mean": 2.0})])
-    {'pg_loss': 0.75, 'ratio_mean': 1.25}
-    """
-    out: dict[str, float] = {}
-    for key in dict.fromkeys(k for _, m in parts for k in m):
-        have = [(n, float(m[key])) for n, m in parts if key in m]
-        tokens = sum(n for n, _ in have)
-        if key == "pg_loss":
-            out[key] = sum(v for _, v in have)
-        elif tokens > 0:
-            out[key] = sum(n * v for n, v in have) / tokens
-        else:  # no valid token anywhere: every part's mean is its empty-mask value
-            out[key] = sum(v for _, v in have) / len(have)
-    return out
-
-
-def checkpoint_bytes(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Estimated size in bytes of one checkpoint: the tensors of ``policy.state_dict()``
-    (what is saved: a LoRA policy's adapters only) plus the optimiser state, counted as
-    two copies of the trainable parameters for Adam / AdamW (``exp_avg``,
-    ``exp_avg_sq``), one for SGD with momentum, none for plain SGD.
-
-    >>> net = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
-    >>> checkpoint_bytes(net, torch.optim.Adam(net.parameters()))
-    1320
-    """
-    state = sum(v.numel() * v.element_size() for v in policy.state_dict().values()
-                if isinstance(v, torch.Tensor))
-    if isinstance(optimizer, torch.optim.SGD):
-        moments = 1 if any(g.get("momentum", 0) for g in optimizer.param_groups) else 0
-    else:
-        moments = 2
-    trainable = sum(p.numel() * p.element_size()
-                    for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
-    return state + moments * trainable
-
-
-def auto_save_steps(checkpoint_size: int) -> int:
-    """``save_steps`` when ``TrainConfig.save_steps`` is None: 1 (every step) for a
-    checkpoint of at most :data:`AUTO_SAVE_MAX_BYTES` (256 MiB), else
-    :data:`AUTO_SAVE_STEPS_LARGE` (100). ``checkpoint_size`` in bytes
-    (:func:`checkpoint_bytes`).
-
-    >>> auto_save_steps(10 * 2**20), auto_save_steps(2**30)
-    (1, 100)
-    """
-    return 1 if checkpoint_size <= AUTO_SAVE_MAX_BYTES else AUTO_SAVE_STEPS_LARGE
 
 
 def _on_cpu(policy: Policy) -> bool:

@@ -15,7 +15,7 @@ from rlnb.envs import VariableLengthTree, addition
 from rlnb.policies import LMPolicy, MLPPolicy
 from rlnb.policies.base import Rollout
 from rlnb.train import TrainConfig, Trainer
-from rlnb.train.trainer import combine_loss_metrics, rollout_rows
+from rlnb.train.micro_batches import combine_loss_metrics, rollout_rows
 
 #: Largest difference allowed, as a fraction of the reference's largest magnitude.
 REL = 1e-5

@@ -11,14 +11,14 @@ import torch
 from rlnb.envs import StrategyBandit
 from rlnb.policies import TabularPolicy
 from rlnb.train import TrainConfig, Trainer, resume
-from rlnb.train import trainer as trainer_module
-from rlnb.train.rundir import checkpoint_step
-from rlnb.train.trainer import (
+from rlnb.train import checkpoint as checkpoint_module
+from rlnb.train.checkpoint import (
     AUTO_SAVE_MAX_BYTES,
     AUTO_SAVE_STEPS_LARGE,
     auto_save_steps,
     checkpoint_bytes,
 )
+from rlnb.train.rundir import checkpoint_step
 
 
 def _env():
@@ -57,7 +57,7 @@ def test_a_large_checkpoint_is_saved_every_100_steps(tmp_path, monkeypatch):
     env = _env()
     policy = TabularPolicy.for_env(env, shared=True)
     size = checkpoint_bytes(policy, torch.optim.Adam(policy.parameters()))
-    monkeypatch.setattr(trainer_module, "AUTO_SAVE_MAX_BYTES", size - 1)
+    monkeypatch.setattr(checkpoint_module, "AUTO_SAVE_MAX_BYTES", size - 1)
     trainer = Trainer(policy, env, _cfg(max_steps=3), run_dir=tmp_path / "r")
     assert trainer.save_steps == AUTO_SAVE_STEPS_LARGE == 100
     assert _checkpointed_steps(trainer, tmp_path / "r") == [0, 0, 3]  # the last step
