@@ -121,33 +121,25 @@ def test_trainer_trims_the_heap_for_a_large_policy(model_dir, monkeypatch):
     assert calls == ["trim"] * 4  # after sampling and after the backward, every step
 
 
-def test_trim_runs_on_glibc():
+def _linux_glibc() -> bool | None:
+    """Whether the C library is glibc on Linux; None on another system."""
     import sys
 
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    return hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
+                   "gnu_get_libc_version")
+
+
+@pytest.mark.parametrize("setting", ["trim", "keep_freed_memory"])
+def test_allocator_settings_are_idempotent_and_run_on_glibc(setting):
     from rlnb.train import allocator
 
-    ran = allocator.trim()
-    assert allocator.trim() is ran
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import ctypes.util
-
-        glibc = hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
-                        "gnu_get_libc_version")
-        assert ran is glibc
-
-
-def test_keep_freed_memory_is_idempotent():
-    import sys
-
-    from rlnb.train import allocator
-
-    first = allocator.keep_freed_memory()
-    assert allocator.keep_freed_memory() is first
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import ctypes.util
-
-        glibc = hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
-                        "gnu_get_libc_version")
+    first = getattr(allocator, setting)()
+    assert getattr(allocator, setting)() is first
+    glibc = _linux_glibc()
+    if glibc is not None:
         assert first is glibc
