@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -230,7 +229,7 @@ class LMPolicy(Policy):
             why_not = "LoRA layers run only in the model's own forward"
         if engine == "fast" and why_not is not None:
             raise ValueError(f"engine='fast' cannot run this model: {why_not}; use engine='hf'")
-        num_params = sum(p.numel() for p in model.parameters())
+        self._num_params = num_params = sum(p.numel() for p in model.parameters())
         # Above this size the fast engine's fused copies of the layer weights (rebuilt at
         # every call) cost more memory than its speed is worth: "auto" leaves it out.
         big = num_params > AUTO_FAST_MAX_PARAMS
@@ -243,12 +242,7 @@ class LMPolicy(Policy):
         self._prompts = PromptChecker(tokenizer, model.config, chat_template=chat_template,
                                       system_prompt=system_prompt)
         self.max_positions = self._prompts.max_positions  # the model's context, or None
-        self._num_params = sum(p.numel() for p in model.parameters())
-        try:
-            self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(
-                model.forward).parameters
-        except (TypeError, ValueError):
-            self._takes_logits_to_keep = False
+        self._takes_logits_to_keep = sampling.takes_logits_to_keep(model)
 
     # --- Serializable ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -604,7 +598,8 @@ class LMPolicy(Policy):
         if self._fast is not None:
             return self._fast.decoder(prompt_ids, prompt_mask, n, T, tape=tape)
         if self.engine == "hf":
-            return sampling.hf_steps(self.model, prompt_ids, prompt_mask, n)
+            return sampling.hf_steps(self.model, prompt_ids, prompt_mask, n,
+                                     self._takes_logits_to_keep)
         return sampling.hf_nocache_steps(self.model, prompt_ids, prompt_mask, n)
 
     # --- scoring --------------------------------------------------------------------------

@@ -192,7 +192,9 @@ def _sample_loop(stepper, seqs, n, T, temperature, generator, top_p, pad_id, eos
 PREFILL_LOGITS = 2 ** 24
 
 
-def _takes_logits_to_keep(model: Any) -> bool:
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (the LM head on the last
+    positions only)."""
     import inspect
 
     try:
@@ -201,9 +203,12 @@ def _takes_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def hf_steps(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int):
+def hf_steps(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int,
+             keeps_logits: bool | None = None):
     """The reference stepper: the model's own forward with Hugging Face's KV cache
-    (``engine="hf"``). Every row is computed to the end (``keep`` is ignored)."""
+    (``engine="hf"``). Every row is computed to the end (``keep`` is ignored).
+    ``keeps_logits``: whether the forward takes ``logits_to_keep``
+    (:func:`takes_logits_to_keep`, read from the model when None)."""
     from transformers import DynamicCache
 
     ids = prompt_ids.repeat_interleave(n, 0)
@@ -213,7 +218,9 @@ def hf_steps(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n:
     # Only the last position's logits are sampled from: a large prefill (rows x prompt
     # length x vocabulary over 2**24 logits) asks for that one alone.
     vocab = model.get_output_embeddings().weight.shape[0]
-    last_only = ids.numel() * vocab > PREFILL_LOGITS and _takes_logits_to_keep(model)
+    if keeps_logits is None:
+        keeps_logits = takes_logits_to_keep(model)
+    last_only = ids.numel() * vocab > PREFILL_LOGITS and keeps_logits
     out = model(input_ids=ids, attention_mask=am, position_ids=positions(am),
                 past_key_values=cache, use_cache=True,
                 **({"logits_to_keep": 1} if last_only else {}))
