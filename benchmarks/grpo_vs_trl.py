@@ -26,7 +26,7 @@ How it is timed, so that a busy machine hurts neither side more than the other:
   orchestrates), so no run inherits another's allocator state, thread pools or caches.
 
 The C allocator. rlnb's trainer asks glibc to keep freed memory for re-use
-(``TrainConfig.keep_freed_memory``, :mod:`rlnb.train.allocator`), which spares every
+(``TrainConfig.keep_freed_memory``, :mod:`rlnb.allocator`), which spares every
 step the page faults of its large temporaries. TRL as shipped does not; the same setting
 can be given to any process through ``GLIBC_TUNABLES``, so TRL is also timed with it
 (rows marked "keep freed memory"). Two ratios are printed: against TRL's best setting as
@@ -89,7 +89,7 @@ def build_model(directory: Path, task, *, layers: int, hidden: int, heads: int,
     return sum(p.numel() for p in model.parameters())
 
 
-# The same values as rlnb.train.allocator, for a process that is not rlnb's.
+# The same values as rlnb.allocator, for a process that is not rlnb's.
 KEEP_FREED_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
                        "glibc.malloc.trim_threshold=1073741824")
 

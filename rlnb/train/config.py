@@ -168,10 +168,10 @@ class TrainConfig:
     """On the CPU under Linux, ask the C allocator (glibc) to keep freed memory for re-use
     instead of handing it back to the system after every step: the step's large
     temporaries are then not page-faulted in again each time (~10% of a tiny model's
-    step), for policies of up to 100M parameters (``rlnb.train.allocator.MAX_PARAMS``);
+    step), for policies of up to 100M parameters (``rlnb.allocator.MAX_PARAMS``);
     for a larger one the trainer instead hands the freed heap back after sampling and
     after the backward pass (``malloc_trim``), so that the peak does not carry the
-    sampler's garbage. Process-wide; see :mod:`rlnb.train.allocator`. False leaves the C
+    sampler's garbage. Process-wide; see :mod:`rlnb.allocator`. False leaves the C
     allocator alone."""
     fsync: bool = True
     """Flush each metrics line and checkpoint to the disk (``os.fsync``, and the directory

@@ -42,10 +42,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from rlnb import rl
+from rlnb import allocator, rl
 from rlnb import threads as thread_rules
 from rlnb.policies.base import Policy, Rollout
-from rlnb.train import allocator, rundir
+from rlnb.train import rundir
 from rlnb.train.checkpoint import auto_save_steps, checkpoint_bytes
 from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig

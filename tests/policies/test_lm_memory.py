@@ -58,6 +58,36 @@ def test_chunked_token_stats_equals_token_stats_in_values_and_gradients():
             _scale_close(x, y.detach())
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_large_head_equals_token_stats_in_values_and_gradients(temperature, with_bias):
+    """A large head (:class:`scoring.LinearHead`) runs its chunks through one autograd
+    function with the backward written out: log-probs, entropies and the gradients of
+    the hidden states, the weight and the bias equal plain autograd's through
+    ``token_stats``, for any weighting of the two outputs."""
+    torch.manual_seed(1)
+    W = (0.5 * torch.randn(300, 16)).requires_grad_()
+    b = torch.randn(300, requires_grad=True) if with_bias else None
+    h = torch.randn(41, 16, requires_grad=True)
+    a = torch.randint(0, 300, (41,))
+    u, v = torch.randn(41), torch.randn(41)
+    head = scoring.LinearHead(W, b)
+    params = [h, W] + ([b] if with_bias else [])
+    ref = scoring.token_stats(head(h), a, temperature)
+    ref_grads = torch.autograd.grad((ref[0] * u).sum() + (ref[1] * v).sum(), params)
+    out = scoring.chunked_token_stats(head, h, a, temperature, 300, chunk_elements=6 * 300)
+    grads = torch.autograd.grad((out[0] * u).sum() + (out[1] * v).sum(), params)
+    for x, y in zip(out, ref):
+        _scale_close(x.detach(), y.detach())
+    for x, y in zip(grads, ref_grads):
+        _scale_close(x, y)
+    frozen = scoring.LinearHead(W.detach(), None)  # a frozen head (LoRA): h's gradient only
+    g, = torch.autograd.grad(scoring.chunked_token_stats(frozen, h, a, temperature, 300,
+                                                         chunk_elements=6 * 300)[1].sum(), [h])
+    g_ref, = torch.autograd.grad(scoring.token_stats(frozen(h), a, temperature)[1].sum(), [h])
+    _scale_close(g, g_ref)
+
+
 @pytest.mark.parametrize("engine", ["fast", "hf"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_log_probs_never_hold_the_full_logits(arch, engine, monkeypatch):
@@ -159,3 +189,43 @@ def test_trainer_turns_gradient_checkpointing_on(tmp_path):
                       gradient_checkpointing=True, progress_bar=False)
     Trainer(pi, TASK, cfg).train()
     assert pi.gradient_checkpointing
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_reference_sampler_allocates_its_kv_cache_once(arch, monkeypatch):
+    """The ``hf`` engine's KV cache holds the prompt and every new token from the start:
+    its key/value tensors are the same storage at every step (no per-token re-allocation,
+    which fragments the C heap at full scale), and it samples what the no-cache engine
+    samples (the equality itself: test_kv_cache_sampling_equals_no_cache_sampling)."""
+    from transformers import StaticCache
+
+    from rlnb.policies.lm import sampling
+
+    made = []
+    real = sampling.kv_cache
+
+    def recording(model, max_len):
+        made.append((real(model, max_len), max_len))
+        return made[-1][0]
+
+    monkeypatch.setattr(sampling, "kv_cache", recording)
+    pi = _policy(arch, engine="hf")
+    pi.max_new_tokens = 6
+    storages = []
+    real_forward = pi.model.forward
+
+    def forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        layer = made[-1][0].layers[0]
+        storages.append((layer.keys.data_ptr(), layer.values.data_ptr()))
+        return out
+
+    monkeypatch.setattr(pi.model, "forward", forward)
+    r = _rollout(pi)
+    (cache, max_len), = made
+    assert isinstance(cache, StaticCache)
+    assert max_len == r.extra["prompt_length"] + 6
+    assert len(storages) == r.actions.shape[1] and len(set(storages)) == 1
+    ref = _policy(arch, engine="hf-nocache")
+    ref.max_new_tokens = 6
+    assert torch.equal(_rollout(ref).actions, r.actions)

@@ -97,7 +97,7 @@ def test_replayed_updates_train_like_the_forward_pass(model_dir, monkeypatch, nu
 
 
 def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
-    from rlnb.train import allocator
+    from rlnb import allocator
 
     applied = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or True)
@@ -110,7 +110,7 @@ def test_trainer_keeps_freed_memory_on_the_cpu(model_dir, monkeypatch):
 
 
 def test_trainer_trims_the_heap_for_a_large_policy(model_dir, monkeypatch):
-    from rlnb.train import allocator
+    from rlnb import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
@@ -136,7 +136,7 @@ def _linux_glibc() -> bool | None:
 
 @pytest.mark.parametrize("setting", ["trim", "keep_freed_memory"])
 def test_allocator_settings_are_idempotent_and_run_on_glibc(setting):
-    from rlnb.train import allocator
+    from rlnb import allocator
 
     first = getattr(allocator, setting)()
     assert getattr(allocator, setting)() is first

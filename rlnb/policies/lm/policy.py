@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rlnb import threads
+from rlnb import allocator, threads
 from rlnb.policies.base import Policy, Rollout, validate_sampling_args
 from rlnb.policies.lm import hidden, precision, sampling, scoring
 from rlnb.policies.lm import lora as adapters
@@ -243,6 +243,7 @@ class LMPolicy(Policy):
                                       system_prompt=system_prompt)
         self.max_positions = self._prompts.max_positions  # the model's context, or None
         self._takes_logits_to_keep = sampling.takes_logits_to_keep(model)
+        self._cache_keyword = sampling.cache_keyword(model)
 
     # --- Serializable ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -578,7 +579,9 @@ class LMPolicy(Policy):
                 self._stepper, seqs, n, T, temperature=temperature, generator=generator,
                 top_p=self.top_p, pad_id=self.pad_id, eos_ids=self.eos_ids, eos_t=self._eos_t,
                 vocab_size=self._vocab_size(), device=self.device,
-                compact=self.engine == "fast", tape=tape, one_thread=one_thread)
+                compact=self.engine == "fast", tape=tape, one_thread=one_thread,
+                trim_every=sampling.TRIM_EVERY if self._num_params > allocator.MAX_PARAMS
+                and self.device.type == "cpu" else 0)
 
     def _vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
@@ -598,8 +601,8 @@ class LMPolicy(Policy):
         if self._fast is not None:
             return self._fast.decoder(prompt_ids, prompt_mask, n, T, tape=tape)
         if self.engine == "hf":
-            return sampling.hf_steps(self.model, prompt_ids, prompt_mask, n,
-                                     self._takes_logits_to_keep)
+            return sampling.hf_steps(self.model, prompt_ids, prompt_mask, n, T,
+                                     self._takes_logits_to_keep, self._cache_keyword)
         return sampling.hf_nocache_steps(self.model, prompt_ids, prompt_mask, n)
 
     # --- scoring --------------------------------------------------------------------------

@@ -82,22 +82,86 @@ def completion_hidden(model: Any, ids: torch.Tensor, pos: torch.Tensor,
 LARGE_HEAD = 2 ** 22
 
 
+class LinearHead:
+    """A large LM head ``h -> (W @ h.T).T + b`` (see :func:`linear_head`); in
+    :func:`chunked_token_stats` it runs as one fused autograd function
+    (:class:`_LinearHeadStats`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        out = (self.weight @ h.t()).t()
+        return out + self.bias if self.bias is not None else out
+
+
 def linear_head(head: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """``head`` as a function ``(S, d) -> (S, V)``. A large head (at least
-    :data:`LARGE_HEAD` weights) computes ``(W @ h.T).T``: its weight's gradient is then a
-    contiguous ``(V, d)`` product that autograd adds in place to the embedding's gradient
-    of a tied model, where ``F.linear``'s transposed one is added out of place -- one
-    ``(V, d)`` float32 buffer less at the peak of the backward pass (545 MB for
-    Qwen2.5-0.5B). A small head keeps ``F.linear``, bit for bit."""
-    weight, bias = head.weight, head.bias
-    if weight.numel() < LARGE_HEAD:
+    :data:`LARGE_HEAD` weights) computes ``(W @ h.T).T`` (:class:`LinearHead`): its weight's
+    gradient is then a contiguous ``(V, d)`` product that autograd adds in place to the
+    embedding's gradient of a tied model, where ``F.linear``'s transposed one is added out
+    of place -- one ``(V, d)`` float32 buffer less at the peak of the backward pass (545 MB
+    for Qwen2.5-0.5B). A small head keeps ``F.linear``, bit for bit."""
+    if head.weight.numel() < LARGE_HEAD:
         return head
+    return LinearHead(head.weight, head.bias)
 
-    def apply(h: torch.Tensor) -> torch.Tensor:
-        out = (weight @ h.t()).t()
-        return out + bias if bias is not None else out
 
-    return apply
+class _LinearHeadStats(torch.autograd.Function):
+    """Log-prob of ``actions`` and entropy of ``softmax(head(h) / temperature)`` for one
+    chunk of rows, with a backward written out that recomputes the logits.
+
+    The generic path (``torch.utils.checkpoint`` over :func:`token_stats`) keeps about ten
+    ``(C, V)`` float32 tensors alive in its recomputed backward (logits, their contiguous
+    copy, log-softmax, its exp, the entropy product, and a gradient for each); this one
+    holds two: ``q`` (logits, then log-probs, then their gradient, in place) and ``p``.
+    With ``q = log_softmax(z)``, ``p = exp(q)``, ``H = -sum(p q)``:
+    ``d logp_a / dz = onehot(a) - p`` and ``dH / dz = -p (q + H)``."""
+
+    @staticmethod
+    def forward(ctx, h, actions, weight, bias, temperature, autocast_state):
+        ctx.save_for_backward(h, actions, weight, bias)
+        ctx.temperature, ctx.autocast_state = temperature, autocast_state
+        q, p = _LinearHeadStats.log_softmax(h, weight, bias, temperature, autocast_state)
+        logp = q.gather(-1, actions[:, None]).squeeze(-1)
+        entropy = -torch.einsum("sv,sv->s", p, q)
+        return logp, entropy
+
+    @staticmethod
+    def log_softmax(h, weight, bias, temperature, autocast_state):
+        device_type, enabled, dtype = autocast_state
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            z = (weight @ h.t()).t()
+            if bias is not None:
+                z = z + bias
+        with torch.no_grad():
+            z = z.float().contiguous()
+            if temperature != 1.0:
+                z.div_(temperature)
+            z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))  # q, in place
+            return z, z.exp()
+
+    @staticmethod
+    def backward(ctx, g_logp, g_entropy):
+        h, actions, weight, bias = ctx.saved_tensors
+        q, p = _LinearHeadStats.log_softmax(h, weight, bias, ctx.temperature,
+                                            ctx.autocast_state)
+        with torch.no_grad():
+            entropy = -torch.einsum("sv,sv->s", p, q)
+            g_logp, g_entropy = g_logp.float(), g_entropy.float()
+            # dL/dz = g_logp (onehot - p) - g_H p (q + H), built in q's memory
+            grad = q.add_(entropy[:, None]).mul_(-g_entropy[:, None])
+            grad.sub_(g_logp[:, None]).mul_(p)
+            del p
+            grad.scatter_add_(-1, actions[:, None], g_logp[:, None])
+            if ctx.temperature != 1.0:
+                grad.div_(ctx.temperature)
+            need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
+            grad = grad.to(weight.dtype)
+            g_h = (grad @ weight).to(h.dtype) if need_h else None
+            g_w = grad.t() @ h.to(grad.dtype) if need_w else None
+            g_b = grad.sum(0) if need_b and bias is not None else None
+        return g_h, None, g_w, g_b, None, None
 
 
 def chunked_token_stats(head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor,
@@ -114,6 +178,15 @@ def chunked_token_stats(head: Callable[[torch.Tensor], torch.Tensor], h: torch.T
     S = h.shape[0]
     if S <= rows:
         return token_stats(head(h), actions, temperature)
+
+    if isinstance(head, LinearHead):
+        device_type = h.device.type
+        state = (device_type, torch.is_autocast_enabled(device_type),
+                 torch.get_autocast_dtype(device_type))
+        parts = [_LinearHeadStats.apply(h[i:i + rows], actions[i:i + rows], head.weight,
+                                        head.bias, temperature, state)
+                 for i in range(0, S, rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def stats(hc: torch.Tensor, ac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return token_stats(head(hc), ac, temperature)
