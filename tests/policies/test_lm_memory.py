@@ -229,3 +229,22 @@ def test_reference_sampler_allocates_its_kv_cache_once(arch, monkeypatch):
     ref = _policy(arch, engine="hf-nocache")
     ref.max_new_tokens = 6
     assert torch.equal(_rollout(ref).actions, r.actions)
+
+
+def test_large_models_hand_freed_heap_back_while_sampling(monkeypatch):
+    """Above rlnb.allocator.MAX_PARAMS (on the CPU) the sampler calls allocator.trim every
+    TRIM_EVERY tokens, and the same completions come out; small models never trim."""
+    from rlnb import allocator
+    from rlnb.policies.lm import sampling
+
+    calls = []
+    monkeypatch.setattr(allocator, "trim", lambda: calls.append(1) or True)
+    pi = _policy(engine="hf")
+    pi.max_new_tokens = 9
+    small = _rollout(pi)
+    assert calls == []
+    monkeypatch.setattr(allocator, "MAX_PARAMS", 1)
+    large = _rollout(pi)
+    steps = large.actions.shape[1]
+    assert len(calls) == (steps - 1) // sampling.TRIM_EVERY > 0
+    assert torch.equal(large.actions, small.actions)
