@@ -19,7 +19,15 @@ from rlnb.rl.advantages import (
     rloo,
     w_reinforce,
 )
-from rlnb.rl.aggregation import AGG_MODES, agg_loss, agg_weights, check_agg_mode, masked_mean
+from rlnb.rl.aggregation import (
+    AGG_MODES,
+    TRL_AGG_MODES,
+    VERL_AGG_MODES,
+    agg_loss,
+    agg_weights,
+    check_agg_mode,
+    masked_mean,
+)
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
     clip_cov,
@@ -45,6 +53,8 @@ from rlnb.rl.registry import (
 __all__ = [
     "ADVANTAGES",
     "AGG_MODES",
+    "TRL_AGG_MODES",
+    "VERL_AGG_MODES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "SCALE_REWARDS",

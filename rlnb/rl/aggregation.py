@@ -1,21 +1,37 @@
 """Turning a per-token loss matrix into one number: the aggregation modes.
 
 How per-token losses are averaged decides how much each sequence and each token weighs,
-and it is one of the main differences between GRPO, DAPO and Dr.GRPO. The mode names are
-verl's; TRL's ``GRPOConfig.loss_type`` maps onto them as follows (single process):
+and it is one of the main differences between GRPO, DAPO and Dr.GRPO. Two families of
+names, each computing what its own library computes (one process, no data parallelism):
 
-=================  ===========================  ==========================================
-TRL ``loss_type``  mode here                    normaliser
-=================  ===========================  ==========================================
-``grpo``           ``seq-mean-token-mean``      each sequence by its length, then over N
-``bnpo``           ``token-mean``               tokens in the (local) batch
-``dapo``           ``token-mean``               tokens in the global batch (all processes)
-``dr_grpo``        ``seq-mean-token-sum-norm``  the constant N * max_completion_length
-=================  ===========================  ==========================================
+=============================  ============================================================
+mode                           loss (``S_i`` = row ``i``'s masked sum, ``L_i`` its valid
+                               tokens, ``N`` rows, ``N+`` rows with ``L_i > 0``)
+=============================  ============================================================
+``token-mean`` (verl)          ``sum_i S_i / sum_i L_i``
+``seq-mean-token-mean`` (verl) ``mean over the N+ non-empty rows of S_i / L_i``
+``seq-mean-token-sum`` (verl)  ``sum_i S_i / N+``
+``seq-mean-token-sum-norm``    ``sum_i S_i / max_len`` (verl's ``loss_scale_factor``,
+(verl)                         default the padded length T): no division by N
+``grpo`` (TRL ``loss_type``)   ``mean over all N rows of S_i / max(L_i, 1)``: an empty row
+                               counts as 0
+``bnpo`` (TRL)                 ``sum_i S_i / max(sum_i L_i, 1)``
+``dapo`` (TRL)                 the same in one process (TRL divides by the tokens of the
+                               global batch)
+``dr_grpo`` (TRL)              ``sum_i S_i / (N * max_len)`` (TRL's
+                               ``max_completion_length``)
+=============================  ============================================================
 
-The footgun: ``seq-mean-token-mean`` gives each *sequence* equal weight, so a token in a
-long wrong answer is pushed down less than a token in a short one; that is the length bias
-Dr.GRPO (arXiv:2503.20783) removes by dividing by a constant instead.
+verl leaves fully masked rows (those ``mask_truncated_completions`` empties) out of its
+``seq-mean-*`` means; TRL's ``grpo`` keeps them as zeros; and verl's
+``seq-mean-token-sum-norm`` is ``N`` times TRL's ``dr_grpo`` at the same ``max_len`` (a
+factor of the batch size in the effective learning rate). A batch with no valid token
+aggregates to 0 in every mode (verl's formulas give 0/0 there).
+
+The footgun: a per-sequence mean (``seq-mean-token-mean``, ``grpo``) gives each
+*sequence* equal weight, so a token in a long wrong answer is pushed down less than a
+token in a short one; that is the length bias Dr.GRPO (arXiv:2503.20783) removes by
+dividing by a constant instead.
 """
 
 from __future__ import annotations
@@ -25,7 +41,13 @@ from torch import Tensor
 
 from rlnb.registry import unknown_name_error
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+#: verl's ``loss_agg_mode`` names, computing verl's values.
+VERL_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                  "seq-mean-token-sum-norm")
+#: TRL's ``GRPOConfig.loss_type`` names (those that aggregate token losses), computing
+#: TRL's values.
+TRL_AGG_MODES = ("grpo", "bnpo", "dapo", "dr_grpo")
+AGG_MODES = VERL_AGG_MODES + TRL_AGG_MODES
 
 
 def check_agg_mode(mode: str) -> str:
@@ -63,19 +85,22 @@ def agg_loss(
     loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, max_len: int | None = None,
     weights: Tensor | None = None,
 ) -> Tensor:
-    """Aggregate a per-token loss ``(N, T)`` under ``mask`` ``(N, T)`` into a scalar.
+    """Aggregate a per-token loss ``(N, T)`` under ``mask`` ``(N, T)`` into a scalar, as
+    the library whose name ``mode`` is computes it (the table of this module):
 
-    Modes (verl names):
-      - ``token-mean``: sum(loss * mask) / sum(mask). Every token weighs the same (DAPO,
-        arXiv:2503.14476; Lite PPO, arXiv:2508.08221).
-      - ``seq-mean-token-mean``: mean over the N sequences of each sequence's token mean
-        (original GRPO). A sequence with no valid token counts as 0 and stays in the mean
-        over N, as in TRL's ``loss_type="grpo"`` (its ``clamp(min=1)`` denominator).
-      - ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
-      - ``seq-mean-token-sum-norm``: sum(loss * mask) / (N * max_len), a constant
-        normaliser (Dr.GRPO, arXiv:2503.20783; TRL's ``dr_grpo``). ``max_len`` defaults to
-        T; pass the generation budget (TRL's ``max_completion_length``) to match TRL when
-        the batch is padded to less than that. (verl's mode of this name divides by T only.)
+      - verl: ``token-mean`` (DAPO, arXiv:2503.14476; Lite PPO, arXiv:2508.08221),
+        ``seq-mean-token-mean`` (original GRPO), ``seq-mean-token-sum``,
+        ``seq-mean-token-sum-norm`` (Dr.GRPO's constant normaliser, verl's way: divided
+        by ``max_len`` alone). The ``seq-mean-*`` modes average over the rows that have a
+        valid token.
+      - TRL's ``loss_type``: ``grpo`` (every row's token mean, empty rows as 0, mean over
+        all N), ``bnpo`` and ``dapo`` (tokens of the batch), ``dr_grpo`` (divided by
+        ``N * max_len``).
+
+    ``max_len``: the generation budget (TRL's ``max_completion_length``, verl's
+    ``loss_scale_factor``), used by ``seq-mean-token-sum-norm`` and ``dr_grpo``; default
+    T. Pass the budget when the batch is padded to less than it, so that the normaliser
+    is the same constant every step.
 
     Padding positions may hold any value, even inf or nan: they never reach the result.
 
@@ -85,10 +110,12 @@ def agg_loss(
     micro-batches sum to the whole batch's loss in every mode (gradient accumulation).
     ``mode`` and ``max_len`` are still checked, and have no other effect.
 
-    >>> loss = torch.tensor([[1., 1., 1., 1.], [4., 0., 0., 0.]])
-    >>> mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
-    >>> [round(agg_loss(loss, mask, m).item(), 3) for m in AGG_MODES]
-    [1.6, 2.5, 4.0, 1.0]
+    >>> loss = torch.tensor([[1., 1., 1., 1.], [4., 0., 0., 0.], [9., 9., 9., 9.]])
+    >>> mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    >>> {m: round(agg_loss(loss, mask, m).item(), 3) for m in AGG_MODES}  # doctest: +NORMALIZE_WHITESPACE
+    {'token-mean': 1.6, 'seq-mean-token-mean': 2.5, 'seq-mean-token-sum': 4.0,
+     'seq-mean-token-sum-norm': 2.0, 'grpo': 1.667, 'bnpo': 1.6, 'dapo': 1.6,
+     'dr_grpo': 0.667}
     """
     check_agg_mode(mode)
     if loss_mat.dim() != 2 or loss_mat.shape != mask.shape:
@@ -100,12 +127,7 @@ def agg_loss(
         raise ValueError(
             f"mask must hold only 0 and 1 (which tokens count), got {bad:.4g}; a mask is not a "
             "weight: scale the per-token loss instead, or pass a bool mask")
-    n, t = loss_mat.shape
-    if max_len is not None:  # checked in every mode: a bad budget is a bug wherever it is
-        from rlnb.checks import check_number
-
-        check_number(max_len, "max_len", 0, low_open=True,
-                     meaning="generation budget in tokens, TRL's max_completion_length")
+    _check_max_len(max_len)
     if weights is not None:
         if weights.shape != loss_mat.shape:
             raise ValueError(
@@ -113,17 +135,29 @@ def agg_loss(
                 f"{tuple(loss_mat.shape)}: pass the rows of agg_weights(whole_batch_mask, mode) "
                 "that belong to this micro-batch")
         return (_masked(loss_mat, mask) * weights.to(loss_mat.device, loss_mat.dtype)).sum()
-    if mode == "token-mean":
+    n, t = loss_mat.shape
+    if mode in ("token-mean", "bnpo", "dapo"):
         return masked_mean(loss_mat, mask)
-    if mode == "seq-mean-token-mean":
-        return masked_mean(loss_mat, mask, dim=1).mean()  # (N,) -> ()
     seq_sum = _masked(loss_mat, mask).sum(dim=1)  # (N,)
-    if mode == "seq-mean-token-sum":
-        return seq_sum.mean()
-    max_len = t if max_len is None else max_len
-    if max_len <= 0:
-        raise ValueError(f"max_len must be a positive number of tokens, got {max_len}")
-    return seq_sum.sum() / (n * max_len)
+    if mode in ("seq-mean-token-sum-norm", "dr_grpo"):
+        scale = t if max_len is None else max_len
+        return seq_sum.sum() / (scale * (n if mode == "dr_grpo" else 1))
+    lengths = mask.to(loss_mat.dtype).sum(dim=1)  # (N,)
+    if mode == "grpo":
+        return (seq_sum / lengths.clamp(min=1)).mean() if n else seq_sum.sum()
+    nonempty = lengths > 0
+    per_row = seq_sum if mode == "seq-mean-token-sum" else seq_sum / torch.where(
+        nonempty, lengths, torch.ones_like(lengths))
+    count = nonempty.sum()
+    return torch.where(count > 0, per_row.sum() / count.clamp(min=1), per_row.sum() * 0)
+
+
+def _check_max_len(max_len: int | None) -> None:
+    if max_len is not None:  # checked in every mode: a bad budget is a bug wherever it is
+        from rlnb.checks import check_number
+
+        check_number(max_len, "max_len", 0, low_open=True,
+                     meaning="generation budget in tokens, TRL's max_completion_length")
 
 
 def agg_weights(
@@ -134,22 +168,24 @@ def agg_weights(
     equals ``sum(x * mask * agg_weights(mask, mode))`` for every ``x`` (up to rounding).
 
     The weights of a token depend on the whole batch (the token count in ``token-mean``,
-    the number of sequences N in the ``seq-mean-*`` modes), which is what gradient
-    accumulation needs: compute them once on the whole batch's ``mask``, slice the rows
-    of each micro-batch, and pass them as ``agg_loss(..., weights=w[rows])``; the
-    micro-batch losses then add up to the whole batch's loss and gradient.
+    the number of rows in the per-sequence modes), which is what gradient accumulation
+    needs: compute them once on the whole batch's ``mask``, slice the rows of each
+    micro-batch, and pass them as ``agg_loss(..., weights=w[rows])``; the micro-batch
+    losses then add up to the whole batch's loss and gradient.
 
-      - ``token-mean``: ``1 / sum(mask)`` on every valid token.
-      - ``seq-mean-token-mean``: ``1 / (N * len_i)`` on the valid tokens of row ``i``.
-      - ``seq-mean-token-sum``: ``1 / N``.
-      - ``seq-mean-token-sum-norm``: ``1 / (N * max_len)`` (``max_len`` defaults to T).
+      - ``token-mean``, ``bnpo``, ``dapo``: ``1 / sum(mask)`` on every valid token.
+      - ``seq-mean-token-mean``: ``1 / (N+ * L_i)`` on the valid tokens of row ``i``
+        (``N+`` rows with a valid token); ``grpo``: ``1 / (N * L_i)``.
+      - ``seq-mean-token-sum``: ``1 / N+``.
+      - ``seq-mean-token-sum-norm``: ``1 / max_len``; ``dr_grpo``: ``1 / (N * max_len)``
+        (``max_len`` defaults to T).
 
     Padding positions get weight 0, and so does every token of a batch with none valid.
     ``dtype``: of the weights (default: the mask's if it is floating, else float32).
 
     Footgun: weights computed on a micro-batch's own mask give each micro-batch the
     weight of a whole batch; the accumulated loss is then ``k`` times too large (``k``
-    micro-batches) in the ``seq-mean-*`` modes, and wrongly weighted in ``token-mean``.
+    micro-batches) in the per-sequence modes, and wrongly weighted in ``token-mean``.
 
     >>> mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     >>> agg_weights(mask, "seq-mean-token-mean")
@@ -163,21 +199,21 @@ def agg_weights(
     check_agg_mode(mode)
     if mask.dim() != 2:
         raise ValueError(f"mask must be (N, T), got shape {tuple(mask.shape)}")
+    _check_max_len(max_len)
     if dtype is None:
         dtype = mask.dtype if mask.is_floating_point() else torch.float32
     m = (mask != 0).to(dtype)  # (N, T)
     n, t = m.shape
-    if mode == "token-mean":
+    if mode in ("token-mean", "bnpo", "dapo"):
         count = m.sum()
         return m / count if count > 0 else torch.zeros_like(m)
-    if mode == "seq-mean-token-mean":
-        lengths = m.sum(dim=1, keepdim=True)  # (N, 1)
-        return torch.where(lengths > 0, m / (n * lengths.clamp(min=1)), torch.zeros_like(m))
+    if mode in ("seq-mean-token-sum-norm", "dr_grpo"):
+        scale = t if max_len is None else max_len
+        return m / (scale * (n if mode == "dr_grpo" else 1))
+    lengths = m.sum(dim=1, keepdim=True)  # (N, 1)
+    rows = n if mode == "grpo" else int((lengths > 0).sum())
+    if rows == 0:
+        return torch.zeros_like(m)
     if mode == "seq-mean-token-sum":
-        return m / n
-    if max_len is not None:
-        from rlnb.checks import check_number
-
-        check_number(max_len, "max_len", 0, low_open=True,
-                     meaning="generation budget in tokens, TRL's max_completion_length")
-    return m / (n * (t if max_len is None else max_len))
+        return m / rows
+    return torch.where(lengths > 0, m / (rows * lengths.clamp(min=1)), torch.zeros_like(m))

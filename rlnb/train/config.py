@@ -9,9 +9,10 @@ table.
 
 Where TRL has no name: TRL's batch is counted in completions
 (``per_device_train_batch_size * gradient_accumulation_steps = num_prompts_per_step *
-num_generations`` on one device); TRL's ``loss_type`` maps to ``loss_agg_mode`` as
-``grpo -> seq-mean-token-mean``, ``dapo``/``bnpo -> token-mean``,
-``dr_grpo -> seq-mean-token-sum-norm``.
+num_generations`` on one device); ``loss_agg_mode`` takes TRL's ``loss_type`` names
+(``grpo``, ``bnpo``, ``dapo``, ``dr_grpo``) and verl's ``loss_agg_mode`` names, each
+computing what its library computes (:mod:`rlnb.rl.aggregation`; the table of shared
+names: docs/NAMES.md).
 
 Every field is checked when a config is made (``TrainConfig(...)``, :meth:`from_dict`,
 :meth:`replace`): a value of the wrong type is a ``TypeError`` naming the field, the type
@@ -90,8 +91,11 @@ class TrainConfig:
     """Dual-clip bound for negative advantages (TRL's ``delta``, verl's clip_ratio_c);
     must exceed 1 + epsilon. None disables it."""
     loss_agg_mode: str = "token-mean"
-    """How per-token losses become one number (verl names): token-mean,
-    seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
+    """How per-token losses become one number, under verl's names (token-mean,
+    seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm) or TRL's
+    ``loss_type`` names (grpo, bnpo, dapo, dr_grpo), each as its library computes it
+    (:mod:`rlnb.rl.aggregation`). The constant normalisers divide by the policy's
+    generation budget (``max_new_tokens``) where it has one."""
     num_iterations: int = 1
     """PPO epochs over each rollout batch (TRL's mu). 1 = on-policy, clipping inactive."""
     per_device_train_batch_size: int | None = None

@@ -7,6 +7,7 @@ import torch
 
 from rlnb.envs.variable_tree import VariableLengthTree
 from rlnb.policies import TabularPolicy
+from rlnb.rl import AGG_MODES
 from rlnb.serialization import load_component, save_component
 from rlnb.train import TrainConfig, Trainer
 
@@ -120,8 +121,7 @@ def test_seeding_and_round_trip(tmp_path):
     assert "EOS" in repr(c)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                 "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg", AGG_MODES)
 def test_trainer_smoke(agg):
     env = small_env(0)
     pi = TabularPolicy.for_env(env)

@@ -33,15 +33,22 @@ from rlnb.rl import (
 
 
 def agg_loop(loss, mask, mode, max_len=None):
+    """Each mode as its library writes it (one process): verl's names, TRL's loss_type."""
     n, t = len(loss), len(loss[0])
     tok = [[l for l, m in zip(lr, mr) if m] for lr, mr in zip(loss, mask)]
-    if mode == "token-mean":
+    rows = [r for r in tok if r]  # verl's seq-mean-* leave empty rows out
+    if mode in ("token-mean", "bnpo", "dapo"):
         count = sum(len(r) for r in tok)
         return sum(sum(r) for r in tok) / count if count else 0.0
     if mode == "seq-mean-token-mean":
-        return sum(sum(r) / len(r) if r else 0.0 for r in tok) / n
+        return sum(sum(r) / len(r) for r in rows) / len(rows) if rows else 0.0
     if mode == "seq-mean-token-sum":
-        return sum(sum(r) for r in tok) / n
+        return sum(sum(r) for r in rows) / len(rows) if rows else 0.0
+    if mode == "grpo":
+        return sum(sum(r) / max(len(r), 1) for r in tok) / n
+    if mode == "seq-mean-token-sum-norm":
+        return sum(sum(r) for r in tok) / (max_len or t)
+    assert mode == "dr_grpo"
     return sum(sum(r) for r in tok) / (n * (max_len or t))
 
 
@@ -87,22 +94,25 @@ def test_agg_modes_hand_computed():
     loss = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     want = {
-        "token-mean": 8 / 5,
-        "seq-mean-token-mean": (1 + 4) / 2,
+        "token-mean": 8 / 5, "bnpo": 8 / 5, "dapo": 8 / 5,
+        "seq-mean-token-mean": (1 + 4) / 2, "grpo": (1 + 4) / 2,
         "seq-mean-token-sum": (4 + 4) / 2,
-        "seq-mean-token-sum-norm": 8 / (2 * 4),
+        "seq-mean-token-sum-norm": 8 / 4,  # verl: by T alone
+        "dr_grpo": 8 / (2 * 4),  # TRL: by N * max_completion_length
     }
+    assert set(want) == set(AGG_MODES)
     for mode, value in want.items():
         assert agg_loss(loss, mask, mode).item() == pytest.approx(value)
-    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=16).item() == 8 / 32
-    # An empty sequence counts as 0 in the mean over N (TRL's loss_type="grpo").
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=16).item() == 8 / 16
+    assert agg_loss(loss, mask, "dr_grpo", max_len=16).item() == 8 / 32
+    # An empty sequence: TRL's grpo counts it as 0 in the mean over N, verl leaves it out.
     loss = torch.tensor([[1.0, 2.0], [5.0, 5.0]])
     mask = torch.tensor([[1, 1], [0, 0]])
     want = {
-        "token-mean": 1.5,
-        "seq-mean-token-mean": 0.75,
-        "seq-mean-token-sum": 1.5,
-        "seq-mean-token-sum-norm": 0.75,
+        "token-mean": 1.5, "bnpo": 1.5, "dapo": 1.5,
+        "seq-mean-token-mean": 1.5, "grpo": 0.75,
+        "seq-mean-token-sum": 3.0,
+        "seq-mean-token-sum-norm": 1.5, "dr_grpo": 0.75,
     }
     for mode, value in want.items():
         assert agg_loss(loss, mask, mode).item() == pytest.approx(value)
@@ -144,13 +154,14 @@ def test_agg_invariant_to_padding_columns(n, t, extra, seed):
         [loss, 1e6 * torch.randn(n, extra, generator=gen, dtype=torch.float64)], dim=1
     )
     padded_mask = torch.cat([mask, torch.zeros(n, extra, dtype=torch.long)], dim=1)
-    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "grpo", "bnpo",
+                 "dapo"):
         assert torch.allclose(agg_loss(loss, mask, mode), agg_loss(padded_loss, padded_mask, mode))
-    # The Dr.GRPO mode divides by a constant: padding changes it unless max_len is fixed.
-    mode = "seq-mean-token-sum-norm"
-    assert torch.allclose(
-        agg_loss(loss, mask, mode, max_len=t + extra), agg_loss(padded_loss, padded_mask, mode)
-    )
+    # The Dr.GRPO modes divide by a constant: padding changes it unless max_len is fixed.
+    for mode in ("seq-mean-token-sum-norm", "dr_grpo"):
+        assert torch.allclose(
+            agg_loss(loss, mask, mode, max_len=t + extra), agg_loss(padded_loss, padded_mask, mode)
+        )
 
 
 def test_agg_errors_and_masked_mean():

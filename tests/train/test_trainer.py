@@ -42,6 +42,7 @@ def _cfg(**kw):
 OBJECTIVES = [
     dict(advantage="grpo", policy_loss="ppo_clip"),
     dict(advantage="grpo", scale_rewards="none", loss_agg_mode="seq-mean-token-sum-norm"),
+    dict(advantage="grpo", scale_rewards="none", loss_agg_mode="dr_grpo"),
     dict(advantage="grpo", scale_rewards="batch"),
     dict(advantage="grpo", policy_loss="ppo_clip", epsilon_high=0.28, num_iterations=2),
     dict(advantage="grpo", policy_loss="ppo_clip", delta=3.0, num_iterations=2),

@@ -119,6 +119,12 @@ def test_trainer_trims_the_heap_for_a_large_policy(model_dir, monkeypatch):
     monkeypatch.setattr(allocator, "MAX_PARAMS", sum(p.numel() for p in policy.parameters()) - 1)
     Trainer(policy, addition(64, digits=2, seed=0), _cfg(max_steps=2)).train()
     assert calls == ["trim"] * 4  # after sampling and after the backward, every step
+    calls.clear()
+    Trainer(policy, addition(64, digits=2, seed=0),
+            _cfg(max_steps=1, per_device_train_batch_size=4)).train()
+    # 16 completions in 4 micro-batches: after sampling, between micro-batches (3), after
+    # the last backward
+    assert calls == ["trim"] * 5
 
 
 def _linux_glibc() -> bool | None:
