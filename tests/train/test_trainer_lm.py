@@ -120,10 +120,14 @@ def test_trainer_trims_the_heap_for_a_large_policy(model_dir, monkeypatch):
     Trainer(policy, addition(64, digits=2, seed=0), _cfg(max_steps=2)).train()
     assert calls == ["trim"] * 4  # after sampling and after the backward, every step
     calls.clear()
-    Trainer(policy, addition(64, digits=2, seed=0),
-            _cfg(max_steps=1, per_device_train_batch_size=4)).train()
-    # 16 completions in 4 micro-batches: after sampling, between micro-batches (3), after
-    # the last backward
+    micro = _cfg(max_steps=1, per_device_train_batch_size=4)  # 16 completions, 4 micro-batches
+    Trainer(policy, addition(64, digits=2, seed=0), micro).train()
+    assert calls == ["trim"] * 2  # full fine-tuning: the optimiser state is the peak
+    calls.clear()
+    adapters = LMPolicy(model_dir, max_new_tokens=2,
+                        lora=dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    Trainer(adapters, addition(64, digits=2, seed=0), micro).train()
+    # adapters: after sampling, between micro-batches (3), after the last backward
     assert calls == ["trim"] * 5
 
 
