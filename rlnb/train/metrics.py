@@ -15,6 +15,7 @@ import torch
 
 from rlnb.serialization import atomic_write_bytes
 from rlnb.train.files import CONFIG, METRICS, read_config
+from rlnb.train.foreign_runs import FOREIGN_RUNS, foreign_kind, load_foreign, model_dir_error
 
 
 def _jsonable(v: Any) -> Any:
@@ -106,20 +107,38 @@ def describe_steps(steps: list[int], limit: int = 12) -> str:
 
 
 # --- loading runs back ---------------------------------------------------------------
-def _expand(runs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def _kind(p: Path) -> str | None:
+    """``"rlnb"`` (a run directory), ``"trl"``, ``"verl"`` (:mod:`rlnb.train.foreign_runs`)
+    or None. A TRL checkpoint also holds a config.json (the model's): trainer_state.json
+    tells it apart."""
+    if (p / CONFIG).exists() and (p / METRICS).exists():
+        return "rlnb"
+    kind = foreign_kind(p)
+    if kind is None and (p / CONFIG).exists() and model_dir_error(p) is None:
+        kind = "rlnb"  # a run that has logged no step yet
+    return kind
+
+
+def _expand(runs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
     items = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
-    out: list[Path] = []
+    out: list[tuple[Path, str]] = []
     for item in items:
         p = Path(item)
-        if (p / CONFIG).exists():
-            out.append(p)
+        if p.is_file():  # a log named explicitly: load_verl_log says what is wrong with it
+            out.append((p, foreign_kind(p) or "verl"))
+        elif kind := _kind(p):
+            out.append((p, kind))
+        elif error := model_dir_error(p):
+            raise FileNotFoundError(error)
         elif p.is_dir():  # a parent folder of runs
-            out.extend(sorted(c for c in p.iterdir() if (c / CONFIG).exists()))
+            out.extend((c, k) for c in sorted(p.iterdir()) if (k := _kind(c)))
         else:
-            out.extend(sorted(Path(m) for m in glob.glob(str(item)) if (Path(m) / CONFIG).exists()))
+            matches = sorted(Path(m) for m in glob.glob(str(item)))
+            out.extend((m, k) for m in matches if (k := _kind(m)))
     if not out:
         raise FileNotFoundError(
-            f"no run directories found in {runs!r}: a run directory holds {CONFIG} and {METRICS}"
+            f"no runs found in {runs!r}: expected a rlnb run directory ({CONFIG} and "
+            f"{METRICS}), {FOREIGN_RUNS}, or a folder of them"
         )
     return out
 
@@ -131,26 +150,44 @@ def load_runs(
 
     Args:
         runs: a run directory, a folder of run directories, a glob, or a list of them.
+            Runs made elsewhere load too (:mod:`rlnb.train.foreign_runs`): a TRL or
+            transformers output or checkpoint directory (found by its
+            ``trainer_state.json``) and a verl log file (its file logger's JSONL or its
+            console output: a named file is read as one, in a folder or a glob a
+            ``.jsonl``, ``.log``, ``.txt`` or ``.out`` file in one of those formats).
         wide: one column per metric instead of the tidy ``metric, value`` pair.
 
     Returns:
         Tidy: ``run, step, metric, value`` plus ``seed`` and one column for every config
-        option whose value differs between the loaded runs (the sweep's axes). The
+        option whose value differs between the loaded rlnb runs (the sweep's axes). The
         ``run`` column is the run directory's name. In the wide form a config column whose
-        name is also a metric's (``learning_rate``) is called ``config/<name>``.
+        name is also a metric's (``learning_rate``) is called ``config/<name>``. With runs
+        made elsewhere, also ``source`` (``rlnb``, ``trl``, ``verl``) and, tidy only,
+        ``source_metric`` (the name in the log; metrics are under rlnb's names where they
+        compute the same thing, docs/NAMES.md); their seed and config columns are empty.
 
     >>> df = load_runs("runs/")                         # doctest: +SKIP
     >>> df[df.metric == "reward"].groupby("step").value.mean()  # doctest: +SKIP
     """
-    dirs = _expand(runs)
+    found = _expand(runs)
+    dirs = [p for p, kind in found if kind == "rlnb"]
+    foreign = len(dirs) < len(found)
     configs = {d: read_config(d) for d in dirs}
     keys = sorted({k for c in configs.values() for k in c})
     varying = [
         k for k in keys
         if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1
     ]
+    columns = ["seed", *[v for v in varying if v != "seed"]]
     frames = []
-    for d in dirs:
+    for d, kind in found:
+        if kind != "rlnb":
+            df = load_foreign(d, kind)
+            for k in columns:
+                df[k] = None
+            if not df.empty:
+                frames.append(df)
+            continue
         rows = read_metrics(d / METRICS)
         if not rows:
             continue
@@ -158,15 +195,20 @@ def load_runs(
         df = df.melt(id_vars="step", var_name="metric", value_name="value")
         df["value"] = pd.to_numeric(df["value"], errors="coerce")
         df.insert(0, "run", d.name)
-        for k in ["seed", *[v for v in varying if v != "seed"]]:
+        for k in columns:
             val = configs[d].get(k)
             df[k] = json.dumps(val) if isinstance(val, (list, dict)) else val
+        if foreign:
+            df["source"], df["source_metric"] = "rlnb", df["metric"]
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=["run", "step", "metric", "value"])
     out = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+    if foreign:
+        out = out[["run", "step", "metric", "value", *columns, "source", "source_metric"]]
     out = out.sort_values(["run", "step", "metric"], kind="stable").reset_index(drop=True)
     if wide:
+        out = out.drop(columns="source_metric", errors="ignore")
         # a config column named like a metric (learning_rate) becomes config/<name>
         clash = {c: f"config/{c}" for c in out.columns
                  if c not in ("run", "step") and c in set(out["metric"])}
