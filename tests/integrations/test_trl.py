@@ -230,6 +230,47 @@ def test_bad_callback_arguments_are_refused_before_anything_is_written(tmp_path)
     assert not (tmp_path / "a").exists()
 
 
+def test_the_callback_records_what_trl_runs_and_says_what_config_json_cannot(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    train, _ = _task()
+    # a TRL-only setting may be overridden; a TrainConfig one given differently is warned
+    args = to_grpo_config(_config(), output_dir=tmp_path / "trl", max_completion_length=4,
+                          use_cpu=True, bf16=False, lr_scheduler_type="linear")
+    run_dir = tmp_path / "run"
+    callback = RlnbCallback(run_dir, task=train, config=_config(learning_rate=0.5),
+                            fsync=False)
+    state, control = TrainerState(max_steps=2, is_world_process_zero=True), TrainerControl()
+    with pytest.warns(UserWarning) as caught:
+        callback.on_train_begin(args, state, control)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "learning_rate: config 0.5, TRL 0.01" in messages
+    assert "lr_scheduler_type='linear'" in messages
+    assert (run_dir / ".rlnb.lock").exists()  # held while TRL trains
+    with pytest.raises(FileExistsError):
+        RlnbCallback(run_dir)
+    state.global_step = 1
+    callback.on_log(args, state, control, logs={"loss": 0.5, "reward": np.float32(0.25),
+                                                "table": object()})
+    state.global_step = 2
+    callback.on_log(args, state, control, logs={"loss": 0.1})
+    callback.on_log(args, state, control, logs={"train_runtime": 3.0})  # TRL's summary
+    callback.on_train_end(args, state, control)
+    assert read_metrics(run_dir / "metrics.jsonl") == [
+        {"step": 1, "loss": 0.5, "reward": 0.25}, {"step": 2, "loss": 0.1, "train_runtime": 3.0}]
+    assert load_config(run_dir) == _config(learning_rate=0.5)  # what was given
+    assert not (run_dir / ".rlnb.lock").exists()
+    assert json.loads((run_dir / TRL_CONFIG).read_text())["learning_rate"] == 0.01
+
+    other = tmp_path / "rank1"  # any process but the main one writes nothing
+    quiet = RlnbCallback(other, task=train)
+    rank1 = TrainerState(max_steps=2, is_world_process_zero=False)
+    quiet.on_train_begin(args, rank1, control)
+    quiet.on_log(args, rank1, control, logs={"loss": 0.5})
+    quiet.on_train_end(args, rank1, control)
+    assert not other.exists()
+
+
 # --------------------------------------------------------------------------------------
 # Real TRL runs
 # --------------------------------------------------------------------------------------
