@@ -4,6 +4,7 @@ from rlnb.train.callbacks import ExactSuccess
 from rlnb.train.config import TrainConfig
 from rlnb.train.resume import load_run, resume
 from rlnb.train.rundir import RunDirLocked, load_runs, read_metrics
+from rlnb.train.sweep import ray_session, sweep
 from rlnb.train.trainer import Trainer
 
 __all__ = [
@@ -14,5 +15,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "read_metrics",
+    "ray_session",
     "resume",
+    "sweep",
 ]
