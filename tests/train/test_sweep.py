@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -220,6 +221,33 @@ def test_a_killed_sweep_resumes_its_unfinished_runs_only(tmp_path, capsys):
     assert sorted(df["run"].unique()) == ["adam-seed0", "adam-seed1", "adam-seed2"]
 
 
+def test_an_interrupted_sweep_stops_its_workers_and_resumes(tmp_path):
+    env = StrategyBandit.from_card(generator=_gen(0))
+    config = TrainConfig(max_steps=KILL_STEPS, num_generations=4, optimizer="adam",
+                         learning_rate=0.05, progress_bar=False)
+    run = tmp_path / "adam-seed0"
+
+    def interrupt():  # Ctrl-C (a notebook's interrupt) once the run is under way
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_metrics(run / "metrics.jsonl")) < 5:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(env, TabularPolicy.for_env(env, shared=True), {"adam": config}, seeds=[0],
+              root=tmp_path, progress_bar=False)
+    watcher.join()
+    assert _lock_free(run)  # the worker was stopped, not left training
+    assert 5 <= len(_rows(run)) < KILL_STEPS
+    sweep(env, TabularPolicy.for_env(env, shared=True), {"adam": config}, seeds=[0],
+          root=tmp_path, progress_bar=False)
+    rows, logits = _alone(env, TabularPolicy.for_env(env, shared=True), config)
+    assert _rows(run) == rows
+    assert torch.equal(_final_logits(run), logits)
+
+
 # --- bad input: a clear error, nothing written ----------------------------------------------
 def _refused(tmp_path, error, match, *args, **kwargs):
     root = tmp_path / "grid"
@@ -335,6 +363,7 @@ def ray_home(tmp_path_factory):
         patch.undo()
 
 
+@pytest.mark.slow  # starting Ray takes ~30 s on 2 cores
 def test_ray_and_local_give_the_same_numbers(tmp_path, ray_home):
     env = _env()
     configs = {"sgd": _base(), "adam": _base(optimizer="adam", learning_rate=0.1)}
@@ -356,6 +385,7 @@ def test_ray_and_local_give_the_same_numbers(tmp_path, ray_home):
     assert list(ray_home.rglob("*")) == []
 
 
+@pytest.mark.slow  # starting Ray takes ~30 s on 2 cores
 def test_ray_resumes_a_partly_trained_run(tmp_path, ray_home):
     env = _env()
     config = _base(max_steps=10)
@@ -377,6 +407,7 @@ def test_ray_resumes_a_partly_trained_run(tmp_path, ray_home):
     assert set(df.run) == {"a-seed5", "a-seed6"}
 
 
+@pytest.mark.slow  # starting Ray takes ~30 s on 2 cores
 def test_ray_names_a_failing_run_and_finishes_the_others(tmp_path, ray_home):
     env = _env()
     config = _base(max_steps=6)
