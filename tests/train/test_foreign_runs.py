@@ -253,11 +253,10 @@ def trl_run(tmp_path_factory):
     entry each step, a KL to the reference (beta > 0)."""
     pytest.importorskip("trl")
     from datasets import Dataset
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     from rlnb.policies.tiny import char_tokenizer, tiny_config, tiny_model
-
-    from transformers import AutoModelForCausalLM
 
     tok = char_tokenizer("+0123456789=")
     root = tmp_path_factory.mktemp("trl")
