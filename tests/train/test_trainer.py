@@ -134,7 +134,7 @@ def test_load_runs_tidy_and_wide(tmp_path):
     wide = load_runs(sorted(tmp_path.iterdir()), wide=True)
     assert len(wide) == 16 and "reward" in wide and "entropy" in wide
     assert isinstance(load_runs(str(tmp_path / "lr0.1-*")), pd.DataFrame)
-    with pytest.raises(FileNotFoundError, match="no run directories"):
+    with pytest.raises(FileNotFoundError, match="no runs found"):
         load_runs(tmp_path / "nothing-here")
 
 
