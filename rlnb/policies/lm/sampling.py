@@ -45,7 +45,8 @@ def top_p_filter(logp: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def gumbel(u: torch.Tensor) -> torch.Tensor:
-    return -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
+    """Gumbel noise from uniform noise ``u``, computed in ``u``'s memory."""
+    return u.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
 
 
 
@@ -58,7 +59,7 @@ def gumbel_into(buf: torch.Tensor, generator: torch.Generator | None) -> torch.T
         torch.rand(buf.shape, generator=generator, out=buf)
     else:
         buf.copy_(uniform_noise(tuple(buf.shape), generator, buf.device))
-    return buf.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
+    return gumbel(buf)
 
 
 def uniform_noise(shape: tuple[int, ...], generator: torch.Generator | None,
