@@ -43,6 +43,7 @@ rlnb / TRL for each (mode, checkpointing) pair: below 1 means rlnb uses less.
     python benchmarks/full_scale_memory.py --json results.json  # also written as JSON
     python benchmarks/full_scale_memory.py --layers 2 --new-tokens 8   # quick check, ~12 min
     python benchmarks/full_scale_memory.py --rows rlnb-full-nockpt,trl-full-nockpt
+    python benchmarks/full_scale_memory.py --rows rlnb-full-ckpt,trl-full-ckpt --repeats 3
 
 Time, on the project's 2-core machine (estimated for the full model, which was not run
 while this was written): the cut-down command above took 11.5 minutes for its 8 rows
@@ -75,6 +76,7 @@ import inspect
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -323,6 +325,21 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def median_row(rs: list[dict]) -> dict:
+    """One row's result over its repeats: the median step time, load time and peak (each
+    the median on its own); the first error if any repeat failed."""
+    errors = [r for r in rs if "error" in r]
+    if errors:
+        return errors[0]
+    if len(rs) == 1:
+        return rs[0]
+    out = dict(rs[0])
+    for k in ("step_s", "load_s", "train_call_s", "peak_rss", "rss_loaded"):
+        if all(k in r for r in rs):
+            out[k] = statistics.median(r[k] for r in rs)
+    return out
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] in ("--child", "--build"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -340,7 +357,12 @@ def main() -> None:
     p.add_argument("--cache", default=None,
                    help="where the model directory is kept (default ~/.cache/rlnb/benchmarks)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the rows this many times, interleaved (row a, row b, row a, ...), "
+                        "and report each row's median step time and peak (default 1)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     rows = (ALL_ROWS if args.rows == "all"
             else [r.strip() for r in args.rows.split(",") if r.strip()])
     unknown = [r for r in rows if r not in ALL_ROWS]
@@ -361,21 +383,27 @@ def main() -> None:
     config = common.model_config(args.layers)
     n_params = common.parameter_count(config)
     load_before = os.getloadavg()
-    results: dict[str, dict] = {}
-    for key in rows:
-        spec = {"row": key, "args": vars(args), "model_dir": model_dir}
-        t0 = time.perf_counter()
-        results[key] = r = run_child(spec, env)
-        what = (f"error: {r['error'][:200]}" if "error" in r else
-                f"peak {gib(r['peak_rss'])} GiB, step {r['step_s']:.1f} s")
-        print(f"{key}: {what} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})",
-              file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {key: [] for key in rows}
+    for repeat in range(args.repeats):
+        for key in rows:
+            spec = {"row": key, "args": vars(args), "model_dir": model_dir}
+            t0 = time.perf_counter()
+            r = run_child(spec, env)
+            runs[key].append(r)
+            what = (f"error: {r['error'][:200]}" if "error" in r else
+                    f"peak {gib(r['peak_rss'])} GiB, step {r['step_s']:.1f} s")
+            print(f"{key} [{repeat + 1}/{args.repeats}]: {what} "
+                  f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})",
+                  file=sys.stderr, flush=True)
+    results = {key: median_row(rs) for key, rs in runs.items()}
     load_after = os.getloadavg()
     header = (f"model: Qwen2.5-0.5B shape, {args.layers} layers, {n_params:,} parameters, "
               f"random weights, float32, CPU; {PROMPTS} prompts x {GENERATIONS} generations, "
               f"max {args.new_tokens} new tokens, micro-batch {MICRO_BATCH} x "
               f"{ACCUMULATION} accumulation, lr {LEARNING_RATE:g}, beta 0; {args.threads} "
-              f"torch threads; each row a fresh process; {os.cpu_count()} CPUs, load average "
+              f"torch threads; each row a fresh process"
+              + (f", {args.repeats} interleaved repeats, medians" if args.repeats > 1 else "")
+              + f"; {os.cpu_count()} CPUs, load average "
               f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(header)
     print()
@@ -384,6 +412,10 @@ def main() -> None:
     if engines:
         print("\nrlnb's engine (fast: its own forward; hf: the model's, as with LoRA or "
               "checkpointing): " + ", ".join(engines))
+    if args.repeats > 1:
+        print("\nstep s of each repeat: " + "; ".join(
+            f"{key} " + ", ".join(f"{r['step_s']:.1f}" if "error" not in r else "error"
+                                  for r in rs) for key, rs in runs.items()))
     for key, r in results.items():
         if "traceback" in r:
             print(f"\n{key} traceback:\n{r['traceback']}", file=sys.stderr)
@@ -393,7 +425,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "header": header, "args": vars(args), "parameters": n_params,
             "model_dir": model_dir, "load_average": [load_before[0], load_after[0]],
-            "rows": results}, indent=2))
+            "rows": results, "repeats": runs}, indent=2))
 
 
 if __name__ == "__main__":
