@@ -134,9 +134,8 @@ def main() -> None:
                    help="which systems to run, of vllm,rlnb,hf (default all)")
     args = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     import _full_scale_common as common
+    import torch
 
     task = common.task()
     prompts = torch.arange(args.prompts) % task.num_prompts
