@@ -48,7 +48,10 @@ Footguns:
   not 16): a tiny model for vLLM needs ``head_dim >= 32``; the sampler refuses one it
   cannot serve before starting;
 * on the CPU the KV cache takes ``kv_cache_gib`` GiB (default 1, through
-  ``VLLM_CPU_KVCACHE_SPACE``), on a GPU ``gpu_memory_utilization`` of its memory.
+  ``VLLM_CPU_KVCACHE_SPACE``), on a GPU ``gpu_memory_utilization`` of its memory;
+* on the CPU vLLM keeps one core for its scheduler process (``VLLM_CPU_NUM_OF_RESERVED_CPU``
+  sets how many): on a 2-core machine the model runs on one core;
+* vLLM's own log is held to errors (:data:`LOG_LEVEL`); ``VLLM_LOGGING_LEVEL=INFO`` shows it.
 """
 
 from __future__ import annotations
@@ -83,10 +86,23 @@ _BROKEN_EXTRAS = (
 )
 
 
+#: vLLM's log level when ``VLLM_LOGGING_LEVEL`` is not set: its INFO log (a hundred lines
+#: per engine start, on standard output) and a harmless warning with a traceback about
+#: the chat template it does not use (rlnb renders prompts itself) would bury a notebook's
+#: output. ``VLLM_LOGGING_LEVEL=INFO`` brings them back.
+LOG_LEVEL = "ERROR"
+
+
 def import_vllm() -> Any:
     """The ``vllm`` module, or an ``ImportError`` that says how to install it (and how to
     repair the install when the torchvision / torchaudio / torchcodec wheels vLLM pulls
-    fail to load against a CPU torch)."""
+    fail to load against a CPU torch). Sets vLLM's log level to :data:`LOG_LEVEL` unless
+    ``VLLM_LOGGING_LEVEL`` says otherwise (for this process and the engine's)."""
+    if "VLLM_LOGGING_LEVEL" not in os.environ:
+        os.environ["VLLM_LOGGING_LEVEL"] = LOG_LEVEL
+        import logging
+
+        logging.getLogger("vllm").setLevel(LOG_LEVEL)  # if vllm was imported already
     try:
         import vllm
     except ImportError as err:
