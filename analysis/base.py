@@ -4,12 +4,19 @@ A reproduction module defines::
 
     TITLE: str                      # the figure's title, with the paper
     CARD: int                       # the card number in shared/papers/cards.md
+    PAPER: str                      # the paper's claim and headline number, as the card states them
+    SHOWS: str                      # one paragraph: what this reproduction shows and what it does not
     def run(quick: bool = False, seed: int = 0) -> dict   # JSON-able results
     def figure(results: dict) -> plotly.graph_objects.Figure
     def checks(results: dict) -> list[Check]
 
 ``quick=True`` is the reduced budget the test suite uses; ``quick=False`` is the full
 protocol of the card, run by ``make reproduce``.
+
+``PAPER`` and ``SHOWS`` are printed beside our numbers in the report: the reader sees the
+paper's claim, the toy's result and the limits of the comparison in one place. Criteria the
+card marks *unvalidated* are ``Check(..., required=False)``; every check is judged on the
+worst of at least three seeds.
 """
 
 from __future__ import annotations

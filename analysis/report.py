@@ -201,6 +201,8 @@ def _run_one(
         return _finish(record)
     record["title"] = str(module.TITLE)
     record["card"] = module.CARD
+    record["paper"] = str(getattr(module, "PAPER", "") or "")
+    record["shows"] = str(getattr(module, "SHOWS", "") or "")
 
     # --- RUN ---
     log(f"  run(quick={quick}, seed={seed}) ...")
@@ -448,6 +450,10 @@ def render_index(summary: dict) -> str:
             if key in files:
                 meta.append(f'<a href="{e(files[key])}">{label}</a>')
         parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
+        if rec.get("paper"):
+            parts.append(f'<p><b>The paper:</b> {e(rec["paper"])}</p>')
+        if rec.get("shows"):
+            parts.append(f'<p><b>What this shows and what it does not:</b> {e(rec["shows"])}</p>')
         if rec["checks"]:
             parts.append(
                 "<table><thead><tr><th>check</th><th>value</th><th></th><th>threshold</th>"

@@ -28,6 +28,8 @@ from analysis.base import Check
 
 TITLE = "Fake pass@k crossover (passing)"
 CARD = 1
+PAPER = "The paper says RL wins at k=1 & loses at k=256."
+SHOWS = "A fake: it shows that the report prints <this> paragraph."
 
 def run(quick=False, seed=0):
     rng = np.random.default_rng(seed)
@@ -145,6 +147,10 @@ def test_report_files_verdicts_and_errors(fake_package, tmp_path):
     assert 'href="good/figure.html"' in page
     assert "simulated failure inside run" in page and 'class="FAIL"' in page
     assert "card 3" in page
+    # the paper's claim and the limits of the comparison, escaped, beside the numbers
+    assert good["paper"].startswith("The paper says") and bad["paper"] == ""
+    assert "RL wins at k=1 &amp; loses at k=256." in page
+    assert "prints &lt;this&gt; paragraph" in page
 
 
 def test_passing_only_exits_zero_and_prints_one_line_per_check(fake_package, tmp_path, capsys):

@@ -27,6 +27,15 @@ def test_quick_reproduction_passes_its_checks(name):
     assert module.TITLE and isinstance(module.CARD, int)
 
 
+@pytest.mark.parametrize("name", REPRODUCTIONS)
+def test_reproduction_states_the_paper_and_its_limits(name):
+    # the report prints the paper's claim and the limits of the comparison beside our numbers
+    module = importlib.import_module(f"analysis.{name}")
+    assert isinstance(module.PAPER, str) and len(module.PAPER) > 40, "PAPER: the card's claim"
+    assert isinstance(module.SHOWS, str) and len(module.SHOWS) > 200, (
+        "SHOWS: one paragraph on what the reproduction shows and what it does not")
+
+
 def test_check_verdicts():
     assert Check("a", 0.2, ">=", 0.15).passed
     assert not Check("a", 0.1, ">=", 0.15).passed
