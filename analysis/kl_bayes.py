@@ -32,6 +32,21 @@ from rlnb.viz import PALETTE, add_line_with_band, style_figure
 
 TITLE = "KL-regularised RL converges to the Bayesian posterior (Korbak et al. 2022, card 10)"
 CARD = 10
+PAPER = (
+    "Korbak, Perez & Buckley (arXiv:2205.11275): maximising E[r] - beta KL(pi || pi0) is "
+    "Bayesian inference; its optimum is the posterior pi* = pi0 exp(r / beta) / Z, because "
+    "E[r] - beta KL(pi || pi0) = -beta KL(pi || pi*) + beta log Z; as beta -> 0 the "
+    "distribution collapses onto the best output."
+)
+SHOWS = (
+    "It shows that the rlnb Trainer, with sampled RLOO advantages and the k2 KL loss "
+    "against a frozen reference, reaches the closed-form posterior at beta = 1 (TV below "
+    "0.01), collapses at beta = 0, and that the identity holds to machine precision. It "
+    "does not show convergence at small beta within the budget: at beta = 0.1 and 0.03 the "
+    "sampled policy gradient is still far from the posterior after 1500 steps (reported, "
+    "not checked), and a 50-arm bandit says nothing about how close a language model's "
+    "fine-tuning gets to its posterior."
+)
 NUM_ARMS = 50
 
 

@@ -98,6 +98,21 @@ from rlnb.viz.probes import CATEGORY_COLORS
 
 TITLE = "Pass@k crossover of a tiny LM after GRPO on factoring (Yue et al. 2025, card 1)"
 CARD = 1
+PAPER = (
+    "Yue et al. (arXiv:2504.13837): RL-trained models beat their base at pass@1 and lose at "
+    "pass@k for k in the tens or hundreds, on every benchmark and model family. Card 1's "
+    "tiny-transformer prototype (9 runs): pass@1 0.10-0.11 -> 0.41-0.45, pass@256 "
+    "0.98-0.99 -> 0.49-0.82, curves cross near k = 8."
+)
+SHOWS = (
+    "It shows the crossover on a real language model trained and evaluated through the "
+    "same code as at full scale (a tokenizer, sampled completions, a verifier, GRPO). It "
+    "does not show anything about reasoning chains: the model cannot compute divisibility "
+    "and does not condition on N (checked: P(\"3\") is the same whether or not 3 divides "
+    "N). GRPO sharpens one answer distribution shared by every prompt, the strategy bandit "
+    "arising from a task. Read it as shared-prior sharpening; a task whose answer the model "
+    "can read from the prompt gives a genuine per-problem gain and a smaller crossover."
+)
 
 MAX_NEW_TOKENS = 8
 """Completion budget: a 6-digit divisor and the EOS token fit in 7."""
