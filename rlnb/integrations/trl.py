@@ -64,6 +64,7 @@ from rlnb.train.config import TrainConfig
 from rlnb.train.files import CONFIG, METRICS, RUNTIME
 from rlnb.train.lock import RunDirLock
 from rlnb.train.metrics import MetricsWriter
+from rlnb.train.rundir import RunResources
 
 __all__ = [
     "TRL_CONFIG",
@@ -638,8 +639,7 @@ class RlnbCallback(TrainerCallback):
         self.fsync = bool(fsync)
         if _rank_from_env() == 0:  # the others never write; rank 0 may already have
             _check_run_dir(self.run_dir)
-        self._lock: RunDirLock | None = None
-        self._metrics: MetricsWriter | None = None
+        self._files = RunResources()  # the run directory's lock and metrics file
         self._pending: dict[str, Any] = {}  # probes of this step, for TRL's log of it
         self._held: dict[str, Any] | None = None  # the last step's row, until TRL's summary
         self._probed_step: int | None = None
@@ -666,7 +666,7 @@ class RlnbCallback(TrainerCallback):
         lock = RunDirLock(d)
         lock.acquire(create=True)
         lock.mark()
-        self._lock = lock
+        self._files.lock = lock
         try:
             atomic_write_bytes(d / TRL_CONFIG, args.to_json_string().encode(), fsync=self.fsync)
             if self.task is not None:
@@ -674,17 +674,17 @@ class RlnbCallback(TrainerCallback):
             atomic_write_bytes(d / RUNTIME, json.dumps(self._runtime(args), indent=2).encode(),
                                fsync=self.fsync)
             atomic_write_bytes(d / CONFIG, config.to_json().encode(), fsync=self.fsync)
-            self._metrics = MetricsWriter(d / METRICS, fsync=self.fsync)
+            self._files.metrics = MetricsWriter(d / METRICS, fsync=self.fsync)
             if self.probe_steps:
                 self._write({"step": int(state.global_step),
                              **self._probe(args, model, processing_class)})
                 self._probed_step = int(state.global_step)
         except BaseException:
-            self._close()
+            self._files.close()
             raise
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if not state.is_world_process_zero or not self.probe_steps or self._metrics is None:
+        if not state.is_world_process_zero or not self.probe_steps or self._files.metrics is None:
             return
         step = int(state.global_step)
         due = step % self.probe_steps == 0 or step == int(state.max_steps)
@@ -698,7 +698,7 @@ class RlnbCallback(TrainerCallback):
             self._write({"step": step, **probes})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self._metrics is None:
+        if not state.is_world_process_zero or self._files.metrics is None:
             return
         row: dict[str, Any] = {"step": int(state.global_step)}
         for key, value in (logs or {}).items():
@@ -721,7 +721,7 @@ class RlnbCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        if self._metrics is not None:
+        if self._files.metrics is not None:
             held, self._held = self._held, None
             if self._pending:
                 step = int(state.global_step)
@@ -734,7 +734,7 @@ class RlnbCallback(TrainerCallback):
                 self._pending = {}
             if held is not None:
                 self._write(held)
-        self._close()
+        self._files.close()
 
     # --- internals -----------------------------------------------------------------------
     def _train_config(self, args: Any, state: Any) -> TrainConfig:
@@ -770,18 +770,8 @@ class RlnbCallback(TrainerCallback):
                 "device": str(args.device), "bf16": bool(args.bf16)}
 
     def _write(self, row: dict[str, Any]) -> None:
-        assert self._metrics is not None
-        self._metrics.write(row)
-
-    def _close(self) -> None:
-        metrics, self._metrics = self._metrics, None
-        lock, self._lock = self._lock, None
-        try:
-            if metrics is not None:
-                metrics.close()
-        finally:
-            if lock is not None:
-                lock.release()
+        assert self._files.metrics is not None
+        self._files.metrics.write(row)
 
     def _probe(self, args: Any, model: Any, tokenizer: Any) -> dict[str, float]:
         """pass@k, token entropies, forking share and effective ranks of the model as it

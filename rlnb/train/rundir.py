@@ -88,7 +88,7 @@ from rlnb.train.metrics import (
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "LOCK", "METRICS", "REFERENCE", "ROLLOUTS", "RUNTIME", "WRITTEN",
-    "Checkpoint", "MetricsWriter", "RunDir", "RunDirLock", "RunDirLocked", "checkpoint_step",
+    "Checkpoint", "MetricsWriter", "RunDir", "RunDirLock", "RunDirLocked", "RunResources", "checkpoint_step",
     "describe_steps", "fingerprint", "load_checkpoint", "load_config", "load_runs",
     "missing_steps", "numbered_run", "read_config", "read_metrics",
     "remove_stale_temporaries", "save_checkpoint", "truncate_metrics",
@@ -116,7 +116,7 @@ class RunDir:
         self._fsync = bool(fsync)
         # What must be closed (the lock, the metrics file) lives apart from this object,
         # so that garbage collection of it (or of the Trainer holding it) releases them.
-        self._resources = _Resources()
+        self._resources = RunResources()
         self._finalizer = weakref.finalize(self, self._resources.close)
 
     def __repr__(self) -> str:
@@ -394,8 +394,13 @@ class _Run:
         self.optimizer, self.generator, self.reference = optimizer, generator, reference
 
 
-class _Resources:
-    """An open run directory's lock and metrics file."""
+class RunResources:
+    """An open run directory's lock and metrics file, closed together.
+
+    Every writer of a run directory (the rlnb :class:`RunDir`, the TRL callback in
+    :mod:`rlnb.integrations.trl`) holds one: ``close()`` flushes and closes the metrics
+    file, then releases the lock even if closing the file raised, and is safe to call twice.
+    """
 
     def __init__(self) -> None:
         self.lock: RunDirLock | None = None
