@@ -210,3 +210,41 @@ def test_rank_trajectory_figure():
     over_training = pd.DataFrame({"step": [0, 10, 20], "er": [5.0, 4.0, 3.5], "erv": [1.0, 0.8, 0.5]})
     fig = rank_trajectory(over_training)
     assert [t.x.tolist() for t in fig.data][0] == [0, 10, 20]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_short_responses_couple_erv_to_er_by_algebra(seed):
+    """With stride 1, ER_1 = ER_2 = 1 always (centred: a zero matrix, then rank 1), so a
+    3-token response has ERV = (ER - 1) / 2 and a 4-token one (2 ER_3 + 3 ER - 5) / 9."""
+    g = torch.Generator().manual_seed(seed)
+    Z3 = torch.randn(3, 16, generator=g, dtype=torch.float64)
+    dyn = rank_dynamics(Z3, stride=1)
+    np.testing.assert_allclose(dyn.prefixes["er"].iloc[:2], [1.0, 1.0], atol=1e-12)
+    assert dyn.erv == pytest.approx((dyn.er - 1) / 2, abs=1e-12)
+    Z4 = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    dyn = rank_dynamics(Z4, stride=1)
+    er3 = dyn.prefixes["er"].iloc[2]
+    assert dyn.erv == pytest.approx((2 * er3 + 3 * dyn.er - 5) / 9, abs=1e-12)
+
+
+@pytest.mark.parametrize("stride", [None, 1, 2])
+def test_rank_by_layer_batched_equals_rank_dynamics_row_by_row(stride):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(9, 8, 5, generator=g)
+    lengths = [0, 1, 2, 3, 3, 5, 8, 5, 4]
+    mask = torch.zeros(9, 8, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, 8 - n:] = True  # left padding, as a completion mask would be
+    h = torch.where(mask[..., None], h, torch.full_like(h, float("nan")))  # junk on padding
+    df = rank_by_layer({"h": h}, mask, stride=stride)
+    assert df["row"].tolist() == list(range(9)) and df["tokens"].tolist() == lengths
+    for i in range(9):
+        z = h[i][mask[i]]
+        if stride is None:
+            want = effective_rank(z) if lengths[i] else 1.0
+            assert df.loc[i, "er"] == pytest.approx(want, rel=1e-12)
+            continue
+        dyn = rank_dynamics(z, stride)
+        for key in ("er", "erv", "era"):
+            got, exp = df.loc[i, key], getattr(dyn, key)
+            assert (math.isnan(got) and math.isnan(exp)) or got == pytest.approx(exp, rel=1e-10, abs=1e-12)
