@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from rlnb.probes.bon import (
+    best_of_n_curve,
     best_of_n_kl,
     best_of_n_probs,
+    ensemble_reward,
     fit_overoptimisation,
     goodhart_rewards,
     kl_bound,
     kl_divergence,
     overoptimisation_curve,
     tilt,
+    tilt_curve,
     tilt_kl,
     tilt_with_kl,
 )
@@ -270,3 +273,92 @@ def test_rl_form_peak_and_tiny_beta_tilt():
     with np.errstate(all="raise"):  # no overflow warnings near beta = 0
         q = tilt([0.5, 0.5], [-1e300, 0.0], 1e-300)
     assert q.tolist() == [0.0, 1.0]
+
+
+# --- curves over many n and beta, the ensemble, the KL solver -------------------------------
+
+
+@pytest.mark.parametrize("ties", ["split", "index"])
+def test_best_of_n_curve_matches_one_n_at_a_time(ties):
+    p, r = _random_case(11, 40, ties=True)
+    v = np.random.default_rng(1).standard_normal(40)
+    ns = [1, 2, 5, 64, 4096]
+    df = best_of_n_curve(p, r, ns, values={"gold": v}, ties=ties)
+    assert list(df.columns) == ["n", "kl", "d", "kl_bound", "reward", "gold"]
+    for row in df.itertuples():
+        q = best_of_n_probs(p, r, row.n, ties=ties)
+        assert row.kl == pytest.approx(kl_divergence(q, p), abs=1e-12)
+        assert row.reward == pytest.approx(q @ r, abs=1e-12)
+        assert row.gold == pytest.approx(q @ v, abs=1e-12)
+        assert row.d == pytest.approx(np.sqrt(row.kl)) and row.kl_bound == kl_bound(row.n)
+
+
+def test_tilt_curve_by_beta_and_by_kl():
+    p, r = _random_case(12, 30)
+    v = np.random.default_rng(2).standard_normal(30)
+    by_beta = tilt_curve(p, r, betas=[0.3, 1.0, 5.0], values={"gold": v})
+    for row in by_beta.itertuples():
+        q = tilt(p, r, row.beta)
+        assert row.kl == pytest.approx(kl_divergence(q, p), abs=1e-12)
+        assert row.gold == pytest.approx(q @ v, abs=1e-12) and row.reward == pytest.approx(q @ r)
+    by_kl = tilt_curve(p, r, kls=by_beta.kl.tolist(), values={"gold": v})
+    np.testing.assert_allclose(by_kl.beta, by_beta.beta, rtol=1e-6)
+    np.testing.assert_allclose(by_kl.gold, by_beta.gold, atol=1e-8)
+    with pytest.raises(ValueError, match="exactly one of"):
+        tilt_curve(p, r, betas=[1.0], kls=[0.1])
+    with pytest.raises(ValueError, match="has 3 entries"):
+        tilt_curve(p, r, betas=[1.0], values={"gold": [1.0, 2.0, 3.0]})
+    with pytest.raises(TypeError, match="dict"):
+        best_of_n_curve(p, r, [2], values=[v])
+
+
+def _bisect_beta(p, r, kl, iters=200):
+    """The plain reference: bisection on log(1 / beta) with the public tilt()."""
+    lo, hi = -30.0, 30.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if kl_divergence(tilt(p, r, float(np.exp(-mid))), p) < kl else (lo, mid)
+    return float(np.exp(-0.5 * (lo + hi)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tilt_with_kl_newton_matches_plain_bisection(seed):
+    g = np.random.default_rng(seed)
+    p = g.dirichlet(np.full(500, 0.5))
+    r = g.standard_t(1.5, 500)  # heavy tails: a few outputs carry the tilt
+    kl_max = -np.log(p[np.argmax(r)])
+    for kl in [1e-3, 0.3, 0.5 * kl_max, 0.99 * kl_max]:
+        _, beta = tilt_with_kl(p, r, kl)
+        assert beta == pytest.approx(_bisect_beta(p, r, kl), rel=1e-6)
+
+
+def test_tilt_gain_is_sqrt_2kl_for_gaussian_rewards():
+    """Tilting N(0, 1) by exp(r / beta) gives N(1 / beta, 1): gain 1/beta, KL 1/(2 beta^2)."""
+    p = np.full(200_000, 1 / 200_000)
+    r = np.random.default_rng(0).standard_normal(p.size)
+    for kl in [0.05, 0.2]:
+        q, beta = tilt_with_kl(p, r, kl)
+        assert q @ r - p @ r == pytest.approx(np.sqrt(2 * kl), rel=0.02)
+        assert 1 / beta == pytest.approx(np.sqrt(2 * kl), rel=0.02)
+
+
+def test_ensemble_reward_known_answers_and_errors():
+    proxies = np.array([[1.0, 3.0, -1.0], [2.0, 0.0, -1.0]])
+    np.testing.assert_array_equal(ensemble_reward(proxies), [1.0, 0.0, -1.0])  # WCO
+    np.testing.assert_array_equal(ensemble_reward(proxies, "mean"), [1.5, 1.5, -1.0])
+    np.testing.assert_allclose(ensemble_reward(proxies, "uwo", uwo_coef=2.0),
+                               [1.5 - 2 * 0.25, 1.5 - 2 * 2.25, -1.0])
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        ensemble_reward(proxies, "max")
+    with pytest.raises(ValueError, match=r"\(K, Y\)"):
+        ensemble_reward([1.0, 2.0])
+
+
+def test_overoptimisation_curve_is_best_of_n_curve_on_the_drawn_rewards():
+    ns = [1, 4, 64]
+    df = overoptimisation_curve(ns, generator=np.random.default_rng(5), num_outputs=2000,
+                                num_proxies=3, ensemble="mean")
+    gold, proxies = goodhart_rewards(2000, generator=np.random.default_rng(5), num_proxies=3)
+    ref = best_of_n_curve(np.full(2000, 1 / 2000), proxies.mean(0), ns, values={"gold": gold})
+    np.testing.assert_allclose(df.gold, ref.gold)
+    np.testing.assert_allclose(df.proxy, ref.reward)
