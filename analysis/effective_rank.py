@@ -12,36 +12,47 @@ exploration signals. :mod:`rlnb.probes.rank` implements the definitions
 
 Protocol (card 7's toy):
 
-1. **Task**: 2-digit addition, ``addition(2304, digits=2)`` split into 2,048 training and
-   256 held-out problems. A response is 2 or 3 digits and the EOS token.
+1. **Task**: addition with the working written out (:func:`rlnb.envs.written_addition`,
+   2-digit operands, 2,048 training and 256 held-out problems): prompt ``"47+38="``,
+   completion ``"7+8=15,4+3+1=8:85"``, 14-19 characters, so a response is 15-20 tokens
+   with its EOS. Reward 1 when the sum after ``:`` is right; the working is not judged.
 2. **Base model**: :func:`rlnb.policies.pretrain_base`, 2 Llama layers, d=64, AdamW 3e-3
-   on batches of 256, stopped at pass@1 >= 0.3 (:data:`ADDITION_PRETRAIN`; cached on disk,
-   one base per seed; 190-480 steps, 20-25 s each).
+   on batches of 256 reference completions, stopped at pass@1 >= 0.3 (:data:`BASE_PRETRAIN`;
+   cached on disk, one base per seed; ~140 steps).
 3. **GRPO** with the rlnb Trainer: 16 prompts x 8 completions, T=1, group mean/std
-   advantages, token-mean, Adam 3e-4, 150 steps (quick: 60); a
-   :class:`rlnb.recipes.Snapshots` callback keeps the weights at 0, 50, 100, 150 (quick:
-   0, 30, 60).
-4. **States**: at every checkpoint, 4 completions of each of 128 held-out problems
-   (quick: 2 of 64), the residual stream of each layer (``embed``,
-   ``layers.{0,1}.resid_post``, ``final_norm``) over the *response* tokens (EOS
-   included) with :func:`rlnb.recipes.completion_states`; ER, ERV and ERA per response and
-   layer with :func:`~rlnb.probes.rank_by_layer` at stride s = 1.
+   advantages, token-mean, Adam 3e-4, 80 steps (quick: 12); a
+   :class:`rlnb.recipes.Snapshots` callback keeps the weights at 0, 40, 80 (quick: 0, 12).
+4. **States**: at every checkpoint, 2 completions of each of 128 held-out problems
+   (quick: 64), the residual stream
+   of each layer (``embed``, ``layers.{0,1}.resid_post``, ``final_norm``) over the
+   *response* tokens (EOS included) with :func:`rlnb.recipes.completion_states`; ER, ERV
+   and ERA per response and layer with :func:`~rlnb.probes.rank_by_layer` at stride
+   :data:`STRIDE` s = 3: prefixes 3, 6, ..., 5-6 of them per response (a last block shorter
+   than s is left out, as in VERL). s = 3 is the smallest stride whose first prefix is not
+   constant by construction (one centred token is the zero matrix and two are rank 1, so
+   with s = 1 or 2 the first prefix always has ER = 1), and still leaves 4-5 Delta_t and
+   3-4 ERA_t per response.
 
 Checks: the unit identities of card 7 on constructed matrices (r equal singular values
 give ER = r within 1e-6, r = 1..8; a rank-1 matrix, with an offset that the centring
 removes, gives 1), 3 random constructions per seed; and card 7's unvalidated criterion
 |corr(ER, ERV)| < 0.3 across the responses at the **last layer (final_norm, the states the
-LM head reads, HF's last ``hidden_states``) of the last checkpoint**, worst seed.
+LM head reads, HF's last ``hidden_states``) of the last checkpoint**, worst seed. For
+context the results also hold the same correlation among responses of one length (the
+most common), and at stride 1.
 
-**What this shows, and what it does not.** The identities hold to ~1e-15. The decoupling
-does not reproduce, and it cannot on this toy: with s = 1 the first two prefixes always
-have ER = 1 (one centred token is the zero matrix; two centred tokens are rank 1), so a
-3-token response has ERV = (ER - 1) / 2 exactly, and a 4-token one has ERV = (2 ER_3 +
-3 ER - 5) / 9 -- an algebraic coupling that makes corr(ER, ERV) close to 1 at every layer
-and checkpoint. The paper's responses are hundreds to thousands of tokens long, where ER
-saturates while ERV measures its recent change; 2-digit sums are 3-4 tokens. Read the
-plots as the pipeline working on a real GRPO run (the per-layer ER moves little over 150
-steps), not as evidence about exploration.
+**What this shows, and what it does not.** The identities hold to ~1e-15. On the first
+version of this toy (plain 2-digit addition, 3-4 token responses, s = 1) the criterion was
+degenerate: the first two prefixes have ER = 1, so a 3-token response has ERV = (ER - 1)/2
+exactly and |corr| was >= 0.99 for algebraic reasons. With 15-20 token responses and
+s = 3 ER and ERV are measured over 5-6 prefixes that the model's states decide, and the
+correlation is a property of the states. It is still high (0.48-0.80 at final_norm over
+nine seeds, full run; 0.72-0.95 among responses of one length; 0.92-0.98 at s = 1 on the
+same responses): the criterion is not reproduced. A likely reason, not tested here: 15-20
+tokens in d = 64 never saturate the rank (ER ~ 12 of at most 20), so ER_t grows with
+every prefix and ERV, the mean recent growth, scales with the final ER; the paper's
+responses are hundreds to thousands of tokens in thousands of dimensions. Nothing here
+speaks to the exploration gains.
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.base import Check
-from rlnb.envs import addition
+from rlnb.envs import written_addition
 from rlnb.policies import LMPolicy, pretrain_base
 from rlnb.probes import effective_rank, rank_by_layer
 from rlnb.recipes import Snapshots, completion_states, factor_grpo_config
@@ -75,43 +86,47 @@ PAPER = (
 SHOWS = (
     "It shows card 7's definitions implemented exactly (unit identities to ~1e-15 on "
     "constructed matrices) and measured per layer over checkpoints of a real GRPO run of a "
-    "tiny transformer on 2-digit addition, through the same capture code as at full scale. "
-    "It does not show the decoupling of ER and ERV: a response here is 3-4 tokens, the first "
-    "two prefixes have ER = 1 by construction, and ERV is then an algebraic function of ER "
-    "(ERV = (ER - 1)/2 for 3 tokens), so |corr(ER, ERV)| is near 1. The decoupling needs "
-    "responses long enough for ER to saturate; nothing here speaks to exploration gains."
+    "tiny transformer on addition with the column working written out (15-20 token "
+    "responses, prefixes every 3 tokens; 80 GRPO steps lift held-out accuracy 0.08-0.25), "
+    "through the same capture code as at full scale. It does not show ER and ERV "
+    "decoupled: |corr| is 0.48-0.80. Unlike the first version (3-4 tokens at stride 1, where "
+    "ERV = (ER - 1)/2 exactly) this is not algebra; but 15-20 tokens in 64 dimensions never "
+    "saturate the rank, so ERV still tracks ER. Nothing here speaks to exploration gains."
 )
 
-#: Base model of the addition toy (cards 7 and 16): 2 Llama layers, d=64, stopped at pass@1 0.3.
-ADDITION_PRETRAIN: dict[str, Any] = {
+#: Base model of the written-addition toy: 2 Llama layers, d=64, stopped at pass@1 0.3.
+BASE_PRETRAIN: dict[str, Any] = {
     "arch": "llama", "n_layer": 2, "d_model": 64, "n_head": 4, "n_kv_head": 2,
     "batch_size": 256, "lr": 3e-3, "target_pass_at_1": 0.3, "steps": 1500,
 }
-MAX_NEW_TOKENS = 5
-"""Completion budget: a 3-digit sum and EOS fit in 4."""
+MAX_NEW_TOKENS = 24
+"""Completion budget: the longest reference completion (19 characters) and EOS fit in 20."""
+STRIDE = 3
+"""Prefix stride s (prefixes t = 3, 6, ...): the smallest whose first prefix is not ER = 1
+by construction; 5-6 prefixes per 15-20 token response."""
 LAYER = "final_norm"
 """The layer of the correlation check: the last layer's states as the LM head reads them."""
 
-FULL = {"seeds": 3, "steps": 150, "snapshots": [50, 100, 150], "problems": 128, "per_problem": 4}
-QUICK = {"seeds": 3, "steps": 60, "snapshots": [30, 60], "problems": 64, "per_problem": 2}
+FULL = {"seeds": 3, "steps": 80, "snapshots": [40, 80], "problems": 128, "per_problem": 2}
+QUICK = {"seeds": 3, "steps": 12, "snapshots": [12], "problems": 64, "per_problem": 2}
 
 
-def addition_split() -> tuple[Any, Any]:
-    """``(train, held_out)``: 2,048 and 256 distinct 2-digit addition problems."""
-    return addition(2048 + 256, digits=2, seed=0).split(256, seed=0)
+def task_split() -> tuple[Any, Any]:
+    """``(train, held_out)``: 2,048 and 256 distinct 2-digit written-addition problems."""
+    return written_addition(2048 + 256, digits=2, seed=0).split(256, seed=0)
 
 
-def addition_base(train: Any, seed: int, progress: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Pre-train (or load from the cache) the addition base of ``seed``: ``(path, record)``."""
+def base_model(train: Any, seed: int, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Pre-train (or load from the cache) the base of ``seed``: ``(path, record)``."""
     t0 = time.perf_counter()
-    path = pretrain_base(train, seed=seed, progress=progress, **ADDITION_PRETRAIN)
+    path = pretrain_base(train, seed=seed, progress=progress, **BASE_PRETRAIN)
     record = json.loads((path / "pretrain.json").read_text())
     return path, {"steps": record["steps_run"], "seconds": record["seconds"],
                   "final": record["final"], "load_seconds": round(time.perf_counter() - t0, 2)}
 
 
-def addition_grpo_config(seed: int, steps: int) -> Any:
-    """GRPO on addition: 16 prompts x 8, T=1, group mean/std, token-mean, Adam 3e-4."""
+def grpo_config(seed: int, steps: int) -> Any:
+    """GRPO: 16 prompts x 8, T=1, group mean/std, token-mean, Adam 3e-4."""
     return factor_grpo_config(seed, steps=steps, learning_rate=3e-4, num_prompts_per_step=16,
                               num_generations=8)
 
@@ -155,14 +170,14 @@ def run_seed(seed: int, *, steps: int, snapshots: list[int], problems: int, per_
              progress: bool = False) -> dict[str, Any]:
     """Pre-train (or load) the base, GRPO with snapshots, ER/ERV/ERA per layer per checkpoint."""
     t_start = time.perf_counter()
-    train, held_out = addition_split()
-    path, pretrain = addition_base(train, seed, progress)
+    train, held_out = task_split()
+    path, pretrain = base_model(train, seed, progress)
     policy = LMPolicy(path, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
 
     # --- GRPO, KEEPING SNAPSHOTS ---
     t0 = time.perf_counter()
     snaps = Snapshots(policy, snapshots)
-    history = Trainer(policy, train, addition_grpo_config(seed, steps), callbacks=[snaps]).train()
+    history = Trainer(policy, train, grpo_config(seed, steps), callbacks=[snaps]).train()
     grpo_seconds = time.perf_counter() - t0
 
     # --- RESPONSE STATES AND THEIR RANK, PER CHECKPOINT ---
@@ -170,28 +185,40 @@ def run_seed(seed: int, *, steps: int, snapshots: list[int], problems: int, per_
     layers: list[str] = []
     per_step: dict[str, dict[str, list[float]]] = {}
     scatter: dict[str, list[float]] = {}
+    last = max(snaps.states)
     for step in sorted(snaps.states):
         with torch_threads(1):  # a tiny model: one thread is fastest, and robust to a busy CPU
             states = completion_states(snaps.policy_at(policy, step), held_out,
                                        list(range(problems)), per_problem, seed=10_000 + seed)
-            frame = rank_by_layer(states.cache, stride=1)  # cache.mask: the response tokens
+            frame = rank_by_layer(states.cache, stride=STRIDE)  # cache.mask: response tokens
         layers = list(dict.fromkeys(frame["name"]))
+        tokens = frame[frame["name"] == layers[0]]["tokens"].to_numpy()
+        modal = int(np.bincount(tokens).argmax())
         row: dict[str, list[float]] = {k: [] for k in
-                                       ("er", "erv", "era", "corr", "corr_4_tokens")}
+                                       ("er", "erv", "era", "corr", "corr_one_length")}
         for name in layers:
             f = frame[frame["name"] == name]
             er, erv = f["er"].to_numpy(float), f["erv"].to_numpy(float)
-            four = f["tokens"].to_numpy() == 4
+            one = f["tokens"].to_numpy() == modal
             row["er"].append(float(np.nanmean(er)))
             row["erv"].append(float(np.nanmean(erv)))
             row["era"].append(float(np.nanmean(f["era"].to_numpy(float))))
             row["corr"].append(_corr(er, erv))
-            row["corr_4_tokens"].append(_corr(er[four], erv[four]))
-            if step == max(snaps.states) and name == LAYER:
+            row["corr_one_length"].append(_corr(er[one], erv[one]))
+            if step == last and name == LAYER:
                 scatter = {"er": er.tolist(), "erv": erv.tolist(),
                            "tokens": f["tokens"].astype(int).tolist()}
         row["accuracy"] = [float(states.correct.float().mean())]
-        row["mean_tokens"] = [float(states.cache.mask.sum(1).float().mean())]
+        row["working_is_reference"] = [float(np.mean([
+            held_out.working_is_reference(held_out.prompt(int(g)), c)
+            for g, c in zip(states.groups.tolist(), states.completions)]))]
+        row["mean_tokens"] = [float(tokens.mean())]
+        row["modal_tokens"] = [float(modal)]
+        row["mean_prefixes"] = [float((tokens // STRIDE).mean())]
+        if step == last:  # the same responses at stride 1, for comparison with the old protocol
+            with torch_threads(1):
+                f1 = rank_by_layer(states.cache, names=[LAYER], stride=1)
+            row["corr_stride_1"] = [_corr(f1["er"].to_numpy(float), f1["erv"].to_numpy(float))]
         per_step[str(step)] = row
     probe_seconds = time.perf_counter() - t0
     return {
@@ -209,14 +236,15 @@ def run_seed(seed: int, *, steps: int, snapshots: list[int], problems: int, per_
 
 
 def run(quick: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Full: seeds ``seed .. seed+2``, GRPO 150 steps, checkpoints 0/50/100/150, 128 x 4
-    responses. Quick: 60 steps, checkpoints 0/30/60, 64 x 2 responses, still 3 seeds."""
+    """Full: seeds ``seed .. seed+2``, GRPO 80 steps, checkpoints 0/40/80, 2 responses to
+    each of 128 held-out problems. Quick: 12 steps, checkpoints 0/12, 64 x 2 responses,
+    still 3 seeds."""
     budget = QUICK if quick else FULL
     t0 = time.perf_counter()
     seeds = [run_seed(seed + i, steps=budget["steps"], snapshots=budget["snapshots"],
                       problems=budget["problems"], per_problem=budget["per_problem"],
                       progress=progress) for i in range(budget["seeds"])]
-    return {"quick": quick, "budget": budget, "layer": LAYER, "seeds": seeds,
+    return {"quick": quick, "budget": budget, "layer": LAYER, "stride": STRIDE, "seeds": seeds,
             "seconds": round(time.perf_counter() - t0, 2),
             "pretrain_seconds": round(sum(s["pretrain"]["seconds"] for s in seeds), 2)}
 
@@ -237,8 +265,9 @@ def checks(results: dict) -> list[Check]:
         Check("max |ER - 1| for rank-1 matrices with an offset (worst seed)", rank1, "<", 1e-6,
               "card 7's unit test: rank 1 gives ER = 1 (after column centring)", True),
         Check(f"|corr(ER, ERV)| across responses, {LAYER}, last checkpoint (worst seed)",
-              corr, "<", 0.3, "card 7's phenomenon (unvalidated): ER and ERV are decoupled; "
-              "here 3-4 token responses couple them algebraically", required=False),
+              corr, "<", 0.3, "card 7's phenomenon (unvalidated): ER and ERV are decoupled "
+              f"(15-20 token responses, prefix stride {STRIDE}, unsaturated rank)",
+              required=False),
     ]
 
 
@@ -248,8 +277,8 @@ def figure(results: dict) -> go.Figure:
     layers = seeds[0]["layers"]
     fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.24,
                         subplot_titles=("mean ER per layer over GRPO (range over seeds)",
-                                        "mean ERV (stride 1)",
-                                        "mean ERA (stride 1)",
+                                        f"mean ERV (stride {STRIDE})",
+                                        f"mean ERA (stride {STRIDE})",
                                         f"ER against ERV, {LAYER}, last checkpoint (seed "
                                         f"{seeds[0]['seed']})"))
     for (row, col), key in zip([(1, 1), (1, 2), (2, 1)], ["er", "erv", "era"]):

@@ -51,3 +51,17 @@ __all__ = [
     "register_task",
     "strip_completion",
 ]
+
+# Noisy verifiers (card 15, Cai et al. arXiv:2510.00915): a wrapper and its reward corrections.
+from rlnb.envs.noisy import REWARD_CORRECTIONS, NoisyVerifier  # noqa: E402
+
+__all__ += ["REWARD_CORRECTIONS", "NoisyVerifier"]
+
+# Addition with the column working written out (long completions, card 7).
+from rlnb.envs.written_addition import (  # noqa: E402
+    WrittenAdditionTask,
+    written_addition,
+    written_sum,
+)
+
+__all__ += ["WrittenAdditionTask", "written_addition", "written_sum"]

@@ -18,6 +18,10 @@ factor        ``"123459="``                smallest prime  is a divisor ``d`` of
                                            factor          ``1 < d < N``
 ============  ===========================  ==============  ================================
 
+``written_addition`` (:mod:`rlnb.envs.written_addition`): prompt ``"47+38="``, reference
+``"7+8=15,4+3+1=8:85"`` (the column working, then the sum); scores 1.0 iff the completion
+has one ``:`` and the sum after it is right (the working is not judged).
+
 Every task scores a pure function of ``(prompt, completion)``: the reference answer is
 only what supervised pre-training teaches. Scores are 0.0 for anything unparseable,
 never an exception. Names are registered in :data:`TASKS`; :func:`make_task` also builds
@@ -110,7 +114,7 @@ def make_task(name: str, **kwargs: Any) -> TextTask:
     >>> make_task("adition", num_prompts=2)
     Traceback (most recent call last):
     ...
-    ValueError: unknown text task 'adition'; valid: addition, countdown, factor, modular_sum, reasoning_gym:<dataset name> (did you mean 'addition'?)
+    ValueError: unknown text task 'adition'; valid: addition, countdown, factor, modular_sum, reasoning_gym:<dataset name>, written_addition (did you mean 'addition'?)
     """
     if isinstance(name, str) and name.startswith(REASONING_GYM_PREFIX):
         from rlnb.envs.reasoning_gym import ReasoningGymTask

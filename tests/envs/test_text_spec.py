@@ -83,7 +83,8 @@ def test_make_task_marks_its_tasks_too():
         "generator": "factor",
         "settings": {"num_prompts": 5, "digits": 4, "max_prime": 50, "seed": 1,
                      "allow_even_and_5": False}}
-    assert sorted(SEEDED_GENERATORS) == ["addition", "countdown", "factor", "modular_sum"]
+    assert sorted(SEEDED_GENERATORS) == ["addition", "countdown", "factor", "modular_sum",
+                                         "written_addition"]
 
 
 def test_a_split_of_a_generated_task_stores_the_split(tmp_path):

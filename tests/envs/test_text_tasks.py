@@ -530,7 +530,7 @@ def test_plain_dataset_needs_a_concrete_class(hf_home):
 
 # --- registry -------------------------------------------------------------------------------------
 def test_registry():
-    assert sorted(TASKS) == ["addition", "countdown", "factor", "modular_sum"]
+    assert sorted(TASKS) == ["addition", "countdown", "factor", "modular_sum", "written_addition"]
     with pytest.raises(ValueError, match="reasoning_gym:<dataset name>") as err:
         make_task("adition", num_prompts=3)
     assert "did you mean 'addition'" in str(err.value)
@@ -652,3 +652,27 @@ def test_reasoning_gym_import_error_is_clear(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match="pip install reasoning-gym"):
         adapter.ReasoningGymTask("chain_sum", size=2)
+
+
+def test_addition_min_digits_gives_answers_of_every_length():
+    from rlnb.envs.arithmetic_tasks import AdditionTask, addition
+
+    task = addition(400, digits=3, min_digits=1, seed=0)
+    ops = [task.parse_prompt(p) for p in task.prompts]
+    assert all(0 <= a <= 999 and 0 <= b <= 999 for a, b in ops)
+    assert {len(str(a)) for a, _ in ops} == {1, 2, 3}  # each operand's length varies
+    assert sorted({len(x) for x in task.answers}) == [1, 2, 3, 4]
+    assert all(task.score(p, a) == 1.0 for p, a in zip(task.prompts, task.answers))
+    assert task.get_config()["min_digits"] == 1
+    again = AdditionTask(**task.get_config())
+    assert again.prompts == task.prompts and again.min_digits == 1
+    _, held_out = task.split(40, seed=0)
+    assert held_out.get_config()["min_digits"] == 1
+    assert addition(400, digits=3, min_digits=1, seed=0).prompts == task.prompts
+    # the default is unchanged, and keeps no min_digits in its config (cache keys)
+    assert "min_digits" not in addition(5, seed=0).get_config()
+    assert addition(5, seed=0).prompts == addition(5, digits=2, seed=0, min_digits=None).prompts
+    assert {len(str(a)) for p in addition(50, digits=3, min_digits=3, seed=1).prompts
+            for a in AdditionTask.parse_prompt(p)} == {3}
+    with pytest.raises(ValueError, match="min_digits"):
+        addition(5, digits=2, min_digits=3)
