@@ -167,11 +167,12 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def run_seed(seed: int, *, steps: int, snapshots: list[int], problems: int, per_problem: int,
-             progress: bool = False) -> dict[str, Any]:
-    """Pre-train (or load) the base, GRPO with snapshots, ER/ERV/ERA per layer per checkpoint."""
+             progress: bool = False, base_seed: int | None = None) -> dict[str, Any]:
+    """Pre-train (or load) the base of ``base_seed`` (default ``seed``), GRPO with snapshots,
+    ER/ERV/ERA per layer per checkpoint."""
     t_start = time.perf_counter()
     train, held_out = task_split()
-    path, pretrain = base_model(train, seed, progress)
+    path, pretrain = base_model(train, seed if base_seed is None else base_seed, progress)
     policy = LMPolicy(path, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
 
     # --- GRPO, KEEPING SNAPSHOTS ---
@@ -238,12 +239,14 @@ def run_seed(seed: int, *, steps: int, snapshots: list[int], problems: int, per_
 def run(quick: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Full: seeds ``seed .. seed+2``, GRPO 80 steps, checkpoints 0/40/80, 2 responses to
     each of 128 held-out problems. Quick: 12 steps, checkpoints 0/12, 64 x 2 responses,
-    still 3 seeds."""
+    still 3 seeds; quick mode pre-trains one base (``seed``'s) and runs the three RL seeds from it: the
+    bases are the slow part on a fresh machine (no cache), and the RL seeds are what vary."""
     budget = QUICK if quick else FULL
     t0 = time.perf_counter()
     seeds = [run_seed(seed + i, steps=budget["steps"], snapshots=budget["snapshots"],
                       problems=budget["problems"], per_problem=budget["per_problem"],
-                      progress=progress) for i in range(budget["seeds"])]
+                      progress=progress, base_seed=seed if quick else None)
+             for i in range(budget["seeds"])]
     return {"quick": quick, "budget": budget, "layer": LAYER, "stride": STRIDE, "seeds": seeds,
             "seconds": round(time.perf_counter() - t0, 2),
             "pretrain_seconds": round(sum(s["pretrain"]["seconds"] for s in seeds), 2)}

@@ -9,7 +9,7 @@ gradient within MC error; its variance drops by >= 20%.
 
 Protocol (one seed):
 
-1. **Policy**: the addition base of card 7 (:data:`analysis.effective_rank.ADDITION_PRETRAIN`,
+1. **Policy**: a 2-digit addition base (:data:`ADDITION_PRETRAIN`,
    2-digit sums, pass@1 ~0.3, cached), then GRPO 16 x 8 at Adam 3e-4 for 60 steps, so the
    probe reads an RL policy mid-training (held-out reward 0.29-0.37).
 2. **Probe**: 4 rollouts of each of 256 *training* problems; features
@@ -62,6 +62,7 @@ gradient is measured.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -71,13 +72,8 @@ import torch
 from plotly.subplots import make_subplots
 
 from analysis.base import Check
-from analysis.effective_rank import (
-    MAX_NEW_TOKENS,
-    addition_base,
-    addition_grpo_config,
-    addition_split,
-)
-from rlnb.policies import LMPolicy
+from rlnb.envs import addition
+from rlnb.policies import LMPolicy, pretrain_base
 from rlnb.probes.critic import (
     auroc,
     cross_rollout_baseline,
@@ -87,7 +83,7 @@ from rlnb.probes.critic import (
     rollout_features,
     string_one_hot,
 )
-from rlnb.recipes import completion_states
+from rlnb.recipes import completion_states, factor_grpo_config
 from rlnb.threads import torch_threads
 from rlnb.train import Trainer
 from rlnb.viz import PALETTE, style_figure
@@ -137,6 +133,36 @@ ESTIMATORS = ("poise", "own", "loo")
 rollout's own features (biased), the leave-one-out group mean (RLOO)."""
 
 
+
+#: Base model of the addition toy: 2 Llama layers, d=64, stopped at pass@1 0.3.
+ADDITION_PRETRAIN: dict[str, Any] = {
+    "arch": "llama", "n_layer": 2, "d_model": 64, "n_head": 4, "n_kv_head": 2,
+    "batch_size": 256, "lr": 3e-3, "target_pass_at_1": 0.3, "steps": 1500,
+}
+MAX_NEW_TOKENS = 5
+"""Completion budget: a 3-digit sum and EOS fit in 4."""
+
+
+def addition_split() -> tuple[Any, Any]:
+    """``(train, held_out)``: 2,048 and 256 distinct 2-digit addition problems."""
+    return addition(2048 + 256, digits=2, seed=0).split(256, seed=0)
+
+
+def addition_base(train: Any, seed: int, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Pre-train (or load from the cache) the addition base of ``seed``: ``(path, record)``."""
+    t0 = time.perf_counter()
+    path = pretrain_base(train, seed=seed, progress=progress, **ADDITION_PRETRAIN)
+    record = json.loads((path / "pretrain.json").read_text())
+    return path, {"steps": record["steps_run"], "seconds": record["seconds"],
+                  "final": record["final"], "load_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def addition_grpo_config(seed: int, steps: int) -> Any:
+    """GRPO on addition: 16 prompts x 8, T=1, group mean/std, token-mean, Adam 3e-4."""
+    return factor_grpo_config(seed, steps=steps, learning_rate=3e-4, num_prompts_per_step=16,
+                              num_generations=8)
+
+
 def _collect(policy: Any, task: Any, problems: np.ndarray, n: int, seed: int) -> dict[str, Any]:
     """Sample ``n`` rollouts per entry of ``problems``; their features, rewards, texts and
     per-rollout LM-head scores."""
@@ -173,11 +199,12 @@ def _z(diff: np.ndarray, u: np.ndarray) -> float:
 
 
 def run_seed(seed: int, *, grpo_steps: int, probe_prompts: int, probe_per_prompt: int,
-             batches: int, batch_prompts: int, per_prompt: int, progress: bool = False
-             ) -> dict[str, Any]:
+             batches: int, batch_prompts: int, per_prompt: int, progress: bool = False,
+             base_seed: int | None = None) -> dict[str, Any]:
+    """One seed: the base of ``base_seed`` (default ``seed``), GRPO, probe and gradients."""
     t_start = time.perf_counter()
     train, held_out = addition_split()
-    path, pretrain = addition_base(train, seed, progress)
+    path, pretrain = addition_base(train, seed if base_seed is None else base_seed, progress)
     policy = LMPolicy(path, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
 
     # --- GRPO: the policy whose rollouts the probe reads ---
@@ -278,10 +305,12 @@ def run_seed(seed: int, *, grpo_steps: int, probe_prompts: int, probe_per_prompt
 
 def run(quick: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Full: seeds ``seed .. seed+2``, GRPO 60 steps, probe on 256 x 4 training rollouts,
-    128 batches of 16 x 4 held-out rollouts. Quick: the same with 64 batches."""
+    128 batches of 16 x 4 held-out rollouts. Quick: the same with 64 batches, and
+    quick mode pre-trains one base (``seed``'s) and runs the three RL seeds from it: the
+    bases are the slow part on a fresh machine (no cache), and the RL seeds are what vary."""
     budget = QUICK if quick else FULL
     t0 = time.perf_counter()
-    seeds = [run_seed(seed + i, progress=progress,
+    seeds = [run_seed(seed + i, progress=progress, base_seed=seed if quick else None,
                       **{k: v for k, v in budget.items() if k != "seeds"})
              for i in range(budget["seeds"])]
     return {"quick": quick, "budget": budget, "seeds": seeds,

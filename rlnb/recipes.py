@@ -7,6 +7,10 @@ a card prescribes, and returns the pieces so that the caller does the measuring:
   softmax over 64 strategies, GRPO with G=4, 16 prompts per step, SGD lr 1.0;
 - :func:`grpo_on_factor` -- card 1 at LM scale: a tiny transformer pre-trained on the
   factor task (:func:`rlnb.policies.pretrain_base`), then GRPO 32 prompts x 8;
+- :func:`addition_split` and :func:`addition_base` -- cards 13 and 14: addition with
+  operands of 1 to 3 digits (answers of varying length) and its tiny base model;
+  :data:`LITE_PPO_CONFIGS`, card 13's six normalisation / aggregation / filtering settings;
+- :func:`answer_probability` -- the exact pass@1 of a language model on an exact-match task;
 - :func:`completion_states` -- sample completions of a language model and capture their
   hidden states, with the verifier's verdict per completion (the input of rank, probe and
   CKA analyses, card 7 and card 16).
@@ -41,11 +45,17 @@ import pandas as pd
 import torch
 
 __all__ = [
+    "ADDITION_PRETRAIN",
+    "ENTROPY_INTERVENTIONS",
+    "LITE_PPO_CONFIGS",
     "QUICK_ENV",
     "BanditRun",
     "FactorRun",
     "LabelledStates",
     "Snapshots",
+    "addition_base",
+    "addition_split",
+    "answer_probability",
     "answer_share",
     "completion_states",
     "crossing_k",
@@ -59,6 +69,8 @@ __all__ = [
     "over_seeds",
     "quick",
     "sweep",
+    "tree_grpo_config",
+    "tree_ppo_config",
 ]
 
 #: Settings of the factor base model (card 1, "At LM scale"): 2 Llama layers, d=64.
@@ -82,14 +94,16 @@ class BanditRun(NamedTuple):
 
 
 def grpo_on_strategy_bandit(seed: int = 0, steps: int = 100, *, shared: bool = True,
-                            progress: bool = False) -> BanditRun:
+                            progress: bool = False, **config_changes: Any) -> BanditRun:
     """Card 1 on the strategy bandit: GRPO sharpens one softmax shared by every problem.
 
     64 problems, 64 strategies (card SB's solve matrix from ``seed``), base logits from
     :func:`rlnb.envs.strategy_bandit.card_base_logits` (seed ``10_000 + seed``), GRPO with
     G=4, 16 prompts per step, ``vanilla_pg``, SGD at lr 1.0 for ``steps`` steps.
     ``shared=False`` gives every problem its own softmax (same initial logits): the
-    ablation without the crossover.
+    ablation without the crossover. ``config_changes`` override any other
+    :class:`rlnb.train.TrainConfig` field, e.g. ``advantage="nsr", optimizer="adam",
+    learning_rate=0.05`` (card 6).
     """
     from rlnb.envs import StrategyBandit
     from rlnb.envs.strategy_bandit import card_base_logits
@@ -108,6 +122,8 @@ def grpo_on_strategy_bandit(seed: int = 0, steps: int = 100, *, shared: bool = T
         advantage="grpo", scale_rewards="group", policy_loss="vanilla_pg",
         loss_agg_mode="token-mean", optimizer="sgd", learning_rate=1.0, progress_bar=progress,
     )
+    if config_changes:
+        config = config.replace(**config_changes)
     history = Trainer(policy, env, config, callbacks=[ExactSuccess(ks=(1, 256))]).train()
     return BanditRun(env, policy, base, policy.probs().detach().clone(), history)
 
@@ -297,6 +313,92 @@ def completion_states(
         list(rollout.extra["completions"]))
 
 
+# --- ADDITION WITH ANSWERS OF VARYING LENGTH (cards 13 and 14) ------------------------------
+
+#: Base model of cards 13 and 14: card 1's 2-layer d=64 Llama (:data:`FACTOR_PRETRAIN`) on
+#: :func:`addition_split`, batches of 256, stopped at the first evaluation (every 10 steps)
+#: with pass@1 >= 0.3: trained to the end it learns addition outright and RL has little
+#: to improve.
+ADDITION_PRETRAIN: dict[str, Any] = {**FACTOR_PRETRAIN, "batch_size": 256, "steps": 1500,
+                                     "target_pass_at_1": 0.3}
+
+#: Card 13's six configurations (Lite PPO, arXiv:2508.08221), as TrainConfig changes:
+#: group or batch std, sequence- or token-level aggregation, with or without overlong
+#: filtering (DAPO's mask of truncated completions, TRL's ``mask_truncated_completions``).
+LITE_PPO_CONFIGS: dict[str, dict[str, Any]] = {
+    "group std, seq-mean (GRPO)": {"scale_rewards": "group",
+                                   "loss_agg_mode": "seq-mean-token-mean"},
+    "group std, token-mean": {"scale_rewards": "group", "loss_agg_mode": "token-mean"},
+    "batch std, seq-mean": {"scale_rewards": "batch", "loss_agg_mode": "seq-mean-token-mean"},
+    "batch std, token-mean (Lite PPO)": {"scale_rewards": "batch",
+                                         "loss_agg_mode": "token-mean"},
+    "group std, token-mean, overlong filter": {"scale_rewards": "group",
+                                               "loss_agg_mode": "token-mean",
+                                               "mask_truncated_completions": True},
+    "Lite PPO, overlong filter": {"scale_rewards": "batch", "loss_agg_mode": "token-mean",
+                                  "mask_truncated_completions": True},
+}
+
+
+def addition_split(num_train: int = 4000, num_held_out: int = 256,
+                   task_seed: int = 0) -> tuple[Any, Any]:
+    """``(train, held_out)`` disjoint addition problems whose operands have 1 to 3 digits
+    (``addition(..., digits=3, min_digits=1)``): answers of 1 to 4 characters, so that
+    completions vary in length (cards 13 and 14)."""
+    from rlnb.envs.arithmetic_tasks import addition
+
+    task = addition(num_train + num_held_out, digits=3, min_digits=1, seed=task_seed)
+    return task.split(num_held_out, seed=task_seed)
+
+
+def addition_base(seed: int = 0, *, progress: bool = False) -> Any:
+    """Directory of the addition base model of ``seed`` (:data:`ADDITION_PRETRAIN` on the
+    training half of :func:`addition_split`), pre-trained on first use and then cached."""
+    from rlnb.policies import pretrain_base
+
+    return pretrain_base(addition_split()[0], seed=seed, progress=progress, **ADDITION_PRETRAIN)
+
+
+@torch.no_grad()
+def answer_probability(policy: Any, task: Any, *, temperature: float = 1.0,
+                       max_new_tokens: int | None = None) -> np.ndarray:
+    """``(P,)`` the exact probability that one completion sampled at ``temperature`` from
+    a language-model ``policy`` (:class:`rlnb.policies.LMPolicy`) spells problem ``i``'s
+    answer ``task.answers[i]``: the product of the next-token probabilities of the
+    answer's characters, times that of EOS after them when the answer is shorter than the
+    generation budget ``max_new_tokens`` (default the policy's). A longer answer cannot
+    be produced; an answer exactly as long as the budget is produced truncated, which the
+    verifier still accepts. This is the exact pass@1 of tasks scored by exact match, up
+    to token sequences that decode to the same text (special tokens inside an answer):
+    a lower bound that a sampled pass@1 matches within its noise. One batched forward pass.
+    """
+    budget = policy.max_new_tokens if max_new_tokens is None else max_new_tokens
+    tok = policy.tokenizer
+    answers = tok(list(task.answers), add_special_tokens=False)["input_ids"]
+    rows, spans = [], []
+    for i, answer in enumerate(answers):
+        answer = list(answer)
+        comp = answer + [policy.eos_ids[0]] if len(answer) < budget else answer
+        prompt = policy.encode_prompt(task.prompt(i))
+        rows.append(prompt + comp)
+        spans.append((len(prompt), len(comp), len(answer) <= budget))
+    L = max(len(r) for r in rows)
+    ids = torch.tensor([r + [policy.pad_id] * (L - len(r)) for r in rows])
+    am = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
+    was_training = policy.model.training
+    policy.model.eval()
+    logits = policy.model(input_ids=ids.to(policy.device), attention_mask=am.to(policy.device),
+                          use_cache=False).logits.float().cpu()
+    policy.model.train(was_training)
+    logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)  # position t predicts t+1
+    tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (P, L - 1)
+    out = np.zeros(task.num_prompts)
+    for i, (lp, lc, possible) in enumerate(spans):
+        if possible:
+            out[i] = float(torch.exp(tok_logp[i, lp - 1: lp - 1 + lc].sum()))
+    return out
+
+
 # --- NOTEBOOK AND ANALYSIS HELPERS ----------------------------------------------------------
 
 QUICK_ENV = "RLNB_QUICK"
@@ -459,3 +561,51 @@ def met(condition: Any) -> str:
     ('met', 'not met')
     """
     return "met" if bool(condition) else "not met"
+
+
+# --- cards 3 and 4: the tree MDP's entropy runs ---------------------------------------------
+
+#: Card 4's objectives on the tree MDP, as changes to :func:`tree_ppo_config`: PPO's clip,
+#: DAPO's clip-higher, Clip-Cov (2% of the tokens with cov > 1, as the card's numpy toy;
+#: "Clip-Cov (1, 5)" is the paper's window), KL-Cov on the top 2%, an entropy bonus, STEER
+#: and Lp-Reg (rlnb.rl.entropy_losses). 2% because a batch holds 1536 tokens, not millions.
+ENTROPY_INTERVENTIONS: dict[str, dict[str, Any]] = {
+    "PPO": {},
+    "clip-higher": {"epsilon_high": 0.28},
+    "Clip-Cov": {"policy_loss": "clip_cov", "clip_cov_ratio": 0.02, "clip_cov_ub": 1e9},
+    "Clip-Cov (1, 5)": {"policy_loss": "clip_cov", "clip_cov_ratio": 0.02},
+    "KL-Cov": {"policy_loss": "kl_cov", "kl_cov_ratio": 0.02},
+    "entropy bonus": {"entropy_coef": 0.1},
+    "STEER": {"policy_loss": "steer"},
+    "Lp-Reg": {"policy_loss": "lp_reg"},
+}
+
+
+def tree_grpo_config(seed: int = 0, steps: int = 200) -> Any:
+    """Card 3's GRPO on the tree MDP: 16 prompts x G = 16, group-scaled advantages, one
+    PPO epoch (on-policy), Adam 0.05 -- entropy log 4 -> ~0.04, pass@1 0.01 -> ~0.99.
+
+    >>> tree_grpo_config(seed=1).num_generations
+    16
+    """
+    from rlnb.train import TrainConfig
+
+    return TrainConfig(
+        seed=seed, max_steps=steps, num_prompts_per_step=16, num_generations=16,
+        advantage="grpo", scale_rewards="group", policy_loss="ppo_clip", num_iterations=1,
+        optimizer="adam", learning_rate=0.05, progress_bar=False,
+    )
+
+
+def tree_ppo_config(seed: int = 0, steps: int = 150, intervention: str = "PPO") -> Any:
+    """Card 4's PPO on the tree MDP (four epochs per batch, Adam 0.03) with one of
+    :data:`ENTROPY_INTERVENTIONS` applied.
+
+    >>> tree_ppo_config(intervention="Clip-Cov").policy_loss
+    'clip_cov'
+    """
+    if intervention not in ENTROPY_INTERVENTIONS:
+        raise ValueError(f"intervention must be one of {list(ENTROPY_INTERVENTIONS)}, got "
+                         f"{intervention!r}")
+    return tree_grpo_config(seed, steps).replace(
+        num_iterations=4, learning_rate=0.03, **ENTROPY_INTERVENTIONS[intervention])

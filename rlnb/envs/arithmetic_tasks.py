@@ -49,6 +49,7 @@ class AdditionTask(TextTask):
         *,
         digits: int = 2,
         seed: int = 0,
+        min_digits: int | None = None,
     ) -> None:
         prompts = list(prompts)
         self._operands = [self.parse_prompt(p) for p in prompts]
@@ -58,7 +59,7 @@ class AdditionTask(TextTask):
             resolve_answers("addition", prompts, answers, expected),
             alphabet=self.ALPHABET,
         )
-        self.digits, self.seed = digits, seed
+        self.digits, self.seed, self.min_digits = digits, seed, min_digits
 
     @staticmethod
     def parse_prompt(prompt: str) -> tuple[int, int]:
@@ -78,32 +79,59 @@ class AdditionTask(TextTask):
         return {"a": [a for a, _ in self._operands], "b": [b for _, b in self._operands]}
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "prompts": self.prompts,
             "answers": self.answers,
             "digits": self.digits,
             "seed": self.seed,
         }
+        if self.min_digits is not None:  # absent at the default: cache keys stay as they were
+            config["min_digits"] = self.min_digits
+        return config
 
 
 
 @seeded_generator("addition")
-def addition(num_prompts: int, digits: int = 2, seed: int = 0) -> AdditionTask:
+def addition(num_prompts: int, digits: int = 2, seed: int = 0,
+             min_digits: int | None = None) -> AdditionTask:
     """``num_prompts`` distinct problems ``"a+b="`` with ``a`` and ``b`` drawn uniformly among
     the ``digits``-digit numbers (0-9 when ``digits == 1``).
 
-    Lengths: prompt ``2 * digits + 2`` characters, answer ``digits`` or ``digits + 1``.
+    ``min_digits`` (default None: every operand has ``digits`` digits) gives operands of
+    varying length: each operand independently draws its number of digits uniformly from
+    ``min_digits .. digits``, then its value uniformly among the numbers of that many
+    digits, so answers of every length appear (``min_digits=1, digits=3``: answers of 1 to
+    4 characters, card 13's variable-length completions). When the space of problems is
+    small (at most 4x ``num_prompts`` pairs) the prompts are instead a uniform sample of
+    all its pairs, as at the default.
+
+    Lengths: prompt ``2 * digits + 2`` characters, answer ``digits`` or ``digits + 1``
+    (with ``min_digits``: prompt ``2 * min_digits + 2`` to ``2 * digits + 2``, answer
+    ``min_digits`` to ``digits + 1``).
 
     >>> addition(2, digits=1, seed=1).prompts
     ['2+9=', '1+4=']
+    >>> sorted({len(a) for a in addition(200, digits=3, min_digits=1, seed=0).answers})
+    [1, 2, 3, 4]
     """
     check_knob("num_prompts", num_prompts, 1)
     check_knob("digits", digits, 1, MAX_LITERAL_DIGITS, "digits per operand")
+    if min_digits is not None:
+        check_knob("min_digits", min_digits, 1, digits,
+                   "fewest digits per operand, at most digits")
     lo, hi = operand_range(digits)
+    if min_digits is not None:
+        lo = operand_range(min_digits)[0]
     count = hi - lo + 1
 
+    def operand(rng: random.Random) -> int:
+        if min_digits is None:
+            return rng.randint(lo, hi)
+        low, high = operand_range(rng.randint(min_digits, digits))
+        return rng.randint(low, high)
+
     def draw(rng: random.Random) -> tuple[str, str]:
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        a, b = operand(rng), operand(rng)
         return f"{a}+{b}=", str(a + b)
 
     def everything() -> list[tuple[str, str]]:
@@ -113,8 +141,12 @@ def addition(num_prompts: int, digits: int = 2, seed: int = 0) -> AdditionTask:
     pairs = distinct_pairs(
         num_prompts, draw, random.Random(seed), "addition", everything if small else None
     )
-    task = AdditionTask([p for p, _ in pairs], [a for _, a in pairs], digits=digits, seed=seed)
-    return mark_generated(task, "addition", num_prompts=num_prompts, digits=digits, seed=seed)
+    task = AdditionTask([p for p, _ in pairs], [a for _, a in pairs], digits=digits, seed=seed,
+                        min_digits=min_digits)
+    settings: dict[str, Any] = {"num_prompts": num_prompts, "digits": digits, "seed": seed}
+    if min_digits is not None:
+        settings["min_digits"] = min_digits
+    return mark_generated(task, "addition", **settings)
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@
 - :mod:`rlnb.probes.evaluate` -- sample n completions per problem and count the correct
   ones (the input of pass@k and boundary analysis for language models).
 - :mod:`rlnb.probes.linear` -- linear probes, PCA, linear CKA (card 16).
+- :mod:`rlnb.probes.critic` -- the policy's states as a critic: rollout features (pooled
+  states + entropy statistics), AUROC, a ridge reward probe, POISE's cross-rollout
+  baseline, closed-form LM-head scores (card 16); import from the submodule.
 """
 
 from rlnb.mdp import (  # the effective horizon, as a probe; rlnb.mdp is the implementation
@@ -57,9 +60,11 @@ from rlnb.probes.boundary import (
     BoundaryResult,
     SupportResult,
     answer_entropy,
+    answer_entropy_from_counts,
     answer_support,
     boundary,
     boundary_from_probs,
+    support_from_counts,
 )
 from rlnb.probes.entropy import (
     EntropyCovariance,
@@ -110,6 +115,7 @@ __all__ = [
     "RankDynamics",
     "SupportResult",
     "answer_entropy",
+    "answer_entropy_from_counts",
     "answer_support",
     "boundary",
     "boundary_from_probs",
@@ -134,5 +140,6 @@ __all__ = [
     "predicted_entropy_change",
     "rank_by_layer",
     "rank_dynamics",
+    "support_from_counts",
     "token_entropy",
 ]

@@ -12,6 +12,9 @@ finds -- its empirical support -- and at the entropy of its final answers.
 - :func:`answer_support` -- ``Supp_n`` = distinct correct answers among n samples; per
   problem the answers lost (shrink = |Supp(base) \\ Supp(RL)|) and gained (expand).
 - :func:`answer_entropy` -- ``H_ans = -sum_a q(a) log q(a)`` over distinct final answers.
+- :func:`support_from_counts` and :func:`answer_entropy_from_counts` -- the same two
+  measures from a ``(problems, answers)`` table of sample counts, when the answers are a
+  known finite set (a tabular sandbox: the strategy bandit's answer is the strategy).
 
 "Solved at k", precisely: the pass@k of the problem -- the probability that at least one of
 k fresh samples is correct, estimated without bias from ``c`` correct of ``n`` samples
@@ -36,9 +39,11 @@ __all__ = [
     "BoundaryResult",
     "SupportResult",
     "answer_entropy",
+    "answer_entropy_from_counts",
     "answer_support",
     "boundary",
     "boundary_from_probs",
+    "support_from_counts",
 ]
 
 #: The four categories, in display order.
@@ -334,6 +339,97 @@ def answer_support(
             "h_ans_base": answer_entropy(ab), "h_ans_rl": answer_entropy(ar),
         })
     per = pd.DataFrame(rows)
+    totals = pd.Series({
+        **{c: int(per[c].sum()) for c in ("supp_base", "supp_rl", "shared", "shrink", "expand")},
+        "problems_shrunk": int((per["shrink"] > 0).sum()),
+        "problems_expanded": int((per["expand"] > 0).sum()),
+        "h_ans_base": float(per["h_ans_base"].mean()),
+        "h_ans_rl": float(per["h_ans_rl"].mean()),
+    }, dtype=object)
+    return SupportResult(per, totals)
+
+
+# --- THE SAME FROM A TABLE OF COUNTS (finite answer sets) -------------------------------------
+
+
+def _count_table(counts: Any, name: str) -> np.ndarray:
+    c = np.asarray(counts.detach().cpu() if hasattr(counts, "detach") else counts)
+    if c.ndim != 2 or c.size == 0:
+        raise ValueError(
+            f"{name} must be a non-empty 2-D table (problems, answers) of sample counts, got "
+            f"shape {c.shape}"
+        )
+    if not np.issubdtype(c.dtype, np.number) or np.issubdtype(c.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold integer sample counts, got dtype {c.dtype}")
+    if not np.all(np.isfinite(c)) or np.any(c < 0) or np.any(c != np.round(c)):
+        raise ValueError(f"{name} must hold non-negative integer sample counts")
+    return c.astype(np.int64)
+
+
+def answer_entropy_from_counts(counts: Any) -> np.ndarray:
+    """Answer-level entropy (nats) per problem from a table of answer counts.
+
+    Args:
+        counts: ``(P, A)`` non-negative integers: how often each of ``A`` distinct answers
+            was sampled on each problem (e.g. ``numpy.random.Generator.multinomial``).
+
+    Returns:
+        ``(P,)`` the plug-in ``H_ans = -sum_a q(a) log q(a)`` with ``q = counts / n``,
+        exactly :func:`answer_entropy` of the samples written out.
+
+    >>> answer_entropy_from_counts([[2, 1, 1, 0], [8, 0, 0, 0]]).round(4).tolist()
+    [1.0397, 0.0]
+
+    Footgun: the plug-in entropy is biased low (by about ``(distinct - 1) / (2 n)``); compare
+    models at the same ``n``.
+    """
+    c = _count_table(counts, "counts")
+    n = c.sum(1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError("every problem needs at least one sampled answer (a row of counts is 0)")
+    q = c / n
+    logq = np.log(np.where(q > 0, q, 1.0))
+    return -(q * logq).sum(1) + 0.0
+
+
+def support_from_counts(counts_base: Any, counts_rl: Any, correct: Any) -> SupportResult:
+    """:func:`answer_support` from ``(problems, answers)`` tables of sample counts.
+
+    ``Supp_n`` of a problem is the set of answers ``a`` with ``counts[i, a] > 0`` and
+    ``correct[i, a]``; shrink = |Supp(base) \\ Supp(RL)|, expand = |Supp(RL) \\ Supp(base)|
+    (card 2). Use it where the answers form a known finite set, e.g. the strategy bandit,
+    whose answer is the strategy and whose ``solve_matrix`` is ``correct``.
+
+    Args:
+        counts_base, counts_rl: ``(P, A)`` sample counts of the two models. Give both the
+            same number of samples per problem: support only grows with n.
+        correct: ``(P, A)`` bool (or 0/1): answer ``a`` solves problem ``i``.
+
+    Returns:
+        :class:`SupportResult`, the same columns and totals as :func:`answer_support`.
+
+    >>> per, tot = support_from_counts([[2, 1, 0]], [[3, 0, 0]], [[1, 1, 1]])
+    >>> per[["supp_base", "supp_rl", "shrink", "expand"]].values.tolist()
+    [[2, 1, 1, 0]]
+    """
+    cb, cr = _count_table(counts_base, "counts_base"), _count_table(counts_rl, "counts_rl")
+    ok = np.asarray(correct.detach().cpu() if hasattr(correct, "detach") else correct)
+    if cb.shape != cr.shape or ok.shape != cb.shape:
+        raise ValueError(
+            f"counts_base {cb.shape}, counts_rl {cr.shape} and correct {ok.shape} must all be "
+            "(problems, answers) tables of the same shape"
+        )
+    if not np.all((ok == 0) | (ok == 1)):
+        raise ValueError("correct must be a 0/1 (bool) table: does answer a solve problem i?")
+    ok = ok.astype(bool)
+    sb, sr = (cb > 0) & ok, (cr > 0) & ok
+    per = pd.DataFrame({
+        "problem": np.arange(cb.shape[0]), "n_base": cb.sum(1), "n_rl": cr.sum(1),
+        "supp_base": sb.sum(1), "supp_rl": sr.sum(1), "shared": (sb & sr).sum(1),
+        "shrink": (sb & ~sr).sum(1), "expand": (sr & ~sb).sum(1),
+        "distinct_base": (cb > 0).sum(1), "distinct_rl": (cr > 0).sum(1),
+        "h_ans_base": answer_entropy_from_counts(cb), "h_ans_rl": answer_entropy_from_counts(cr),
+    })
     totals = pd.Series({
         **{c: int(per[c].sum()) for c in ("supp_base", "supp_rl", "shared", "shrink", "expand")},
         "problems_shrunk": int((per["shrink"] > 0).sum()),

@@ -9,6 +9,9 @@
   Its batch mean estimates Cov(log pi, A), and entropy moves by about ``-eta`` times it.
 - :func:`predicted_entropy_change` -- the exact first-order law for a softmax: after a
   logit step ``dz``, ``H(z + dz) - H(z) = -Cov_{a~pi}(log pi(a), dz_a) + O(|dz|^2)``.
+- :func:`exact_entropy_change`, :func:`policy_gradient_logit_step`,
+  :func:`covariance_identity_error` -- the exact one-step change under a natural or vanilla
+  PG step, and how far the first-order law is from it.
 - :func:`fit_entropy_reward` -- the empirical law ``R = -a exp(H) + b`` and its ceiling
   ``b - a`` (the reward left when entropy reaches 0).
 
@@ -32,14 +35,20 @@ from rlnb.rl.aggregation import masked_mean
 from rlnb.rl.kl import entropy_from_logits
 
 __all__ = [
+    "PG_KINDS",
+    "CovarianceIdentity",
     "EntropyCovariance",
     "EntropyRewardFit",
     "entropy_change_covariance",
+    "covariance_identity_error",
     "entropy_summary",
+    "exact_entropy_change",
     "fit_entropy_reward",
     "forking_tokens",
+    "policy_gradient_logit_step",
     "predicted_entropy_change",
     "token_entropy",
+    "tree_token_entropy",
 ]
 
 
@@ -295,6 +304,133 @@ def predicted_entropy_change(logits: Any, delta_logits: Any) -> Tensor:
     mean_lp = (p * logp).sum(-1, keepdim=True)
     mean_dz = (p * dz).sum(-1, keepdim=True)
     return -(p * (logp - mean_lp) * (dz - mean_dz)).sum(-1)
+
+
+def exact_entropy_change(logits: Any, delta_logits: Any) -> Tensor:
+    """Exact entropy change ``H(softmax(z + dz)) - H(softmax(z))`` per state, in float64.
+
+    The quantity :func:`predicted_entropy_change` approximates to first order. Float64
+    because the change is ~``|dz|`` and float32 entropies lose it in rounding.
+
+    >>> z = torch.zeros(4)
+    >>> float(exact_entropy_change(z, torch.zeros(4)))   # no step, no change
+    0.0
+    """
+    z = _tensor(logits, "logits").double()
+    dz = _tensor(delta_logits, "delta_logits").double().to(z.device)
+    if tuple(z.shape) != tuple(dz.shape):
+        raise ValueError(f"logits {tuple(z.shape)} and delta_logits {tuple(dz.shape)} must match")
+    return entropy_from_logits(z + dz) - entropy_from_logits(z)
+
+
+#: The two logit steps of Cui et al.'s entropy law (card 3).
+PG_KINDS = ("natural", "vanilla")
+
+
+def policy_gradient_logit_step(logits: Any, advantages: Any, eta: float, kind: str = "natural"
+                               ) -> Tensor:
+    """The logit step ``dz`` of one exact policy-gradient update of a softmax per state.
+
+    ``kind="natural"``: ``dz = eta * A`` (natural PG, or NPG's tabular update);
+    ``kind="vanilla"``: ``dz = eta * pi * A`` (the exact gradient of ``E_pi[A]`` with
+    respect to the logits, since ``d E_pi[r] / dz_a = pi_a (r_a - E_pi r)``).
+
+    Args:
+        logits: ``(S, A)`` logits.
+        advantages: ``(S, A)`` advantage of every action (e.g. ``r - E_pi r``).
+        eta: step size.
+
+    >>> policy_gradient_logit_step(torch.zeros(2), torch.tensor([1.0, -1.0]), 0.1, "vanilla")
+    tensor([ 0.0500, -0.0500])
+    """
+    if kind not in PG_KINDS:
+        raise ValueError(f"kind must be one of {PG_KINDS}, got {kind!r}")
+    z = _tensor(logits, "logits")
+    adv = _tensor(advantages, "advantages").to(device=z.device, dtype=torch.promote_types(
+        z.dtype, torch.float32))
+    if tuple(adv.shape) != tuple(z.shape):
+        raise ValueError(f"advantages {tuple(adv.shape)} must match logits {tuple(z.shape)}")
+    if kind == "natural":
+        return eta * adv
+    return eta * torch.softmax(z.to(adv.dtype), dim=-1) * adv
+
+
+class CovarianceIdentity(NamedTuple):
+    """What :func:`covariance_identity_error` returns.
+
+    Attributes:
+        relative_error: ``||exact - predicted|| / ||exact||`` over the states (2-norm): the
+            error of the first-order law as a share of the entropy changes.
+        worst_state_relative_error: ``max_s |exact_s - predicted_s| / |exact_s|``. Footgun:
+            unbounded where a state's covariance is near 0 (its first-order change
+            vanishes and the second-order term is all that is left), so it grows with the
+            number of states drawn; it is reported, not a criterion.
+        correlation: Pearson correlation of exact and predicted changes over the states.
+        exact, predicted: ``(S,)`` float64 entropy changes.
+    """
+
+    relative_error: float
+    worst_state_relative_error: float
+    correlation: float
+    exact: Tensor
+    predicted: Tensor
+
+
+def covariance_identity_error(logits: Any, advantages: Any, eta: float, kind: str = "natural"
+                              ) -> CovarianceIdentity:
+    """Compare the exact entropy change of one PG step with ``-Cov_{a~pi}(log pi, dz)``.
+
+    The step is :func:`policy_gradient_logit_step` (``kind`` natural: ``dz = eta A``;
+    vanilla: ``dz = eta pi A``); the exact change is :func:`exact_entropy_change`, the
+    prediction :func:`predicted_entropy_change`. The error is O(eta): card 3 asks for a
+    relative error below 1% at eta <= 1e-3 (about 2e-4 for random states).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> z, r = torch.randn(100, 6, generator=g), torch.rand(100, 6, generator=g)
+    >>> A = r - (torch.softmax(z, -1) * r).sum(-1, keepdim=True)
+    >>> covariance_identity_error(z, A, 1e-3).relative_error < 1e-2
+    True
+    """
+    z = _tensor(logits, "logits").double()
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (S, A): one softmax per state, got {tuple(z.shape)}")
+    dz = policy_gradient_logit_step(z, _tensor(advantages, "advantages").double(), eta, kind)
+    exact = exact_entropy_change(z, dz)
+    pred = predicted_entropy_change(z, dz).double()
+    diff = exact - pred
+    denom = exact.abs()
+    per_state = torch.where(denom > 0, diff.abs() / denom, torch.where(
+        diff == 0, torch.zeros_like(diff), torch.full_like(diff, torch.inf)))
+    norm = float(exact.norm())
+    rel = float(diff.norm()) / norm if norm > 0 else float("nan")
+    corr = (float(torch.corrcoef(torch.stack([exact, pred]))[0, 1]) if exact.numel() > 1
+            else float("nan"))
+    return CovarianceIdentity(rel, float(per_state.max()), corr, exact, pred)
+
+
+def tree_token_entropy(env: Any, probs: Any) -> float:
+    """Exact mean per-token entropy of a tabular policy on a tree sandbox, along its own
+    episodes: ``E_pi[(1/depth) sum_t H(pi(. | s_t))]``, averaged over the prompts.
+
+    The expectation of the Trainer's logged ``entropy`` (the mean, over sampled tokens, of
+    the entropy at each) for :class:`rlnb.envs.TreeMDP` (card TM), without sampling noise.
+    ``env`` needs ``action_probs``, ``num_prompts``, ``branching`` and ``depth`` with
+    level-order nodes (the children of a level contiguous); ``probs`` is the policy's
+    probability table (``policy.probs()``). Reach probabilities are propagated level by
+    level, as in ``TreeMDP.leaf_distribution``.
+    """
+    pi = env.action_probs(_tensor(probs, "probs")).double()  # (P, I, b)
+    P, b = env.num_prompts, env.branching
+    H = -(pi * torch.log(pi.clamp_min(1e-300))).sum(-1)  # (P, I)
+    reach = torch.ones(P, 1, dtype=pi.dtype)
+    total = torch.zeros(P, dtype=pi.dtype)
+    start = 0
+    for level in range(env.depth):
+        n = b**level
+        total = total + (reach * H[:, start:start + n]).sum(-1)
+        reach = (reach.unsqueeze(-1) * pi[:, start:start + n]).reshape(P, -1)
+        start += n
+    return float((total / env.depth).mean())
 
 
 # --- THE ENTROPY-REWARD LAW -----------------------------------------------------------------

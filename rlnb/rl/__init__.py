@@ -28,6 +28,11 @@ from rlnb.rl.aggregation import (
     check_agg_mode,
     masked_mean,
 )
+from rlnb.rl.entropy_losses import (  # registers "steer" and "lp_reg"
+    lp_reg,
+    min_p_proxy_logp,
+    steer,
+)
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
     clip_cov,
@@ -49,9 +54,16 @@ from rlnb.rl.registry import (
     register_advantage,
     register_policy_loss,
 )
+from rlnb.rl.rover_loss import (  # registers the "rover" policy loss and advantage
+    rover,
+    rover_reward,
+    vocab_mean_logp,
+)
+from rlnb.rl.token_inputs import TOKEN_INPUTS, full_logits, token_inputs
 
 __all__ = [
     "ADVANTAGES",
+    "TOKEN_INPUTS",
     "AGG_MODES",
     "TRL_AGG_MODES",
     "VERL_AGG_MODES",
@@ -66,6 +78,7 @@ __all__ = [
     "compute_advantages",
     "compute_policy_loss",
     "entropy_bonus",
+    "full_logits",
     "entropy_from_logits",
     "gae",
     "get_advantage_fn",
@@ -75,7 +88,9 @@ __all__ = [
     "kl_penalty",
     "list_advantages",
     "list_policy_losses",
+    "lp_reg",
     "masked_mean",
+    "min_p_proxy_logp",
     "nsr",
     "options_of",
     "ppo_clip",
@@ -85,7 +100,12 @@ __all__ = [
     "reinforce",
     "reinforce_baseline",
     "rloo",
+    "rover",
+    "rover_reward",
+    "steer",
     "token_covariance",
+    "token_inputs",
     "vanilla_pg",
+    "vocab_mean_logp",
     "w_reinforce",
 ]

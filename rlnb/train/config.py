@@ -43,6 +43,7 @@ import numpy as np
 from rlnb.rl import AGG_MODES, KL_ESTIMATORS
 from rlnb.rl.advantages import SCALE_REWARDS
 from rlnb.rl.registry import ADVANTAGES, POLICY_LOSSES, unknown_name_error
+from rlnb.train.schedules import check_schedule
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -64,6 +65,24 @@ class TrainConfig:
     """Group size G: completions per prompt (TRL default 8; card SB uses 4)."""
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature, as in TRL."""
+    temperature_schedule: dict | None = None
+    """Per-position sampling temperatures instead of ``temperature``: None, or EAD's
+    annealed schedule (Yang et al. arXiv:2510.05251) as ``{"name": "ead", "c": 10, "d0":
+    ..., "tau_max": 1.2, "tau_min": 0.1, "d_rate": 5, "d_max": 40000, "is_cap": 2}``
+    (missing keys take these defaults; :mod:`rlnb.train.schedules`): token ``t`` of step
+    ``s`` is sampled at ``max(1 + tau_max - exp(t / d_s), tau_min)`` from ``t = c`` on
+    (1 before), ``d_s = min(d0 + d_rate * s, d_max)``. The policy trained stays the one at
+    ``temperature``; the loss weighs each token by the truncated importance weight
+    ``min(pi / mu_t, is_cap)`` (TIS) for sampling off-policy. Tabular and MLP policies
+    only (their sampler is called once per position)."""
+    cure_branches: int = 0
+    """CURE stage 1 (Li et al. arXiv:2508.11016): each prompt gets ``num_generations //
+    (cure_branches + 1)`` sampled completions, each followed by ``cure_branches``
+    regenerations from its highest-entropy position, all trained on together
+    (:func:`rlnb.train.branching.branching_rollout`); 0 = plain sampling. Must divide
+    ``num_generations`` as ``cure_branches + 1``. Tabular and MLP policies only."""
+    cure_stage1_steps: int | None = None
+    """Steps of CURE's stage 1; later steps sample plainly (stage 2). None = every step."""
 
     mask_truncated_completions: bool = False
     """DAPO's overlong filtering (TRL's name): completions that hit the length limit
@@ -134,6 +153,20 @@ class TrainConfig:
     """KL-Cov: fraction of tokens, highest covariance first, that get the KL penalty."""
     kl_cov_coef: float = 1.0
     """KL-Cov: coefficient of |logp - old_logp| on the selected tokens."""
+    steer_weighting: str = "exp"
+    """STEER (``policy_loss="steer"``): token weight from |Omega|, ``"exp"`` =
+    exp(-steer_k |Omega|) (the paper), ``"linear"`` = the official code's map onto [0.8, 1.2]."""
+    steer_k: float = 1.0
+    """STEER: k of the weight exp(-k |Omega|)."""
+    lp_reg_min_p: float = 0.02
+    """Lp-Reg (``policy_loss="lp_reg"``): the proxy keeps tokens with pi_old >= min_p * max pi_old."""
+    lp_reg_fraction: float = 0.01
+    """Lp-Reg: fraction of negative-advantage tokens, lowest log-prob first, that may be regularised."""
+    lp_reg_coef: float = 1.0
+    """Lp-Reg: coefficient of KL_lowvar(pi_theta || pi_proxy) on the regularised tokens."""
+    rover_rho: float = 1.0
+    """ROVER (``policy_loss="rover"``, He et al. arXiv:2509.24981): rho of Q_hat = rho * (log pi -
+    log pi_old), the official ``rover_t`` (1.0)."""
 
     # --- optimiser ------------------------------------------------------------------
     optimizer: str = "adam"
@@ -243,6 +276,17 @@ class TrainConfig:
         at_least("num_prompts_per_step", 1)
         at_least("num_generations", 1)
         positive("temperature")
+        self.temperature_schedule = check_schedule(self.temperature_schedule)
+        at_least("cure_branches", 0)
+        at_least("cure_stage1_steps", 0, none=True)
+        need(self.num_generations % (self.cure_branches + 1) == 0,
+             f"cure_branches ({self.cure_branches}) + 1 must divide num_generations "
+             f"({self.num_generations}): each prompt's completions are originals each followed "
+             f"by cure_branches branches; e.g. num_generations="
+             f"{(self.num_generations // (self.cure_branches + 1) + 1) * (self.cure_branches + 1)}")
+        need(not (self.cure_branches and self.temperature_schedule is not None),
+             "cure_branches and temperature_schedule are two rollout sources; set one of them "
+             "(cure_branches=0 or temperature_schedule=None)")
         # --- advantage ------------------------------------------------------------------
         if self.advantage not in ADVANTAGES:
             need(False, f"advantage: {unknown_name_error('advantage method', self.advantage, _outcome_advantages())}")
@@ -262,6 +306,7 @@ class TrainConfig:
             need(False, f"policy_loss: {unknown_name_error('policy loss', self.policy_loss, POLICY_LOSSES)}")
         positive("epsilon")
         positive("epsilon_high", none=True)
+        positive("rover_rho")
         need(self.delta is None or self.delta > 1 + self.epsilon,
              f"delta (the dual clip) must be > 1 + epsilon = {1 + self.epsilon:g} or None, got "
              f"{self.delta}")

@@ -45,7 +45,7 @@ import torch
 from rlnb import allocator, rl
 from rlnb import threads as thread_rules
 from rlnb.policies.base import Policy, Rollout
-from rlnb.train import rundir
+from rlnb.train import branching, rundir, schedules
 from rlnb.train.checkpoint import auto_save_steps, checkpoint_bytes
 from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig
@@ -194,6 +194,11 @@ class Trainer:
             "clip_cov_ub": c.clip_cov_ub,
             "kl_cov_ratio": c.kl_cov_ratio,
             "kl_coef": c.kl_cov_coef,
+            "steer_weighting": c.steer_weighting,
+            "steer_k": c.steer_k,
+            "lp_reg_fraction": c.lp_reg_fraction,
+            "lp_reg_coef": c.lp_reg_coef,
+            "rho": c.rover_rho,
             "generator": self.generator,
         }
         accepted = inspect.signature(self._loss_fn).parameters
@@ -391,7 +396,7 @@ class Trainer:
         # What training_rollout keeps to spare the update (a language model's sampler
         # activations) serves the whole batch only: micro-batches sample plainly.
         sample = self.policy.training_rollout if c.num_micro_batches == 1 else self.policy.rollout
-        rollout = sample(self.env, prompts, G, temperature=c.temperature, generator=self.generator)
+        rollout = self._sample(sample, prompts, G)
         self.policy.train()
         if self._trim:
             allocator.trim()  # the sampler's freed temporaries, before the update's peak
@@ -410,6 +415,10 @@ class Trainer:
             rewards, G, method=c.advantage, scale_rewards=c.scale_rewards,
             **({"lam": c.w_reinforce_lambda} if c.advantage == "w_reinforce" else {}),
         )  # (N,)
+        # Off-policy samples (a temperature schedule) carry truncated IS weights (N, T):
+        # each token's advantage is scaled by its weight (TIS, rlnb.train.schedules).
+        is_weight = rollout.extra.get("is_weight")
+        loss_adv = advantages if is_weight is None else advantages[:, None] * is_weight
         micro = self._micro_batches(rollout)  # None: the whole batch at once
         ref_logp = None
         if self.reference is not None:
@@ -425,11 +434,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if micro is None:
                 loss, pg_loss, entropy, loss_metrics = self._objective(
-                    rollout, advantages, ref_logp)
+                    rollout, loss_adv, ref_logp)
                 loss.backward()
             else:  # gradient accumulation: each backward adds its share of the batch's loss
                 loss, pg_loss, entropy, loss_metrics = self._accumulate(
-                    micro, advantages, ref_logp)
+                    micro, loss_adv, ref_logp)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]],
                 c.max_grad_norm if c.max_grad_norm is not None else float("inf"),
@@ -460,6 +469,22 @@ class Trainer:
             self._persist(metrics, rollout, rewards, advantages)
         return metrics
 
+    def _sample(self, sample: Callable[..., Rollout], prompts: torch.Tensor, G: int) -> Rollout:
+        """The step's rollout: ``sample`` (the policy's sampler) at ``temperature``, or the
+        config's rollout source: EAD's per-position temperatures (``temperature_schedule``,
+        :func:`rlnb.train.schedules.scheduled_rollout`) or CURE's stage-1 branching
+        (``cure_branches``, :func:`rlnb.train.branching.branching_rollout`)."""
+        c = self.config
+        if c.temperature_schedule is not None:
+            return schedules.scheduled_rollout(
+                self.policy, self.env, prompts, G, c.temperature_schedule, step=self.step,
+                temperature=c.temperature, generator=self.generator)
+        if c.cure_branches and (c.cure_stage1_steps is None or self.step < c.cure_stage1_steps):
+            return branching.branching_rollout(
+                self.policy, self.env, prompts, G, branches=c.cure_branches,
+                temperature=c.temperature, generator=self.generator)
+        return sample(self.env, prompts, G, temperature=c.temperature, generator=self.generator)
+
     def _objective(self, batch: Rollout, advantages: torch.Tensor,
                    ref_logp: torch.Tensor | None, weights: torch.Tensor | None = None):
         """``(loss, pg_loss, entropy (n, T), loss metrics)`` of ``batch`` (``n`` rows): the
@@ -470,9 +495,12 @@ class Trainer:
         w = {} if weights is None else {"weights": weights}
         max_len = self._max_len()
         logp, entropy = self.policy.log_probs(batch, temperature=c.temperature)  # (n, T)
+        tokens = rl.token_inputs(  # the per-token tensors the loss declares (STEER, Lp-Reg, ROVER)
+            self._loss_fn, self.policy, batch, entropy, temperature=c.temperature,
+            min_p=c.lp_reg_min_p)
         loss, loss_metrics = self._loss_fn(
             logp, batch.logp, advantages, batch.mask,
-            agg=c.loss_agg_mode, **self._loss_options, **w,
+            agg=c.loss_agg_mode, **self._loss_options, **w, **tokens,
             **(max_len if self._loss_takes_max_len else {}),
         )
         pg_loss = loss

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from rlnb.probes import (
     BOUNDARY_CATEGORIES,
     answer_entropy,
+    answer_entropy_from_counts,
     answer_support,
     boundary,
     boundary_from_probs,
     pass_at_k,
+    support_from_counts,
 )
 from rlnb.viz.probes import boundary_table
 
@@ -194,3 +196,49 @@ def test_boundary_table_from_summary_and_per_problem():
     assert list(base_only.y) == pytest.approx([0.0, 1 / 3])
     with pytest.raises(KeyError, match="category"):
         boundary_table(pd.DataFrame({"k": [1]}))
+
+
+# --- support and answer entropy from count tables (card 2, finite answer sets) ----------------
+
+def _answers(row):
+    return [a for a, c in enumerate(row) for _ in range(int(c))]
+
+
+def test_support_from_counts_matches_answer_support_on_the_written_out_samples():
+    rng = np.random.default_rng(0)
+    cb = rng.multinomial(20, [0.4, 0.3, 0.2, 0.1, 0.0], size=6)
+    cr = rng.multinomial(20, [0.9, 0.05, 0.05, 0.0, 0.0], size=6)
+    correct = rng.random((6, 5)) < 0.5
+    per, tot = support_from_counts(cb, cr, correct)
+    lists_b = [_answers(r) for r in cb]
+    lists_r = [_answers(r) for r in cr]
+    per2, tot2 = answer_support(lists_b, lists_r, [set(np.flatnonzero(c)) for c in correct])
+    cols = ["supp_base", "supp_rl", "shared", "shrink", "expand", "distinct_base", "distinct_rl"]
+    assert per[cols].values.tolist() == per2[cols].values.tolist()
+    np.testing.assert_allclose(per["h_ans_rl"], per2["h_ans_rl"], atol=1e-12)
+    assert tot.to_dict() == pytest.approx(tot2.to_dict())
+
+
+def test_support_from_counts_known_answer_and_shape_errors():
+    per, tot = support_from_counts([[5, 0, 1], [0, 3, 0]], [[6, 0, 0], [0, 0, 3]],
+                                   [[1, 0, 1], [0, 1, 1]])
+    assert per["shrink"].tolist() == [1, 1] and per["expand"].tolist() == [0, 1]
+    assert tot["shrink"] == 2 and tot["expand"] == 1 and tot["problems_expanded"] == 1
+    with pytest.raises(ValueError, match="same shape"):
+        support_from_counts([[1, 0]], [[1, 0, 0]], [[1, 0]])
+    with pytest.raises(ValueError, match="0/1"):
+        support_from_counts([[1, 0]], [[1, 0]], [[2, 0]])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        support_from_counts([[1.5, 0]], [[1, 0]], [[1, 0]])
+
+
+def test_answer_entropy_from_counts_equals_answer_entropy():
+    counts = np.array([[3, 1, 0, 4], [0, 0, 7, 0], [1, 1, 1, 1]])
+    got = answer_entropy_from_counts(counts)
+    want = [answer_entropy(_answers(r)) for r in counts]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert got[1] == 0.0 and got[2] == pytest.approx(math.log(4))
+    with pytest.raises(ValueError, match="at least one sampled answer"):
+        answer_entropy_from_counts([[0, 0]])
+    with pytest.raises(ValueError, match="2-D"):
+        answer_entropy_from_counts([1, 2])

@@ -18,6 +18,11 @@ from rlnb.probes import (
     predicted_entropy_change,
     token_entropy,
 )
+from rlnb.probes.entropy import (
+    covariance_identity_error,
+    exact_entropy_change,
+    policy_gradient_logit_step,
+)
 from rlnb.rl.kl import entropy_from_logits
 from rlnb.viz.probes import entropy_heatstrip
 
@@ -237,3 +242,53 @@ def test_entropy_heatstrip_colours_valid_tokens_only():
     assert list(hm.text[1]) == ["9", "=", "", ""]
     with pytest.raises(ValueError, match="rows"):
         entropy_heatstrip(tokens[:1], h, mask)
+
+
+# --- the exact one-step entropy change (card 3) -----------------------------------------
+
+def _softmax_entropy_loop(z):
+    m = max(z)
+    e = [math.exp(x - m) for x in z]
+    s = sum(e)
+    return -sum(x / s * math.log(x / s) for x in e)
+
+
+def test_exact_entropy_change_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    z, dz = torch.randn(5, 4, generator=g), 0.1 * torch.randn(5, 4, generator=g)
+    got = exact_entropy_change(z, dz)
+    for s in range(5):
+        zs, ds = z[s].double().tolist(), dz[s].double().tolist()
+        ref = _softmax_entropy_loop([a + b for a, b in zip(zs, ds)]) - _softmax_entropy_loop(zs)
+        assert float(got[s]) == pytest.approx(ref, rel=1e-10, abs=1e-14)
+
+
+def test_vanilla_step_is_the_exact_logit_gradient_of_expected_reward():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    r = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    (torch.softmax(z, -1) * r).sum().backward()
+    p = torch.softmax(z.detach(), -1)
+    adv = r - (p * r).sum(-1, keepdim=True)
+    torch.testing.assert_close(policy_gradient_logit_step(z.detach(), adv, 1.0, "vanilla"), z.grad)
+    torch.testing.assert_close(policy_gradient_logit_step(z.detach(), adv, 0.5, "natural"), 0.5 * adv)
+
+
+@pytest.mark.parametrize("kind", ["natural", "vanilla"])
+def test_covariance_law_error_is_first_order_small(kind):
+    g = torch.Generator().manual_seed(2)
+    z = 2 * torch.randn(500, 8, generator=g, dtype=torch.float64)
+    r = torch.rand(500, 8, generator=g, dtype=torch.float64)
+    adv = r - (torch.softmax(z, -1) * r).sum(-1, keepdim=True)
+    small, tiny = (covariance_identity_error(z, adv, eta, kind) for eta in (1e-3, 1e-4))
+    assert small.relative_error < 1e-2 and small.correlation > 0.9999
+    assert tiny.relative_error == pytest.approx(small.relative_error / 10, rel=0.05)  # O(eta)
+    big = covariance_identity_error(z, adv, 1.0, kind)
+    assert big.relative_error > 10 * small.relative_error  # a large step leaves the first order
+
+
+def test_covariance_identity_errors():
+    with pytest.raises(ValueError, match="kind"):
+        policy_gradient_logit_step(torch.zeros(2), torch.zeros(2), 0.1, "mirror")
+    with pytest.raises(ValueError, match="S, A"):
+        covariance_identity_error(torch.zeros(3), torch.zeros(3), 1e-3)
