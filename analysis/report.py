@@ -1,10 +1,11 @@
 """Run paper-figure reproductions headless and write a report: JSON, HTML and PNG.
 
-``python -m analysis [--quick] [--out reports/latest] [--only NAME ...] [--seed 0]`` runs
-every module named in :data:`analysis.REPRODUCTIONS` and writes::
+``python -m analysis [--quick] [--out reports/latest] [--only NAME ...] [--seed 0] [--jobs N]``
+runs every module named in :data:`analysis.REPRODUCTIONS` and writes::
 
     <out>/summary.json            per reproduction: title, card, seconds, checks, all_passed
     <out>/index.html              one section per reproduction: checks table, PNG, links
+    <out>/summary.md              the same in Markdown (docs/REPRODUCTIONS.md quotes it)
     <out>/<name>/results.json     what run() returned, as JSON
     <out>/<name>/figure.html      the interactive figure (plotly.js embedded, works offline)
     <out>/<name>/figure.png       the static figure (needs Chromium)
@@ -14,6 +15,12 @@ every module named in :data:`analysis.REPRODUCTIONS` and writes::
 protocol of its card. The exit status is 1 if any check failed or any reproduction raised,
 else 0. One reproduction raising does not stop the others: its traceback goes into the
 summary and the page.
+
+``--jobs N`` runs up to N reproductions at once, each in its own process (default: one per
+CPU core). A reproduction's numbers do not depend on it: each module runs in a fresh
+interpreter, and rlnb's thread counts are settings (``rlnb.threads``), never picked from the
+load of the machine. The longest reproductions of the previous report in ``out`` start
+first, so the slowest one does not start last.
 
 ``figure(results)`` and ``checks(results)`` receive the results *as read back from
 results.json* (lists, not arrays; string keys), so a saved report can be re-plotted and
@@ -36,18 +43,22 @@ import html
 import importlib
 import json
 import math
+import multiprocessing
+import os
 import platform
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from rlnb.viz.export import CHROMIUM_MISSING, atomic_write_text, write_html, write_png
 
-__all__ = ["PROTOCOL", "discover", "exit_code", "main", "render_index", "run_report", "to_jsonable"]
+__all__ = ["PROTOCOL", "default_jobs", "discover", "exit_code", "main", "render_index",
+           "render_markdown", "run_report", "to_jsonable"]
 
 #: What a reproduction module must define (see analysis/base.py).
 PROTOCOL = ("TITLE", "CARD", "run", "figure", "checks")
@@ -267,6 +278,57 @@ def _finish(record: dict) -> dict:
     return record
 
 
+def _worker(name: str, out: str, quick: bool, seed: int, png: bool, package: str) -> dict:
+    """One reproduction in a worker process; its log lines travel back in the record."""
+    lines: list[str] = []
+    record = _run_one(name, Path(out), quick=quick, seed=seed, png=png, log=lines.append,
+                      package=package)
+    record["log"] = lines
+    return record
+
+
+def _previous_seconds(out: Path) -> dict[str, float]:
+    """Each reproduction's run time in the report already in ``out`` (empty if none)."""
+    try:
+        old = json.loads((out / "summary.json").read_text())
+        return {k: float(r.get("seconds") or 0.0) for k, r in old["reproductions"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _run_parallel(
+    modules: Sequence[ModuleType | str], out: Path, *, quick: bool, seed: int, png: bool,
+    log: Log, package: str, jobs: int,
+) -> dict[str, dict]:
+    """Run the reproductions on ``jobs`` spawned processes, longest (last time) first."""
+    names = {_short_name(m): (m if isinstance(m, str) else m.__name__) for m in modules}
+    before = _previous_seconds(out)
+    order = sorted(names, key=lambda n: -before.get(n, 0.0))
+    done: dict[str, dict] = {}
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    log(f"running {len(order)} reproduction(s) on {min(jobs, len(order))} processes")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context) as pool:
+        futures = {pool.submit(_worker, names[n], str(out), quick, seed, png, package): n
+                   for n in order}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                record = future.result()
+            except Exception as err:  # noqa: BLE001 - a dead worker is one failed reproduction
+                record = _finish({"name": name, "module": names[name], "title": name,
+                                  "card": None, "status": "error", "seconds": None,
+                                  "figure_seconds": None, "checks": [], "files": {},
+                                  "png_error": None, "errors": [_error("worker", err)]})
+            lines = record.pop("log", [])
+            log(f"[{len(done) + 1}/{len(order)}] {name}")
+            for line in lines:
+                log(line)
+            for err in record["errors"]:
+                log(f"  ERROR in {err['stage']}: {err['type']}: {err['message']}")
+            done[name] = record
+    return {n: done[n] for n in names}
+
+
 def run_report(
     modules: Sequence[ModuleType | str],
     out: str | Path = "reports/latest",
@@ -276,6 +338,7 @@ def run_report(
     png: bool = True,
     log: Log = _print,
     package: str = "analysis",
+    jobs: int = 1,
 ) -> dict:
     """Run each reproduction and write the report into ``out``; returns the summary dict.
 
@@ -289,6 +352,10 @@ def run_report(
         png: write ``figure.png`` too. Without Chromium the PNG is skipped with a warning
             recorded as ``png_error``; any other PNG failure counts as an error.
         log: where progress lines go (``print`` by default).
+        jobs: run up to this many reproductions at once, each in its own (spawned)
+            process; modules are then passed to the workers by name, so they must be
+            importable (the ``analysis`` modules are). 1 (the default) runs them one after
+            another in this process. The summary keeps the order of ``modules``.
 
     Returns:
         the content of ``summary.json``: ``all_passed``, counts, and per reproduction
@@ -303,12 +370,17 @@ def run_report(
         raise ValueError(f"two reproductions share the name(s) {dupes}: their folders would collide")
     started = time.perf_counter()
     records: dict[str, dict] = {}
-    for i, module in enumerate(modules, start=1):
-        name = _short_name(module)
-        log(f"[{i}/{len(modules)}] {name}")
-        records[name] = _run_one(module, out, quick=quick, seed=seed, png=png, log=log, package=package)
-        for err in records[name]["errors"]:
-            log(f"  ERROR in {err['stage']}: {err['type']}: {err['message']}")
+    if jobs > 1 and len(modules) > 1:
+        records = _run_parallel(modules, out, quick=quick, seed=seed, png=png, log=log,
+                                package=package, jobs=jobs)
+    else:
+        for i, module in enumerate(modules, start=1):
+            name = _short_name(module)
+            log(f"[{i}/{len(modules)}] {name}")
+            records[name] = _run_one(module, out, quick=quick, seed=seed, png=png, log=log,
+                                     package=package)
+            for err in records[name]["errors"]:
+                log(f"  ERROR in {err['stage']}: {err['type']}: {err['message']}")
 
     summary = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -326,6 +398,7 @@ def run_report(
     }
     atomic_write_text(out / "summary.json", _dumps(summary))
     atomic_write_text(out / "index.html", render_index(summary))
+    atomic_write_text(out / "summary.md", render_markdown(summary))
     return summary
 
 
@@ -361,6 +434,51 @@ def summary_lines(summary: dict) -> list[str]:
         for err in rec["errors"]:
             lines.append(f"[ERROR] {name} ({err['stage']}): {err['type']}: {err['message']}")
     return lines
+
+
+# --- Markdown -------------------------------------------------------------------------
+
+
+def _md(text: Any) -> str:
+    """One table cell: no line breaks, no unescaped pipes."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render_markdown(summary: dict) -> str:
+    """The report as Markdown: an overview table (card, module, seconds, checks passed /
+    not reproduced / failed), then per reproduction the paper's claim, every check with
+    its value, threshold and verdict, and what the reproduction shows and does not."""
+    mode = "quick" if summary["quick"] else "full"
+    recs = summary["reproductions"]
+    lines = [
+        f"{summary['n_reproductions']} reproductions, {mode} budget, seed {summary['seed']}, "
+        f"{summary['seconds']:.0f} s in all ({summary.get('created', '')}).",
+        "",
+        "| card | reproduction | run (s) | checks passed | not reproduced (unvalidated) | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rec in recs.items():
+        n_pass = sum(c["passed"] for c in rec["checks"])
+        seconds = "–" if rec["seconds"] is None else f"{rec['seconds']:.0f}"
+        failed = "raised" if rec["status"] == "error" else str(rec["n_failed"])
+        lines.append(f"| {rec['card']} | `analysis/{name}.py` | {seconds} | {n_pass} / "
+                     f"{rec['n_checks']} | {rec.get('n_not_reproduced', 0)} | {failed} |")
+    for name, rec in recs.items():
+        lines += ["", f"### {_md(rec['title'])} (`analysis/{name}.py`)", ""]
+        if rec.get("paper"):
+            lines += [f"**Paper.** {_md(rec['paper'])}", ""]
+        if rec["checks"]:
+            lines += ["| check | value | threshold | verdict |", "|---|---|---|---|"]
+            for c in rec["checks"]:
+                kind = "" if c.get("required", True) else " (unvalidated)"
+                lines.append(f"| {_md(c['name'])}{kind} | {_fmt(c['value'])} | {c['op']} "
+                             f"{_fmt(c['threshold'])} | {c['verdict']} |")
+            lines.append("")
+        for err in rec["errors"]:
+            lines += [f"**Error** in {err['stage']}: {_md(err['type'])}: {_md(err['message'])}", ""]
+        if rec.get("shows"):
+            lines += [f"**What this shows and what it does not.** {_md(rec['shows'])}", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # --- HTML -----------------------------------------------------------------------------
@@ -501,8 +619,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these reproductions (names from analysis.REPRODUCTIONS)")
     parser.add_argument("--seed", type=int, default=0, help="seed passed to every run() (default: 0)")
     parser.add_argument("--no-png", action="store_true", help="skip PNG export (no Chromium needed)")
+    parser.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
+                        help="run up to N reproductions at once, one process each; the "
+                        "numbers do not depend on it (default: the CPU cores, %(default)s)")
     parser.add_argument("--list", action="store_true", help="list the reproductions and exit")
     return parser
+
+
+def default_jobs() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def main(argv: Sequence[str] | None = None, *, package: str = "analysis") -> int:
@@ -521,8 +650,10 @@ def main(argv: Sequence[str] | None = None, *, package: str = "analysis") -> int
         _print(f"no reproductions listed in {package}.REPRODUCTIONS: nothing to run")
     mode = "quick" if args.quick else "full"
     _print(f"running {len(names)} reproduction(s), {mode} budget, seed {args.seed} -> {args.out}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     summary = run_report(names, args.out, quick=args.quick, seed=args.seed,
-                         png=not args.no_png, package=package)
+                         png=not args.no_png, package=package, jobs=args.jobs)
     _print("")
     for line in summary_lines(summary):
         _print(line)

@@ -253,3 +253,47 @@ def test_unvalidated_failure_is_reported_but_not_counted(tmp_path):
     module.checks = lambda results: [Check("required", 0.1, ">=", 0.5)]
     assert exit_code(run_report([module], tmp_path / "b", quick=True, png=False,
                                 log=lambda *_: None)) == 1
+
+
+def test_parallel_run_matches_serial_and_keeps_order(fake_package, tmp_path):
+    """--jobs runs each reproduction in its own spawned process: same records, same order,
+    a raising reproduction still recorded, the worker's log lines passed on."""
+    serial = report.run_report(["good", "bad", "boom"], tmp_path / "serial", quick=True, seed=3,
+                               png=False, log=quiet, package=fake_package)
+    lines: list[str] = []
+    parallel = report.run_report(["good", "bad", "boom"], tmp_path / "parallel", quick=True,
+                                 seed=3, png=False, log=lines.append, package=fake_package,
+                                 jobs=2)
+    assert list(parallel["reproductions"]) == ["good", "bad", "boom"]
+    for name in ("good", "bad", "boom"):
+        a, b = serial["reproductions"][name], parallel["reproductions"][name]
+        assert [c["value"] for c in a["checks"]] == [c["value"] for c in b["checks"]]
+        assert a["status"] == b["status"] and a["n_failed"] == b["n_failed"]
+    assert parallel["reproductions"]["boom"]["errors"][0]["stage"] == "run"
+    assert (json.loads((tmp_path / "parallel" / "good" / "results.json").read_text())
+            == json.loads((tmp_path / "serial" / "good" / "results.json").read_text()))
+    assert any("ran in" in line for line in lines)
+    assert any("simulated failure inside run" in line for line in lines)
+    # a second run starts the slowest of the first run first; the summary order stays
+    again = report.run_report(["good", "bad"], tmp_path / "parallel", quick=True, seed=3,
+                              png=False, log=quiet, package=fake_package, jobs=2)
+    assert list(again["reproductions"]) == ["good", "bad"]
+
+
+def test_markdown_summary(fake_package, tmp_path):
+    summary = report.run_report(["good", "bad", "boom"], tmp_path, quick=True, png=False,
+                                log=quiet, package=fake_package)
+    text = (tmp_path / "summary.md").read_text()
+    assert text == report.render_markdown(summary)
+    assert "| 1 | `analysis/good.py` |" in text and "| 2 / 2 | 0 | 0 |" in text
+    assert "| 3 | `analysis/bad.py` |" in text and "| 1 / 2 | 0 | 1 |" in text
+    assert "| 0 / 0 | 0 | raised |" in text  # boom raised
+    assert "| entropy_collapses | 0.5 | < 0.1 | FAIL |" in text
+    assert "**Paper.** The paper says RL wins at k=1 & loses at k=256." in text
+    assert "simulated failure inside run" in text
+
+
+def test_jobs_must_be_positive(fake_package, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--quick", "--out", str(tmp_path), "--jobs", "0"], package=fake_package)
+    assert "--jobs must be at least 1" in capsys.readouterr().err
