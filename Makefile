@@ -15,7 +15,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install lab test test-numerics test-vllm vllm lint reproduce reproduce-quick chromium clean help
+.PHONY: install git-filters lab test test-numerics test-vllm vllm lint reproduce reproduce-quick chromium clean help
 
 help:
 	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
@@ -31,7 +31,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rlnb)" >/dev/null
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	$(MAKE) --no-print-directory git-filters
 	touch $(STAMP)
+
+# Notebooks run in JupyterLab autosave their outputs; this git filter (named in
+# .gitattributes) strips outputs and execution counts when a notebook is staged, so the
+# clone stays clean and commits hold sources only. Outside a git checkout it does nothing.
+NBSTRIPOUT := '$(CURDIR)/$(BIN)/python' -m nbstripout --keep-id
+git-filters:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean "$(NBSTRIPOUT)" && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config diff.ipynb.textconv "$(NBSTRIPOUT) -t" && \
+	  echo "git: notebooks are stripped of outputs when staged (nbstripout filter)"; \
+	fi
 
 install: $(STAMP)
 

@@ -45,3 +45,13 @@ def test_check_verdicts():
     assert unvalidated.verdict == "not reproduced" and unvalidated.ok and not unvalidated.passed
     with pytest.raises(ValueError, match="op must be one of"):
         Check("a", 1.0, "=>", 0.0)
+
+
+def test_readme_lists_every_reproduction():
+    from pathlib import Path
+
+    from analysis import REPRODUCTIONS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in REPRODUCTIONS if f"`analysis/{n}.py`" not in readme]
+    assert not missing, f"README's reproductions table lacks {missing}"
