@@ -3,8 +3,10 @@ directory fail with the file and the fix rather than deep inside ``transformers`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,33 @@ def check_model_dir(p: Path) -> None:
         )
 
 
+#: Set to 1 to see Hugging Face's own "Loading weights" progress bars when rlnb loads a model.
+PROGRESS_ENV = "RLNB_LOAD_PROGRESS"
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hold back Hugging Face's per-file "Loading weights" progress bars while rlnb loads a
+    model (a tiny model prints one per load, twice in a notebook cell that loads base and
+    policy); ``RLNB_LOAD_PROGRESS=1`` keeps them. Restores the previous setting after."""
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get(PROGRESS_ENV, "") == "1" or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    with quiet_loading():
+        return _load_model(model, device, dtype)
+
+
+def _load_model(model: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
     if not isinstance(model, (str, os.PathLike)):
