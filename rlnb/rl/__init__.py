@@ -42,6 +42,12 @@ from rlnb.rl.losses import (
     token_covariance,
     vanilla_pg,
 )
+from rlnb.rl.preference import (
+    PREFERENCE_LOSSES,
+    bradley_terry_loss,
+    compute_preference_loss,
+    sequence_logps,
+)
 from rlnb.rl.registry import (
     ADVANTAGES,
     POLICY_LOSSES,
@@ -90,6 +96,10 @@ __all__ = [
     "list_policy_losses",
     "lp_reg",
     "masked_mean",
+    "PREFERENCE_LOSSES",
+    "bradley_terry_loss",
+    "compute_preference_loss",
+    "sequence_logps",
     "min_p_proxy_logp",
     "nsr",
     "options_of",
