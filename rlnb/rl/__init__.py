@@ -16,6 +16,8 @@ from rlnb.rl.advantages import (
     psr,
     reinforce,
     reinforce_baseline,
+    reinforce_plus_plus,
+    reinforce_plus_plus_baseline,
     rloo,
     w_reinforce,
 )
@@ -109,6 +111,8 @@ __all__ = [
     "register_policy_loss",
     "reinforce",
     "reinforce_baseline",
+    "reinforce_plus_plus",
+    "reinforce_plus_plus_baseline",
     "rloo",
     "rover",
     "rover_reward",

@@ -179,6 +179,57 @@ def w_reinforce(rewards: Tensor, group_size: int, *, lam: float = 0.1) -> Tensor
     return lam * rewards - (1 - rewards)
 
 
+def _batch_whiten(values: Tensor, mask: Tensor | None) -> Tensor:
+    """verl's ``masked_whiten`` of a per-sequence value broadcast over its tokens: mean and
+    Bessel-corrected variance over the valid tokens of the batch (a sequence counts once
+    per valid token; once each without ``mask``), then ``(v - mean) / sqrt(var + 1e-8)``."""
+    if mask is None:
+        weight = torch.ones_like(values)
+    else:
+        if mask.dim() != 2 or mask.shape[0] != values.shape[0]:
+            raise ValueError(f"mask must be (N, T) with N = {values.shape[0]} completions, got "
+                             f"{tuple(mask.shape)}")
+        weight = mask.to(values.dtype).sum(-1)  # (N,) valid tokens per completion
+    total = weight.sum()
+    if total < 2:
+        raise ValueError("whitening over the batch needs at least 2 valid tokens")
+    mean = (weight * values).sum() / total
+    var = (weight * (values - mean) ** 2).sum() / total * total / (total - 1)
+    return (values - mean) * torch.rsqrt(var + 1e-8)
+
+
+@register_advantage("reinforce_plus_plus")
+def reinforce_plus_plus(rewards: Tensor, group_size: int, *, mask: Tensor | None = None) -> Tensor:
+    """REINFORCE++ (Hu et al. arXiv:2501.03262) as verl's ``reinforce_plus_plus`` estimator
+    computes it for an outcome reward (gamma = 1): the return ``r`` of every token,
+    whitened over the valid tokens of the *whole batch* (no per-prompt baseline).
+
+    ``mask`` ``(N, T)``: the completions' valid tokens, so that a long completion weighs as
+    many tokens as it has (verl's token-level whitening; the Trainer passes it). Without
+    it each completion counts once.
+
+    >>> reinforce_plus_plus(torch.tensor([1., 0., 0., 1.]), 2)
+    tensor([ 0.8660, -0.8660, -0.8660,  0.8660])
+    """
+    return _batch_whiten(rewards, mask)
+
+
+@register_advantage("reinforce_plus_plus_baseline")
+def reinforce_plus_plus_baseline(
+    rewards: Tensor, group_size: int, *, mask: Tensor | None = None
+) -> Tensor:
+    """verl's ``reinforce_plus_plus_baseline``: the reward minus its group's mean (0 for a
+    group of one), then whitened over the valid tokens of the batch as in
+    :func:`reinforce_plus_plus`.
+
+    >>> reinforce_plus_plus_baseline(torch.tensor([1., 0., 1., 1.]), 2)
+    tensor([ 1.2247, -1.2247,  0.0000,  0.0000])
+    """
+    grouped = rewards.view(-1, group_size)  # (P, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True) if group_size > 1 else grouped
+    return _batch_whiten(centred.reshape(-1), mask)
+
+
 # --- critic: GAE over tokens ----------------------------------------------------------
 def gae(
     token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 1.0
@@ -281,7 +332,8 @@ def compute_advantages(
             ``g*G .. g*G+G-1`` (TRL's layout); ``(N, T)`` per-token rewards for ``gae``.
         group_size: completions per prompt, G (TRL's ``num_generations``).
         method: a registered name: gae, grpo, nsr, psr, reinforce, reinforce_baseline,
-            rloo, w_reinforce (``list_advantages()``).
+            reinforce_plus_plus, reinforce_plus_plus_baseline, rloo, w_reinforce
+            (``list_advantages()``).
         scale_rewards: "group" | "batch" | "none"; used by ``grpo`` only, ignored otherwise.
         **kw: options of the method, e.g. ``lam=0.1`` for w_reinforce;
             ``values=, mask=, gamma=, lam=`` for gae.

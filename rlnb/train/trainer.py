@@ -414,6 +414,7 @@ class Trainer:
         advantages = rl.compute_advantages(
             rewards, G, method=c.advantage, scale_rewards=c.scale_rewards,
             **({"lam": c.w_reinforce_lambda} if c.advantage == "w_reinforce" else {}),
+            **({"mask": rollout.mask} if c.advantage.startswith("reinforce_plus_plus") else {}),
         )  # (N,)
         # Off-policy samples (a temperature schedule) carry truncated IS weights (N, T):
         # each token's advantage is scaled by its weight (TIS, rlnb.train.schedules).
