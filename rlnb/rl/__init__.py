@@ -39,6 +39,7 @@ from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_pen
 from rlnb.rl.losses import (
     clip_cov,
     compute_policy_loss,
+    gspo,
     kl_cov,
     ppo_clip,
     token_covariance,
@@ -105,6 +106,7 @@ __all__ = [
     "min_p_proxy_logp",
     "nsr",
     "options_of",
+    "gspo",
     "ppo_clip",
     "psr",
     "register_advantage",
