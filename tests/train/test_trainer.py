@@ -55,6 +55,9 @@ OBJECTIVES = [
     dict(advantage="grpo", policy_loss="clip_cov", clip_cov_ratio=0.2),
     dict(advantage="grpo", policy_loss="kl_cov", kl_cov_ratio=0.2),
     dict(advantage="grpo", entropy_coef=0.01, beta=0.05),
+    dict(advantage="grpo", policy_loss="gspo", loss_agg_mode="grpo", num_iterations=2),
+    dict(advantage="reinforce_plus_plus", policy_loss="ppo_clip"),
+    dict(advantage="reinforce_plus_plus_baseline", policy_loss="ppo_clip"),
 ]
 
 
