@@ -35,6 +35,7 @@ from rlnb.rl.entropy_losses import (  # registers "steer" and "lp_reg"
     min_p_proxy_logp,
     steer,
 )
+from rlnb.rl.intrinsic import NO_ANSWER, majority_vote_rewards
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
     clip_cov,
@@ -99,6 +100,8 @@ __all__ = [
     "list_policy_losses",
     "lp_reg",
     "masked_mean",
+    "majority_vote_rewards",
+    "NO_ANSWER",
     "PREFERENCE_LOSSES",
     "bradley_terry_loss",
     "compute_preference_loss",
