@@ -35,7 +35,12 @@ from rlnb.rl.entropy_losses import (  # registers "steer" and "lp_reg"
     min_p_proxy_logp,
     steer,
 )
-from rlnb.rl.intrinsic import NO_ANSWER, majority_vote_rewards
+from rlnb.rl.intrinsic import (
+    NO_ANSWER,
+    PROCESS_REWARD_MODES,
+    majority_vote_rewards,
+    process_rewards,
+)
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
     clip_cov,
@@ -101,6 +106,8 @@ __all__ = [
     "lp_reg",
     "masked_mean",
     "majority_vote_rewards",
+    "process_rewards",
+    "PROCESS_REWARD_MODES",
     "NO_ANSWER",
     "PREFERENCE_LOSSES",
     "bradley_terry_loss",
