@@ -8,9 +8,13 @@
 Both return a :class:`PlanResult` with the episodes they used and the exact return of the
 policy they found, so samples-to-optimal can be compared with PPO's (card 9), which
 :class:`StopWhenOptimal` measures as a Trainer callback.
+
+Preference games (card 19): :func:`minimax_winner` (a linear programme),
+:func:`exploitability` and :func:`nash_md` (Nash mirror descent, exact and tabular).
 """
 
 from rlnb.algos.gorp import gorp
+from rlnb.algos.nash import check_preference_matrix, exploitability, minimax_winner, nash_md
 from rlnb.algos.sqirl import (
     PlanResult,
     StopWhenOptimal,
@@ -19,4 +23,5 @@ from rlnb.algos.sqirl import (
     tie_break_greedy,
 )
 
-__all__ = ["PlanResult", "StopWhenOptimal", "evaluate_policy", "gorp", "sqirl", "tie_break_greedy"]
+__all__ = ["PlanResult", "StopWhenOptimal", "check_preference_matrix", "evaluate_policy", "exploitability",
+           "gorp", "minimax_winner", "nash_md", "sqirl", "tie_break_greedy"]

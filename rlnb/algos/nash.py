@@ -1,0 +1,109 @@
+"""Preference games: the minimax winner, exploitability and Nash mirror descent (tabular).
+
+A preference model over K outputs is a matrix ``P`` with ``P[y, y'] = P(y is preferred to
+y')`` and ``P + P.T = 1``. It may be *intransitive* (rock-paper-scissors): then no reward,
+hence no Bradley–Terry model, represents it, and the natural target is the game's
+symmetric Nash equilibrium, the *minimax winner* (Munos et al. arXiv:2312.00886, Nash
+learning from human feedback; Swamy et al. arXiv:2401.04056, SPO). Card 19.
+
+- :func:`exploitability`: ``max_y P(y beats pi) - 1/2``; 0 exactly at a minimax winner.
+- :func:`minimax_winner`: that equilibrium, from a linear programme (``scipy.optimize``).
+- :func:`nash_md`: Nash-MD's exact update, whose *last* iterate converges to the
+  KL-regularised equilibrium (no averaging needed, unlike self-play with Hedge).
+
+Everything is float64 and exact (no sampling): tensors in, tensors out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["check_preference_matrix", "exploitability", "minimax_winner", "nash_md"]
+
+
+def check_preference_matrix(P: Tensor | np.ndarray) -> Tensor:
+    """``P`` as a float64 ``(K, K)`` tensor, checked: entries in [0, 1], ``P + P.T = 1``."""
+    P = torch.as_tensor(P, dtype=torch.float64)
+    if P.dim() != 2 or P.shape[0] != P.shape[1] or P.shape[0] < 2:
+        raise ValueError(f"a preference matrix is (K, K) with K >= 2, got {tuple(P.shape)}")
+    if bool(((P < 0) | (P > 1)).any()):
+        raise ValueError("preference probabilities must lie in [0, 1]")
+    if not torch.allclose(P + P.T, torch.ones_like(P), atol=1e-9):
+        raise ValueError("P[y, y'] + P[y', y] must be 1 (and the diagonal 1/2): a preference "
+                         "matrix says how often y beats y'")
+    return P
+
+
+def exploitability(pi: Tensor | np.ndarray, P: Tensor | np.ndarray) -> float:
+    """``max_y P(y beats pi) - 1/2``: how much the best response to ``pi`` wins by."""
+    P = check_preference_matrix(P)
+    pi = torch.as_tensor(pi, dtype=torch.float64)
+    return float((P @ pi).max() - 0.5)
+
+
+def minimax_winner(P: Tensor | np.ndarray) -> Tensor:
+    """The symmetric Nash equilibrium of the preference game: the ``pi`` minimising
+    ``max_y P(y beats pi)`` (which is then 1/2), from a linear programme.
+
+    >>> rps = torch.tensor([[.5, 1., 0.], [0., .5, 1.], [1., 0., .5]])
+    >>> minimax_winner(rps).round(decimals=4)
+    tensor([0.3333, 0.3333, 0.3333], dtype=torch.float64)
+    """
+    from scipy.optimize import linprog
+
+    P = check_preference_matrix(P).numpy()
+    k = P.shape[0]
+    cost = np.zeros(k + 1)
+    cost[-1] = 1.0  # minimise t subject to (P pi)_y <= t for every y
+    res = linprog(cost, A_ub=np.hstack([P, -np.ones((k, 1))]), b_ub=np.zeros(k),
+                  A_eq=np.append(np.ones(k), 0.0)[None], b_eq=[1.0],
+                  bounds=[(0, None)] * k + [(None, None)], method="highs")
+    if not res.success:  # pragma: no cover - a finite zero-sum game always has a solution
+        raise RuntimeError(f"the linear programme failed: {res.message}")
+    pi = torch.as_tensor(np.clip(res.x[:k], 0.0, None), dtype=torch.float64)
+    return pi / pi.sum()
+
+
+def nash_md(
+    P: Tensor | np.ndarray,
+    reference: Tensor | np.ndarray | None = None,
+    *,
+    beta: float = 0.02,
+    eta: float = 0.1,
+    steps: int = 3000,
+    init: Tensor | np.ndarray | None = None,
+) -> Tensor:
+    """Nash-MD (Munos et al. arXiv:2312.00886), exact and tabular; returns the last iterate.
+
+    Each step mixes the policy geometrically with the reference ``mu``, then takes a
+    mirror-descent step against that mixture::
+
+        pi_mix(y) ∝ pi_t(y)^(1 - eta beta) mu(y)^(eta beta)
+        pi_t+1(y) ∝ pi_mix(y) exp(eta P(y beats pi_mix))
+
+    Args:
+        P: the ``(K, K)`` preference matrix.
+        reference: ``mu``, the KL anchor (default uniform).
+        beta: KL regularisation; the last iterate converges to the beta-regularised
+            equilibrium, which approaches the minimax winner as beta -> 0.
+        eta: the step size.
+        steps: iterations.
+        init: the starting policy (default ``reference``).
+    """
+    P = check_preference_matrix(P)
+    k = P.shape[0]
+    mu = torch.full((k,), 1.0 / k, dtype=torch.float64) if reference is None else \
+        torch.as_tensor(reference, dtype=torch.float64)
+    if mu.shape != (k,) or bool((mu <= 0).any()) or abs(float(mu.sum()) - 1) > 1e-9:
+        raise ValueError(f"reference must be a ({k},) distribution with positive entries")
+    if not (beta >= 0 and eta > 0 and eta * beta < 1 and steps >= 0):
+        raise ValueError(f"need beta >= 0, eta > 0, eta * beta < 1 and steps >= 0; got beta={beta}, "
+                         f"eta={eta}, steps={steps}")
+    pi = mu.clone() if init is None else torch.as_tensor(init, dtype=torch.float64).clone()
+    log_mu = mu.log()
+    for _ in range(steps):
+        mix = torch.softmax((1 - eta * beta) * pi.clamp_min(1e-300).log() + eta * beta * log_mu, 0)
+        pi = torch.softmax(mix.log() + eta * (P @ mix), 0)
+    return pi

@@ -1,0 +1,69 @@
+"""Preference games: the LP minimax winner, exploitability, Nash-MD's last iterate."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import torch
+
+import rlnb.algos.nash
+from rlnb.algos import exploitability, minimax_winner, nash_md
+
+
+def cyclic_game(seed: int, k: int = 7) -> torch.Tensor:
+    """Card 19's shape: a rock-paper-scissors cycle among 3 outputs (margins U(0.15, 0.35))
+    and k - 3 outputs that each of the three beats."""
+    rng = np.random.default_rng(seed)
+    P = np.full((k, k), 0.5)
+    margins = rng.uniform(0.15, 0.35, 3)
+    for i in range(3):
+        j = (i + 1) % 3
+        P[i, j], P[j, i] = 0.5 + margins[i], 0.5 - margins[i]
+        for d in range(3, k):
+            q = rng.uniform(0.6, 0.9)
+            P[i, d], P[d, i] = q, 1 - q
+    for a in range(3, k):
+        for b in range(a + 1, k):
+            q = rng.uniform(0.3, 0.7)
+            P[a, b], P[b, a] = q, 1 - q
+    return torch.tensor(P)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_minimax_winner_is_unexploitable_and_supported_on_the_cycle(seed):
+    P = cyclic_game(seed)
+    pi = minimax_winner(P)
+    assert abs(exploitability(pi, P)) < 1e-7
+    assert pi[3:].sum() < 1e-7 and pi.sum().item() == pytest.approx(1.0)
+    # any other policy is exploitable: the uniform one and a pure cycle member
+    assert exploitability(torch.full((7,), 1 / 7, dtype=torch.float64), P) > 0.1
+    assert exploitability(torch.eye(7, dtype=torch.float64)[0], P) > 0.1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nash_md_last_iterate_approaches_the_winner(seed):
+    P = cyclic_game(seed)
+    pi = nash_md(P, beta=0.02, eta=0.1, steps=3000)
+    assert exploitability(pi, P) <= 0.02  # card 19's criterion, last iterate
+    assert exploitability(nash_md(P, beta=0.02, eta=0.1, steps=0), P) > 0.1  # it had work to do
+
+
+def test_transitive_game_winner_is_the_condorcet_winner():
+    P = torch.tensor([[0.5, 0.7, 0.9], [0.3, 0.5, 0.6], [0.1, 0.4, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(minimax_winner(P), torch.tensor([1.0, 0, 0], dtype=torch.float64),
+                               atol=1e-9, rtol=0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="must be 1"):
+        minimax_winner(torch.tensor([[0.5, 0.9], [0.9, 0.5]]))
+    with pytest.raises(ValueError, match="\\(K, K\\)"):
+        exploitability(torch.ones(2), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="eta \\* beta < 1"):
+        nash_md(cyclic_game(0), beta=2.0, eta=1.0)
+
+
+def test_doctests():
+    assert doctest.testmod(rlnb.algos.nash).failed == 0
