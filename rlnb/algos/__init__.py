@@ -14,7 +14,13 @@ Preference games (card 19): :func:`minimax_winner` (a linear programme),
 """
 
 from rlnb.algos.gorp import gorp
-from rlnb.algos.nash import check_preference_matrix, exploitability, minimax_winner, nash_md
+from rlnb.algos.nash import (
+    check_preference_matrix,
+    exploitability,
+    minimax_winner,
+    nash_md,
+    spo_hedge,
+)
 from rlnb.algos.sqirl import (
     PlanResult,
     StopWhenOptimal,
@@ -24,4 +30,4 @@ from rlnb.algos.sqirl import (
 )
 
 __all__ = ["PlanResult", "StopWhenOptimal", "check_preference_matrix", "evaluate_policy", "exploitability",
-           "gorp", "minimax_winner", "nash_md", "sqirl", "tie_break_greedy"]
+           "gorp", "minimax_winner", "nash_md", "spo_hedge", "sqirl", "tie_break_greedy"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_preference_matrix", "exploitability", "minimax_winner", "nash_md"]
+__all__ = ["check_preference_matrix", "exploitability", "minimax_winner", "nash_md", "spo_hedge"]
 
 
 def check_preference_matrix(P: Tensor | np.ndarray) -> Tensor:
@@ -107,3 +107,27 @@ def nash_md(
         mix = torch.softmax((1 - eta * beta) * pi.clamp_min(1e-300).log() + eta * beta * log_mu, 0)
         pi = torch.softmax(mix.log() + eta * (P @ mix), 0)
     return pi
+
+
+def spo_hedge(
+    P: Tensor | np.ndarray, *, eta: float = 1.0, steps: int = 3000,
+    init: Tensor | np.ndarray | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Self-play with win rate as the reward (SPO, Swamy et al. arXiv:2401.04056), exact:
+    the Hedge (multiplicative weights) step ``pi_t+1(y) ∝ pi_t(y) exp(eta P(y beats pi_t))``.
+
+    Returns ``(last, average)`` iterates. The *average* converges to the minimax winner
+    (no-regret self-play); the last iterate of an intransitive game keeps cycling — which
+    is why Nash-MD's regularised last-iterate convergence matters (card 19).
+    """
+    P = check_preference_matrix(P)
+    k = P.shape[0]
+    if not (eta > 0 and steps >= 1):
+        raise ValueError(f"need eta > 0 and steps >= 1, got eta={eta}, steps={steps}")
+    pi = torch.full((k,), 1.0 / k, dtype=torch.float64) if init is None else \
+        torch.as_tensor(init, dtype=torch.float64).clone()
+    total = torch.zeros(k, dtype=torch.float64)
+    for _ in range(steps):
+        pi = torch.softmax(pi.clamp_min(1e-300).log() + eta * (P @ pi), 0)
+        total += pi
+    return pi, total / steps

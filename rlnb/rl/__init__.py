@@ -40,6 +40,7 @@ from rlnb.rl.intrinsic import (
     PROCESS_REWARD_MODES,
     majority_vote_rewards,
     process_rewards,
+    win_rate_rewards,
 )
 from rlnb.rl.kl import KL_ESTIMATORS, entropy_bonus, entropy_from_logits, kl_penalty
 from rlnb.rl.losses import (
@@ -107,6 +108,7 @@ __all__ = [
     "masked_mean",
     "majority_vote_rewards",
     "process_rewards",
+    "win_rate_rewards",
     "PROCESS_REWARD_MODES",
     "NO_ANSWER",
     "PREFERENCE_LOSSES",

@@ -67,3 +67,50 @@ def test_errors():
 
 def test_doctests():
     assert doctest.testmod(rlnb.algos.nash).failed == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spo_average_iterate_converges_last_iterate_cycles(seed):
+    from rlnb.algos import spo_hedge
+
+    P = cyclic_game(seed)
+    last, average = spo_hedge(P, eta=1.0, steps=3000)
+    assert exploitability(average, P) <= 0.02  # card 19: SPO's average iterate
+    assert exploitability(last, P) > 0.05  # its last iterate keeps cycling (card: 0.181)
+
+
+def test_sampled_spo_with_win_rate_rewards_approaches_the_winner():
+    """REINFORCE on a softmax over the 7 outputs, reward = win rate within a group of 8
+    (rlnb.rl.win_rate_rewards), averaged iterate: card 19's sampled SPO (<= 0.12)."""
+    from rlnb.rl import win_rate_rewards
+
+    P = cyclic_game(0)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.zeros(7, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    total = torch.zeros(7, dtype=torch.float64)
+    steps, prompts, group = 1500, 8, 8
+    for _ in range(steps):
+        probs = torch.softmax(logits, 0)
+        ys = torch.multinomial(probs.detach().expand(prompts, 7), group, replacement=True,
+                               generator=g).reshape(-1)
+        r = win_rate_rewards(ys, group, P).to(torch.float64)
+        adv = r - r.view(-1, group).mean(1, keepdim=True).expand(-1, group).reshape(-1)
+        loss = -(adv * torch.log(probs[ys])).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += torch.softmax(logits.detach(), 0)
+    assert exploitability(total / steps, P) <= 0.12
+
+
+def test_win_rate_rewards_exclude_the_sample_itself():
+    from rlnb.rl import win_rate_rewards
+
+    P = torch.tensor([[0.5, 0.8], [0.2, 0.5]])
+    torch.testing.assert_close(win_rate_rewards(torch.tensor([0, 1, 1, 1]), 2, P),
+                               torch.tensor([0.8, 0.2, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="needs opponents"):
+        win_rate_rewards(torch.tensor([0, 1]), 1, P)
+    with pytest.raises(ValueError, match="in \\[0, 2\\)"):
+        win_rate_rewards(torch.tensor([0, 2]), 2, P)
