@@ -17,8 +17,10 @@ from rlnb.algos.gorp import gorp
 from rlnb.algos.nash import (
     check_preference_matrix,
     exploitability,
+    fit_bradley_terry,
     minimax_winner,
     nash_md,
+    sample_preferences,
     spo_hedge,
 )
 from rlnb.algos.sqirl import (
@@ -30,4 +32,5 @@ from rlnb.algos.sqirl import (
 )
 
 __all__ = ["PlanResult", "StopWhenOptimal", "check_preference_matrix", "evaluate_policy", "exploitability",
+           "fit_bradley_terry", "sample_preferences",
            "gorp", "minimax_winner", "nash_md", "spo_hedge", "sqirl", "tie_break_greedy"]

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_preference_matrix", "exploitability", "minimax_winner", "nash_md", "spo_hedge"]
+__all__ = ["check_preference_matrix", "exploitability", "fit_bradley_terry", "minimax_winner", "nash_md",
+           "sample_preferences", "spo_hedge"]
 
 
 def check_preference_matrix(P: Tensor | np.ndarray) -> Tensor:
@@ -131,3 +132,41 @@ def spo_hedge(
         pi = torch.softmax(pi.clamp_min(1e-300).log() + eta * (P @ pi), 0)
         total += pi
     return pi, total / steps
+
+
+def sample_preferences(
+    P: Tensor | np.ndarray, num_pairs: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``num_pairs`` comparisons of two distinct outputs drawn uniformly, the winner drawn
+    from ``P``: returns ``(chosen, rejected)`` ``(M,)`` output ids."""
+    P = check_preference_matrix(P)
+    k = P.shape[0]
+    a = torch.randint(k, (num_pairs,), generator=generator)
+    b = (a + torch.randint(1, k, (num_pairs,), generator=generator)) % k  # b != a
+    a_wins = torch.rand(num_pairs, generator=generator, dtype=torch.float64) < P[a, b]
+    return torch.where(a_wins, a, b), torch.where(a_wins, b, a)
+
+
+def fit_bradley_terry(
+    chosen: Tensor, rejected: Tensor, num_outputs: int, *, steps: int = 500, l2: float = 1e-4,
+) -> Tensor:
+    """Tabular Bradley–Terry scores ``(K,)`` (mean 0) fitted to pairwise preferences by
+    L-BFGS on ``rlnb.rl.bradley_terry_loss`` plus a small ``l2`` penalty (which keeps an
+    output that never lost finite). ``sigmoid(s_y - s_y')`` is then the model's P(y beats
+    y'), which is transitive by construction: it cannot represent a cycle."""
+    from rlnb.rl.preference import bradley_terry_loss
+
+    if chosen.shape != rejected.shape or chosen.dim() != 1 or chosen.numel() == 0:
+        raise ValueError("chosen and rejected must be one non-empty (M,) shape of output ids")
+    scores = torch.zeros(num_outputs, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([scores], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = bradley_terry_loss(scores[chosen], scores[rejected]) + l2 * (scores**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    out = scores.detach()
+    return out - out.mean()

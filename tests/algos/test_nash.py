@@ -114,3 +114,20 @@ def test_win_rate_rewards_exclude_the_sample_itself():
         win_rate_rewards(torch.tensor([0, 1]), 1, P)
     with pytest.raises(ValueError, match="in \\[0, 2\\)"):
         win_rate_rewards(torch.tensor([0, 2]), 2, P)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bradley_terry_plus_kl_rl_is_exploitable(seed):
+    """Card 19: a BT model fitted on 5000 uniform pairs, then the KL-regularised optimum
+    (beta 0.05, exactly pi ∝ mu exp(r / beta)) puts its mass on the BT argmax, and the
+    cycle exploits it: exploitability >= 0.10, mass on the argmax >= 0.7."""
+    from rlnb.algos import fit_bradley_terry, sample_preferences
+
+    P = cyclic_game(seed)
+    chosen, rejected = sample_preferences(P, 5000, torch.Generator().manual_seed(seed))
+    scores = fit_bradley_terry(chosen, rejected, 7)
+    pi = torch.softmax(scores / 0.05, 0)  # uniform reference
+    assert pi.max() >= 0.7 and int(pi.argmax()) < 3  # one member of the cycle
+    assert exploitability(pi, P) >= 0.10
+    # the fit is a good BT model: it ranks the cycle above the dominated outputs
+    assert scores[:3].min() > scores[3:].max()
