@@ -235,6 +235,36 @@ class PassKExplorer:
             options.append((f"{self.problems[i]} — {counts}", int(i)))
         return options
 
+    def _mark(self, ok: bool) -> str:
+        return (f"<span style='color:{PALETTE[2] if ok else PALETTE[1]};font-weight:bold'>"
+                f"{'✓' if ok else '✗'}</span>")
+
+    def _samples_html(self, items: list[tuple[str, bool]]) -> str:
+        """Each distinct completion once, with its count and verdict, most frequent first;
+        the samples one per line behind a toggle. An empty completion reads "(empty)"."""
+        def show(text: str) -> str:
+            return html.escape(text) if text.strip() else "<i style='color:#888'>(empty)</i>"
+
+        tally: dict[tuple[str, bool], int] = {}
+        for text, ok in items:
+            tally[(text, bool(ok))] = tally.get((text, bool(ok)), 0) + 1
+        rows = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0][0]))
+        mono = "font-family:monospace"
+        table = "".join(
+            f"<tr><td style='text-align:right;padding-right:8px'>{count}×</td>"
+            f"<td>{self._mark(ok)}</td><td style='white-space:pre-wrap;{mono}'>{show(text)}</td></tr>"
+            for (text, ok), count in rows[: self.max_samples])
+        more = (f"<div style='color:#888'>… {len(rows) - self.max_samples} more distinct answers</div>"
+                if len(rows) > self.max_samples else "")
+        every = "".join(f"<div style='white-space:pre-wrap;{mono};margin:1px 0'>{self._mark(ok)} "
+                        f"{show(text)}</div>" for text, ok in items[: self.max_samples])
+        rest = (f"<div style='color:#888'>… {len(items) - self.max_samples} more</div>"
+                if len(items) > self.max_samples else "")
+        return (f"<div style='color:#555;margin-top:2px'>{len(rows)} distinct of {len(items)} "
+                f"samples</div><table style='border-collapse:collapse'>{table}</table>{more}"
+                f"<details><summary style='color:#555;cursor:pointer'>every sample</summary>"
+                f"{every}{rest}</details>")
+
     def _update_samples(self) -> None:
         i = self.problem.value
         if i is None:
@@ -255,16 +285,7 @@ class PassKExplorer:
             if items is None:
                 body = "<div style='color:#888'>no samples recorded</div>" if self.samples else ""
             else:
-                lines = [
-                    f"<div style='white-space:pre-wrap;font-family:monospace;margin:1px 0'>"
-                    f"<span style='color:{PALETTE[2] if ok else PALETTE[1]};font-weight:bold'>"
-                    f"{'✓' if ok else '✗'}</span> {html.escape(text)}</div>"
-                    for text, ok in items[: self.max_samples]
-                ]
-                if len(items) > self.max_samples:
-                    lines.append(f"<div style='color:#888'>… {len(items) - self.max_samples} more"
-                                 "</div>")
-                body = "".join(lines)
+                body = self._samples_html(items)
             blocks.append(f"<div style='margin:6px 0'>{head}{body}</div>")
         self.samples_view.value = (f"<div><b>problem {html.escape(str(problem))}</b>"
                                    + "".join(blocks) + "</div>")

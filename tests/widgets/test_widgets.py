@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import re
 import tempfile
 
 import numpy as np
@@ -309,8 +310,25 @@ def test_passk_explorer_drills_into_samples_from_a_long_frame():
     ex.problem.value = ex.problem.options[0][1]
     view = ex.samples_view.value
     assert "&lt;b&gt;42&lt;/b&gt;" in view and "<b>42</b>" not in view  # escaped text
-    assert view.count("✓") == 2 and view.count("✗") == 1
+    every = "".join(re.findall(r"<details>.*?</details>", view))
+    table = re.sub(r"<details>.*?</details>", "", view)
+    assert table.count("✓") == 2 and table.count("✗") == 1  # distinct answers
+    assert every.count("✓") == 2 and every.count("✗") == 1  # every sample, behind a toggle
     assert "2/2 correct" in view and "0/2 correct" in view
+
+
+def test_passk_explorer_groups_repeated_answers_and_names_empty_ones():
+    results = pd.DataFrame({"model": ["base"], "problem": ["p0"], "correct": [3], "n": 6})
+    samples = pd.DataFrame({"model": "base", "problem": "p0",
+                            "completion": ["3", "3", "3", "", "5", "3 "],
+                            "reward": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]})
+    ex = PassKExplorer(results, samples=samples)
+    ex.problem.value = 0
+    table, _, every = ex.samples_view.value.partition("<details>")
+    assert "4 distinct of 6 samples" in table
+    assert table.index("3×") < table.index("1×")  # most frequent first
+    assert table.count("<tr>") == 4 and "(empty)" in table and "(empty)" in every
+    assert every.count("✓") + every.count("✗") == 6
 
 
 def test_passk_explorer_checks_its_inputs():
