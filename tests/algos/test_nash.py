@@ -131,3 +131,15 @@ def test_bradley_terry_plus_kl_rl_is_exploitable(seed):
     assert exploitability(pi, P) >= 0.10
     # the fit is a good BT model: it ranks the cycle above the dominated outputs
     assert scores[:3].min() > scores[3:].max()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_self_play_against_a_fixed_uniform_opponent_does_not_pass(seed):
+    """Card 19's control: Hedge against a *fixed* uniform opponent converges to the best
+    response to uniform, a pure output, which the cycle exploits (card: 0.08-0.24)."""
+    P = cyclic_game(seed)
+    uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
+    pi = uniform.clone()
+    for _ in range(3000):
+        pi = torch.softmax(pi.log() + 1.0 * (P @ uniform), 0)
+    assert exploitability(pi, P) > 0.02  # fails the criterion SPO's self-play meets
