@@ -25,6 +25,10 @@ CATEGORY_COLORS = {
 }
 
 
+#: A bar segment under this share of its bar shows its number beside the bar.
+SMALL_SEGMENT = 0.08
+
+
 def boundary_table(df: pd.DataFrame, *, fraction: bool = False, title: str | None = None) -> go.Figure:
     """Stacked bars of the boundary categories at each budget k.
 
@@ -61,15 +65,30 @@ def boundary_table(df: pd.DataFrame, *, fraction: bool = False, title: str | Non
     cats = [c for c in CATEGORY_COLORS if c in set(df["category"].astype(str))]
     cats += [c for c in dict.fromkeys(df["category"].astype(str)) if c not in cats]
     ks = sorted(df["k"].unique())
+    values = {cat: df[df["category"].astype(str) == cat].set_index("k").reindex(ks)[value]
+              .fillna(0).to_numpy(dtype=float) for cat in cats}
+    totals = sum(values.values()) if values else np.zeros(len(ks))
+    bottom = np.zeros(len(ks))
     fig = go.Figure()
     for cat in cats:
-        part = df[df["category"].astype(str) == cat].set_index("k").reindex(ks)
-        y = part[value].fillna(0).to_numpy()
+        y = values[cat]
+        color = CATEGORY_COLORS.get(cat, PALETTE[len(fig.data) % len(PALETTE)])
+        label = [f"{v:.2f}" if fraction else f"{int(round(v))}" for v in y]
+        # a segment under SMALL_SEGMENT of its bar cannot hold its number: it goes beside
+        # the bar, level with the segment, in the segment's colour
+        small = (y > 0) & (y < SMALL_SEGMENT * np.maximum(totals, 1e-12))
         fig.add_trace(go.Bar(
-            x=[str(k) for k in ks], y=y, name=cat,
-            marker_color=CATEGORY_COLORS.get(cat, PALETTE[len(fig.data) % len(PALETTE)]),
-            text=[f"{v:.2f}" if fraction else f"{int(v)}" for v in y], textposition="inside",
+            x=[str(k) for k in ks], y=y, name=cat, marker_color=color,
+            text=["" if s else t for t, s in zip(label, small, strict=True)],
+            textposition="inside", insidetextanchor="middle",
+            hovertemplate=f"{cat}: %{{y}}<extra>k = %{{x}}</extra>",
         ))
+        for j in np.flatnonzero(small):
+            # x: the category index plus half a bar (plotly's bars fill 1 - bargap = 0.8)
+            fig.add_annotation(x=j + 0.41, y=bottom[j] + y[j] / 2, text=label[j],
+                               showarrow=False, xanchor="left", xshift=2,
+                               font=dict(color="#666" if cat == "neither" else color, size=12))
+        bottom = bottom + y
     fig.update_layout(barmode="stack", hovermode="closest", legend_title_text="solved by")
     fig.update_xaxes(title_text="k (samples per problem)", type="category")
     fig.update_yaxes(title_text="fraction of problems" if fraction else "problems")

@@ -242,3 +242,19 @@ def test_answer_entropy_from_counts_equals_answer_entropy():
         answer_entropy_from_counts([[0, 0]])
     with pytest.raises(ValueError, match="2-D"):
         answer_entropy_from_counts([1, 2])
+
+
+def test_boundary_table_puts_small_counts_beside_the_bar_as_integers():
+    """Card 1's k = 8 bar of 128 problems: a 3-problem segment cannot hold its number
+    inside, so it is written beside the bar, level with the segment; counts read as
+    integers, never "68.0"."""
+    summary = pd.DataFrame({
+        "k": [8] * 4, "category": ["both", "base only", "rl only", "neither"],
+        "count": [68.0, 40.0, 3.0, 17.0], "fraction": [68 / 128, 40 / 128, 3 / 128, 17 / 128]})
+    fig = boundary_table(summary)
+    texts = {t.name: list(t.text) for t in fig.data}
+    assert texts["both"] == ["68"] and texts["base only"] == ["40"] and texts["neither"] == ["17"]
+    assert texts["rl only"] == [""]  # too small for its own number inside
+    notes = [a for a in fig.layout.annotations if a.text == "3"]
+    assert len(notes) == 1 and notes[0].y == pytest.approx(68 + 40 + 1.5)
+    assert notes[0].xanchor == "left" and notes[0].x > 0.4  # beside the bar, not on it
