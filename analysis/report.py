@@ -163,6 +163,13 @@ def _short_name(module: ModuleType | str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def _new_record(name: str, module: str) -> dict[str, Any]:
+    """A reproduction's record before anything has run."""
+    return {"name": name, "module": module, "title": name, "card": None, "status": "ok",
+            "seconds": None, "figure_seconds": None, "checks": [], "n_checks": 0,
+            "n_failed": 0, "all_passed": False, "files": {}, "png_error": None, "errors": []}
+
+
 def _run_one(
     module: ModuleType | str,
     out: Path,
@@ -178,22 +185,7 @@ def _run_one(
     folder.mkdir(parents=True, exist_ok=True)
     for rel in FILES.values():  # never leave last run's files next to this run's
         (folder / rel).unlink(missing_ok=True)
-    record: dict[str, Any] = {
-        "name": name,
-        "module": module if isinstance(module, str) else module.__name__,
-        "title": name,
-        "card": None,
-        "status": "ok",
-        "seconds": None,
-        "figure_seconds": None,
-        "checks": [],
-        "n_checks": 0,
-        "n_failed": 0,
-        "all_passed": False,
-        "files": {},
-        "png_error": None,
-        "errors": [],
-    }
+    record = _new_record(name, module if isinstance(module, str) else module.__name__)
 
     # --- IMPORT ---
     if isinstance(module, str):
@@ -315,10 +307,9 @@ def _run_parallel(
             try:
                 record = future.result()
             except Exception as err:  # noqa: BLE001 - a dead worker is one failed reproduction
-                record = _finish({"name": name, "module": names[name], "title": name,
-                                  "card": None, "status": "error", "seconds": None,
-                                  "figure_seconds": None, "checks": [], "files": {},
-                                  "png_error": None, "errors": [_error("worker", err)]})
+                record = _new_record(name, names[name])
+                record["errors"].append(_error("worker", err))
+                record = _finish(record)
             lines = record.pop("log", [])
             log(f"[{len(done) + 1}/{len(order)}] {name}")
             for line in lines:

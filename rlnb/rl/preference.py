@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlnb.registry import Registry
+from rlnb.rl.aggregation import _masked
 
 __all__ = [
     "PREFERENCE_LOSSES",
@@ -55,11 +56,10 @@ def sequence_logps(token_logp: Tensor, mask: Tensor, *, average: bool = False) -
     if token_logp.shape != mask.shape:
         raise ValueError(f"token_logp {tuple(token_logp.shape)} and mask {tuple(mask.shape)} "
                          "must have one shape (completions x tokens)")
-    m = mask.to(token_logp.dtype)
-    total = torch.where(m != 0, token_logp, torch.zeros_like(token_logp)).sum(-1)
+    total = _masked(token_logp, mask).sum(-1)
     if not average:
         return total
-    n = m.sum(-1)
+    n = mask.to(token_logp.dtype).sum(-1)
     if bool((n == 0).any()):
         raise ValueError("a completion has no valid token: its mean log-probability is undefined")
     return total / n

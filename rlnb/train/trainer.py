@@ -116,6 +116,7 @@ class Trainer:
         self.reference = self._build_reference() if self.config.beta > 0 else None
         self._loss_fn = rl.get_policy_loss_fn(self.config.policy_loss)
         self._loss_options = self._select_loss_options()
+        self._advantage_options = rl.options_of(rl.get_advantage_fn(self.config.advantage))
         self._check_micro_batching()
         self._auto_save_steps = auto_save_steps(checkpoint_bytes(self.policy, self.optimizer))
         rl.get_advantage_fn(self.config.advantage)  # fail now on a typo, not at step 1
@@ -280,6 +281,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.learning_rate
         self._loss_options = self._select_loss_options()
+        self._advantage_options = rl.options_of(rl.get_advantage_fn(self.config.advantage))
 
     def metrics_frame(self, *, wide: bool = True) -> pd.DataFrame:
         """The metrics so far: wide (one column per metric) or tidy (step, metric, value)."""
@@ -414,7 +416,8 @@ class Trainer:
         advantages = rl.compute_advantages(
             rewards, G, method=c.advantage, scale_rewards=c.scale_rewards,
             **({"lam": c.w_reinforce_lambda} if c.advantage == "w_reinforce" else {}),
-            **({"mask": rollout.mask} if c.advantage.startswith("reinforce_plus_plus") else {}),
+            # a method that declares a mask option (REINFORCE++: token-level whitening) gets it
+            **({"mask": rollout.mask} if "mask" in self._advantage_options else {}),
         )  # (N,)
         # Off-policy samples (a temperature schedule) carry truncated IS weights (N, T):
         # each token's advantage is scaled by its weight (TIS, rlnb.train.schedules).
