@@ -63,7 +63,12 @@ from rlnb.envs.layouts import (
     shortest_distance,
 )
 
-__all__ = ["ACTIONS", "ARROWS", "NONE", "Gridworld", "effective_horizon_table", "reference_step"]
+__all__ = ["ACTIONS", "ARROWS", "NONE", "STEP_TABLE_LIMIT", "Gridworld", "effective_horizon_table",
+           "reference_step"]
+
+#: Largest ``num_states * 16`` for which a Gridworld steps by lookups in a precomputed table
+#: (:meth:`Gridworld._step_table`); larger maps compute each step.
+STEP_TABLE_LIMIT = 1 << 23
 
 
 def _check_probability(name: str, value: float, meaning: str) -> float:
@@ -263,6 +268,12 @@ class Gridworld(GridworldExact, Sandbox):
 
     def is_terminal(self, states: torch.Tensor) -> torch.Tensor:
         """``(N,) -> (N,) bool``: on a goal, decoy or lava cell, or past the last action."""
+        table = self._step_table()
+        if table is not None:
+            return table["terminal"][states]
+        return self._is_terminal(states)
+
+    def _is_terminal(self, states: torch.Tensor) -> torch.Tensor:
         d = self.decode(states)
         return self._terminal[d["prompt"] * self.num_cells + d["cell"]] | (d["t"] >= self.horizon)
 
@@ -289,10 +300,11 @@ class Gridworld(GridworldExact, Sandbox):
 
     def _transition(self, states, actions, u):
         """``(next state, reward float64, done)`` of every env, from the uniforms ``u (2, N)``."""
-        d = self.decode(states)
+        table = self._step_table()
+        prev = table["prev"][states] if table is not None else self.decode(states)["prev"]
         if self.num_prev > 1:
-            stick = (d["prev"] != NONE) & (u[0] < self.sticky)
-            executed = torch.where(stick, d["prev"], actions)
+            stick = (prev != NONE) & (u[0] < self.sticky)
+            executed = torch.where(stick, prev, actions)
         else:
             executed = actions
         if self.slip > 0:
@@ -300,6 +312,15 @@ class Gridworld(GridworldExact, Sandbox):
                                     torch.where(u[1] < self.slip, (executed + 3) % 4, executed))
         else:
             direction = executed
+        if table is None:
+            return self._apply(states, executed, direction)
+        at = (states * 4 + executed) * 4 + direction
+        return table["next"][at], table["reward"][at], table["done"][at]
+
+    def _apply(self, states, executed, direction):
+        """``(next state, reward float64, done)`` of executing ``executed`` with the body
+        moving in ``direction`` from ``states`` (all ``(N,)``): the step without its draws."""
+        d = self.decode(states)
         cell, key, prev, value = self.move(d["prompt"], d["cell"], d["key"], d["prev"],
                                             executed, direction)
         core = (cell * self.num_key_states + key) * self.num_prev + prev
@@ -312,6 +333,28 @@ class Gridworld(GridworldExact, Sandbox):
             nxt = torch.where(over, states, nxt)
             reward = torch.where(over, torch.zeros_like(reward), reward)
         return nxt, reward, done
+
+    def _step_table(self) -> dict[str, torch.Tensor] | None:
+        """Every state's step, computed once by :meth:`_apply` for each (executed action,
+        direction) pair: ``next``, ``reward``, ``done`` flat ``(num_states * 16,)`` at
+        ``(state * 4 + executed) * 4 + direction``, and per state its previous action and
+        whether it is terminal. A batched step is then a few lookups instead of the decode
+        and moves (bitwise the same values). None for maps over :data:`STEP_TABLE_LIMIT`
+        entries, which step by :meth:`_apply` directly."""
+        table = self.__dict__.get("_table", False)
+        if table is not False:
+            return table
+        n = self.num_states
+        if n * 16 > STEP_TABLE_LIMIT:
+            self._table = None
+            return None
+        states = torch.arange(n)
+        pairs = torch.arange(16)
+        nxt, reward, done = self._apply(states.repeat_interleave(16), (pairs // 4).repeat(n),
+                                        (pairs % 4).repeat(n))
+        self._table = {"next": nxt, "reward": reward, "done": done,
+                       "prev": self.decode(states)["prev"], "terminal": self._is_terminal(states)}
+        return self._table
 
     def _draws(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.rand(2, n, generator=generator, dtype=torch.float64)

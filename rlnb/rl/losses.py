@@ -81,11 +81,12 @@ def _check_clip(epsilon: float, epsilon_high: float | None) -> tuple[float, floa
 
 
 def _base_metrics(loss: Tensor, log_ratio: Tensor, mask: Tensor) -> Metrics:
+    keep = mask != 0  # a 0/1 mask (agg_loss checks it) as bool: the same means, fewer ops
     with torch.no_grad():
         return {
             "pg_loss": loss.item(),
-            "ratio_mean": masked_mean(log_ratio.exp(), mask).item(),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
+            "ratio_mean": masked_mean(log_ratio.exp(), keep).item(),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, keep).item(),
         }
 
 
@@ -98,11 +99,18 @@ def _ppo_tokens(adv: Tensor, ratio: Tensor, eps_low: float, eps_high: float):
     return torch.maximum(pg1, pg2), low, high
 
 
+def _fraction(flags: Tensor, keep: Tensor, count: Tensor) -> float:
+    """The fraction of the ``count`` valid positions (``keep``) where ``flags`` holds."""
+    return ((flags & keep).sum() / count).item()
+
+
 def _clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> Metrics:
+    keep = mask != 0
+    count = keep.sum().clamp_min(1)
     return {
-        "clip_ratio/low_mean": masked_mean(low.to(mask.dtype), mask).item(),
-        "clip_ratio/high_mean": masked_mean(high.to(mask.dtype), mask).item(),
-        "clip_ratio/region_mean": masked_mean((low | high).to(mask.dtype), mask).item(),
+        "clip_ratio/low_mean": _fraction(low, keep, count),
+        "clip_ratio/high_mean": _fraction(high, keep, count),
+        "clip_ratio/region_mean": _fraction(low | high, keep, count),
     }
 
 
@@ -204,7 +212,7 @@ def ppo_clip(
     loss = agg_loss(loss_tok, mask, agg, max_len=max_len, weights=weights)
     metrics = _base_metrics(loss, log_ratio, mask)
     metrics.update(_clip_metrics(low, high, mask))
-    metrics["clip_ratio/dual_mean"] = masked_mean(dual.to(mask.dtype), mask).item()
+    metrics["clip_ratio/dual_mean"] = _fraction(dual, mask != 0, (mask != 0).sum().clamp_min(1))
     return loss, metrics
 
 

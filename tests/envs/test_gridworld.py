@@ -51,6 +51,31 @@ def test_batched_step_equals_python_reference(kwargs):
         s = s2
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(layouts=TWO_MAPS, horizon=12, slip=0.2, sticky=0.25, time_penalty=0.9),
+    dict(layouts=LAYOUTS["lock6"][0], horizon=6, sticky=0.25),
+    dict(layouts="S.g\n..G", horizon=5, slip=0.3, decoy_reward=0.4),
+])
+def test_step_table_equals_the_computed_step(kwargs, monkeypatch):
+    """The precomputed step table gives bitwise the step computed from the decoded state,
+    for every state (terminal and past-the-horizon ones included) and many draws; a map
+    over the table's limit steps by the computation."""
+    table_env = Gridworld(**kwargs)
+    monkeypatch.setattr(gridworld_module, "STEP_TABLE_LIMIT", 0)
+    plain_env = Gridworld(**kwargs)
+    assert plain_env._step_table() is None
+    monkeypatch.undo()
+    assert table_env._step_table() is not None
+    states = torch.arange(table_env.num_states).repeat(8)
+    g = gen(3)
+    actions = torch.randint(4, states.shape, generator=g)
+    u = torch.rand(2, states.numel(), generator=g, dtype=torch.float64)
+    for got, want in zip(table_env._transition(states, actions, u),
+                         plain_env._transition(states, actions, u), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(table_env.is_terminal(states), plain_env.is_terminal(states))
+
+
 def test_exact_random_value_matches_monte_carlo_within_4_se():
     env = Gridworld.from_name("key_door", slip=0.1, sticky=0.25, time_penalty=0.9)
     n, g = 40_000, gen(1)
