@@ -28,7 +28,7 @@ from analysis.base import Check
 from rlnb.envs import Bandit
 from rlnb.policies import TabularPolicy
 from rlnb.train import TrainConfig, Trainer
-from rlnb.viz import PALETTE, add_line_with_band, style_figure
+from rlnb.viz import PALETTE, add_line_with_band, decade_ticks, style_figure
 
 TITLE = "KL-regularised RL converges to the Bayesian posterior (Korbak et al. 2022, card 10)"
 CARD = 10
@@ -167,8 +167,10 @@ def figure(results: dict) -> go.Figure:
                                              symbol=["x", "circle-open", "circle"][j])),
                       row=1, col=1)
     # (2) TV over training for each beta > 0
+    drawn = [0.01]  # every value the log axis shows, for its decade labels
     for j, beta in enumerate(b for b in results["betas"] if b > 0):
         curves = np.array([run["tv"] for run in _runs(results, beta)])
+        drawn.append(curves)
         steps = np.arange(1, curves.shape[1] + 1)
         add_line_with_band(fig, steps, curves.mean(0), lo=curves.min(0), hi=curves.max(0),
                            name=f"beta = {beta:g}", color=PALETTE[(3 + j) % 6], row=1, col=2)
@@ -183,7 +185,8 @@ def figure(results: dict) -> go.Figure:
     fig.update_xaxes(title_text="arm mean reward", row=1, col=1)
     fig.update_yaxes(title_text="probability", row=1, col=1)
     fig.update_xaxes(title_text="training step", row=1, col=2)
-    fig.update_yaxes(type="log", title_text="total variation", row=1, col=2)
+    fig.update_yaxes(type="log", title_text="total variation (log)", row=1, col=2,
+                     **decade_ticks(*drawn))
     fig.update_xaxes(title_text="beta", type="category", row=1, col=3)
     fig.update_yaxes(title_text="entropy (nats)", row=1, col=3)
     style_figure(fig, TITLE, height=480)

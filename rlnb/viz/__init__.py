@@ -6,9 +6,11 @@
 - :func:`capability_radar` -- several runs compared on several final metrics.
 - :func:`boundary_table`, :func:`entropy_heatstrip`, :func:`rank_trajectory` -- probe views.
 - :func:`write_png`, :func:`write_html` -- export (PNG via kaleido and the system Chromium).
+- :func:`decade_ticks` -- a log axis labelled at its decades, each label in full.
 - :data:`PALETTE`, :data:`TEMPLATE`, :func:`style_figure` -- the shared look.
 """
 
+from rlnb.viz.axes import decade_ticks, format_tick
 from rlnb.viz.export import find_chromium, write_html, write_png
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
 from rlnb.viz.live import LiveFigure, LivePlot, Panel
@@ -34,9 +36,11 @@ __all__ = [
     "boundary_table",
     "capability_radar",
     "color_map",
+    "decade_ticks",
     "effective_horizon_bars",
     "entropy_heatstrip",
     "find_chromium",
+    "format_tick",
     "passk_curves",
     "rank_trajectory",
     "style_figure",

@@ -12,7 +12,16 @@ import pytest
 
 import rlnb.viz
 from rlnb.probes import pass_at_k_curve
-from rlnb.viz import PALETTE, find_chromium, passk_curves, training_curves, write_html, write_png
+from rlnb.viz import (
+    PALETTE,
+    decade_ticks,
+    find_chromium,
+    format_tick,
+    passk_curves,
+    training_curves,
+    write_html,
+    write_png,
+)
 from rlnb.viz import export as export_mod
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,3 +200,41 @@ def test_write_png_writes_a_png(tmp_path):
     assert export._server_state["started"] and not export._server_state["broken"]
     assert second.read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "passk.png"]
+
+
+# --- log-axis ticks ------------------------------------------------------------------
+
+
+def _is_decade(value: float) -> bool:
+    return abs(np.log10(value) - round(np.log10(value))) < 1e-9
+
+
+def test_decade_ticks_label_decades_only_and_in_full():
+    ticks = decade_ticks(np.array([0.004, 0.03, 0.9]), [1.3])
+    assert ticks["tickvals"] == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert all(_is_decade(v) for v in ticks["tickvals"])
+    assert ticks["ticktext"] == ["0.001", "0.01", "0.1", "1", "10"]
+    # every label reads back as its value: no bare "5" standing for 0.05
+    assert all(float(t) == v for t, v in zip(ticks["ticktext"], ticks["tickvals"]))
+    minor = ticks["minor"]["tickvals"]
+    assert 0.05 in minor and 0.005 in minor and not set(minor) & set(ticks["tickvals"])
+    assert "ticktext" not in ticks["minor"]
+
+
+def test_decade_ticks_within_one_decade_writes_1_2_5_in_full():
+    ticks = decade_ticks([0.3, 0.9], minor=False)
+    assert ticks["ticktext"] == ["0.1", "0.2", "0.5", "1"]
+    assert "minor" not in ticks
+
+
+def test_decade_ticks_ignore_what_a_log_axis_cannot_show_and_thin_wide_ranges():
+    ticks = decade_ticks([0.0, -1.0, np.nan, 2e-9, 3e4])
+    assert all(_is_decade(v) for v in ticks["tickvals"]) and len(ticks["tickvals"]) <= 8
+    assert ticks["ticktext"][0] == "1e-9" and ticks["ticktext"][-1] == "100k"
+    with pytest.raises(ValueError, match="positive"):
+        decade_ticks([0.0, -2.0])
+
+
+def test_format_tick_is_never_a_bare_mantissa():
+    assert [format_tick(v) for v in (2e-5, 0.05, 0.2, 1, 1000, 2e4, 3e6)] == [
+        "2e-5", "0.05", "0.2", "1", "1000", "20k", "3M"]
