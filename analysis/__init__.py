@@ -24,4 +24,5 @@ REPRODUCTIONS: tuple[str, ...] = (
     "one_shot_rlvr",  # card 14
     "noisy_verifiers",  # card 15
     "own_critic",  # card 16
+    "intransitive_preferences",  # card 19
 )

@@ -20,28 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlnb.mdp.preference import check_preference_matrix, exploitability
+
 __all__ = ["check_preference_matrix", "exploitability", "fit_bradley_terry", "minimax_winner", "nash_md",
            "sample_preferences", "spo_hedge"]
-
-
-def check_preference_matrix(P: Tensor | np.ndarray) -> Tensor:
-    """``P`` as a float64 ``(K, K)`` tensor, checked: entries in [0, 1], ``P + P.T = 1``."""
-    P = torch.as_tensor(P, dtype=torch.float64)
-    if P.dim() != 2 or P.shape[0] != P.shape[1] or P.shape[0] < 2:
-        raise ValueError(f"a preference matrix is (K, K) with K >= 2, got {tuple(P.shape)}")
-    if bool(((P < 0) | (P > 1)).any()):
-        raise ValueError("preference probabilities must lie in [0, 1]")
-    if not torch.allclose(P + P.T, torch.ones_like(P), atol=1e-9):
-        raise ValueError("P[y, y'] + P[y', y] must be 1 (and the diagonal 1/2): a preference "
-                         "matrix says how often y beats y'")
-    return P
-
-
-def exploitability(pi: Tensor | np.ndarray, P: Tensor | np.ndarray) -> float:
-    """``max_y P(y beats pi) - 1/2``: how much the best response to ``pi`` wins by."""
-    P = check_preference_matrix(P)
-    pi = torch.as_tensor(pi, dtype=torch.float64)
-    return float((P @ pi).max() - 0.5)
 
 
 def minimax_winner(P: Tensor | np.ndarray) -> Tensor:
@@ -158,12 +140,19 @@ def fit_bradley_terry(
 
     if chosen.shape != rejected.shape or chosen.dim() != 1 or chosen.numel() == 0:
         raise ValueError("chosen and rejected must be one non-empty (M,) shape of output ids")
+    # The loss over the M pairs is the loss over the K x K distinct (chosen, rejected)
+    # pairs weighted by how often each occurs: the same function, K^2 terms instead of M.
+    k = num_outputs
+    counts = torch.bincount(chosen * k + rejected, minlength=k * k).to(torch.float64)
+    seen = counts.nonzero().squeeze(1)
+    a, b, weight = seen // k, seen % k, counts[seen] / chosen.numel()
     scores = torch.zeros(num_outputs, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([scores], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = bradley_terry_loss(scores[chosen], scores[rejected]) + l2 * (scores**2).sum()
+        per_pair = bradley_terry_loss(scores[a], scores[b], reduction="none")
+        loss = (weight * per_pair).sum() + l2 * (scores**2).sum()
         loss.backward()
         return loss
 

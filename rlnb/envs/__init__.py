@@ -65,3 +65,8 @@ from rlnb.envs.written_addition import (  # noqa: E402
 )
 
 __all__ += ["WrittenAdditionTask", "written_addition", "written_sum"]
+
+# A preference game rewarded by win rate within the group (SPO, card 19).
+from rlnb.envs.preference_game import PreferenceGame  # noqa: E402
+
+__all__ += ["PreferenceGame"]

@@ -5,6 +5,8 @@
   k-QVI-solvability and the effective horizon's closed form (card 9).
 - :mod:`rlnb.mdp.gorp_horizon` -- the effective horizon by its definition: GORP's exact
   failure probability and the smallest number of rollouts it needs.
+- :mod:`rlnb.mdp.preference` -- preference matrices: their check, exploitability and the
+  win-rate reward of self-play (card 19).
 
 It imports no other rlnb package (it is below :mod:`rlnb.envs`, which builds a
 :class:`FiniteMDP` from a gridworld); :mod:`rlnb.probes` re-exports the effective-horizon

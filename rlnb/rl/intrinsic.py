@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlnb.mdp.preference import win_rate_rewards
+
 __all__ = ["NO_ANSWER", "PROCESS_REWARD_MODES", "majority_vote_rewards", "process_rewards",
            "win_rate_rewards"]
 
@@ -117,29 +119,3 @@ def process_rewards(
         nxt = torch.nn.functional.pad(s[:, 1:], (0, 1)) * torch.nn.functional.pad(m[:, 1:], (0, 1))
         out = weight * (s - nxt)
     return out * m
-
-
-def win_rate_rewards(answers: Tensor, group_size: int, preference: Tensor) -> Tensor:
-    """SPO's reward (Swamy et al. arXiv:2401.04056; card 19): each sample's expected win
-    rate against the *other* samples of its group, ``mean_{j != i} P[a_i, a_j]``, under a
-    preference matrix ``P`` ``(K, K)`` (``P[y, y'] = P(y preferred to y')``). No reward
-    model: an intransitive preference is used as it is.
-
-    >>> rps = torch.tensor([[.5, 1., 0.], [0., .5, 1.], [1., 0., .5]])
-    >>> win_rate_rewards(torch.tensor([0, 0, 1, 2]), 4, rps)
-    tensor([0.5000, 0.5000, 0.3333, 0.6667])
-    """
-    if not isinstance(answers, Tensor) or answers.dim() != 1 or answers.is_floating_point():
-        raise ValueError("answers must be a (N,) integer tensor of output ids")
-    if not isinstance(group_size, int) or group_size < 2 or answers.numel() % group_size:
-        raise ValueError(f"group_size must be an int >= 2 dividing N = {answers.numel()} (a win "
-                         f"rate needs opponents), got {group_size!r}")
-    k = preference.shape[0]
-    if preference.dim() != 2 or preference.shape != (k, k):
-        raise ValueError(f"preference must be a (K, K) matrix, got {tuple(preference.shape)}")
-    if bool(((answers < 0) | (answers >= k)).any()):
-        raise ValueError(f"answer ids must be in [0, {k}) to index the preference matrix")
-    a = answers.view(-1, group_size)  # (P, G)
-    pairwise = preference.to(torch.get_default_dtype())[a[:, :, None], a[:, None, :]]  # (P, G, G)
-    off_diag = pairwise.sum(-1) - pairwise.diagonal(dim1=1, dim2=2)  # (P, G)
-    return (off_diag / (group_size - 1)).reshape(-1)

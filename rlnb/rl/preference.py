@@ -146,10 +146,15 @@ def compute_preference_loss(
     return loss, metrics
 
 
-def bradley_terry_loss(score_chosen: Tensor, score_rejected: Tensor) -> Tensor:
+def bradley_terry_loss(score_chosen: Tensor, score_rejected: Tensor, *,
+                       reduction: str = "mean") -> Tensor:
     """The Bradley–Terry reward-model loss ``mean(-log sigmoid(s_c - s_r))``: fitted to
-    pairwise preferences, ``sigmoid(s_a - s_b)`` is the model's P(a preferred to b)."""
+    pairwise preferences, ``sigmoid(s_a - s_b)`` is the model's P(a preferred to b).
+    ``reduction="none"`` returns the per-pair losses (to weight them)."""
     if score_chosen.shape != score_rejected.shape:
         raise ValueError(f"score_chosen {tuple(score_chosen.shape)} and score_rejected "
                          f"{tuple(score_rejected.shape)} must have one shape")
-    return -F.logsigmoid(score_chosen - score_rejected).mean()
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    per_pair = -F.logsigmoid(score_chosen - score_rejected)
+    return per_pair.mean() if reduction == "mean" else per_pair

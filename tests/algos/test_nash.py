@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,22 +12,10 @@ from rlnb.algos import exploitability, minimax_winner, nash_md
 
 
 def cyclic_game(seed: int, k: int = 7) -> torch.Tensor:
-    """Card 19's shape: a rock-paper-scissors cycle among 3 outputs (margins U(0.15, 0.35))
-    and k - 3 outputs that each of the three beats."""
-    rng = np.random.default_rng(seed)
-    P = np.full((k, k), 0.5)
-    margins = rng.uniform(0.15, 0.35, 3)
-    for i in range(3):
-        j = (i + 1) % 3
-        P[i, j], P[j, i] = 0.5 + margins[i], 0.5 - margins[i]
-        for d in range(3, k):
-            q = rng.uniform(0.6, 0.9)
-            P[i, d], P[d, i] = q, 1 - q
-    for a in range(3, k):
-        for b in range(a + 1, k):
-            q = rng.uniform(0.3, 0.7)
-            P[a, b], P[b, a] = q, 1 - q
-    return torch.tensor(P)
+    """Card 19's shape (:meth:`rlnb.envs.PreferenceGame.cyclic`)."""
+    from rlnb.envs import PreferenceGame
+
+    return PreferenceGame.cyclic(k, seed).preference
 
 
 @pytest.mark.parametrize("seed", range(5))
