@@ -93,10 +93,21 @@ def waiting_for_restart(controls: dict[str, W.ValueWidget], config: TrainConfig,
     return waiting
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 10 min``: the time left, to the nearest second."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def status_html(state: str, request: str | None, *, run: str | None, step: int, total: int,
                 step_times: Sequence[float], last: dict[str, Any] | None,
                 exact_ks: Sequence[int], error: BaseException | None) -> str:
-    """The dashboard's status line: state, run, step, speed, last reward and pass@k."""
+    """The dashboard's status line: state, run, step, speed, time left, last reward and
+    pass@k."""
     colors = {"running": PALETTE[2], "paused": PALETTE[4], "error": PALETTE[1],
               "finished": PALETTE[0], "stopped": "#555", "idle": "#555"}
     label = state if request is None else f"{request} requested"
@@ -107,6 +118,8 @@ def status_html(state: str, request: str | None, *, run: str | None, step: int, 
     if len(step_times) >= 2 and state == "running":
         rate = (len(step_times) - 1) / max(step_times[-1] - step_times[0], 1e-9)
         parts.append(f"{rate:.1f} steps/s")
+        if total > step:
+            parts.append(f"{_duration((total - step) / rate)} left")
     if last:
         parts.append(f"lr {last['learning_rate']:.3g}")
         parts.append(f"reward {last['reward']:.3f}")

@@ -30,6 +30,18 @@ thread touches it, holding :attr:`LiveTraining.lock` for each step; the notebook
 ``with dashboard.lock:``). Figure updates are batched and sent at most every
 ``refresh_seconds`` (default 0.25 s, 4 Hz), so a fast toy does not flood the browser.
 
+What the panels show: the reward panel draws the per-step batch mean faint and its mean
+over the last ``smooth`` steps (default 50) on top -- over thousands of steps the per-step
+line alone is a solid band. Each curve sends at most ``max_points`` points (default 1000)
+to the browser, every ``stride``-th step of the run (the running mean is computed over
+every step first); :attr:`LiveTraining.history` keeps every step. Before the first step
+the panels are empty frames: titled axes over the step budget, and a note to press Start.
+
+How long a run is: a dashboard built without a config runs :data:`DEFAULT_MAX_STEPS`
+(10,000) steps -- a toy sandbox does 100-300 steps per second, so a run of a few hundred
+steps is over before a slider can be moved. The ``steps`` box changes the budget mid-run;
+Pause and Stop act after the step in flight.
+
 Footgun: ``epsilon`` / ``epsilon_high`` clip the importance ratio, which is exactly 1
 with ``num_iterations = 1`` (on-policy, TRL's default): the clip-range slider then does
 nothing. Set ``num_iterations >= 2`` in the config to see clip-higher act.
@@ -58,6 +70,7 @@ from rlnb.train.config import TrainConfig
 from rlnb.train.rundir import numbered_run
 from rlnb.train.trainer import Callback, Trainer
 from rlnb.viz.live import DASHES, LiveFigure, Panel
+from rlnb.viz.training import rgba
 from rlnb.widgets.controls import (
     LIVE_KNOBS,
     RESTART_KNOBS,
@@ -66,7 +79,16 @@ from rlnb.widgets.controls import (
     waiting_for_restart,
 )
 
-__all__ = ["LIVE_KNOBS", "RESTART_KNOBS", "LiveTraining"]
+__all__ = ["DEFAULT_MAX_STEPS", "LIVE_KNOBS", "REWARD_MEAN", "RESTART_KNOBS", "LiveTraining",
+           "display_rows"]
+
+#: Step budget of a dashboard built without a config: minutes at a toy's 100-300 steps/s,
+#: long enough to move a slider, pause or stop mid-run (Stop ends it any time).
+DEFAULT_MAX_STEPS = 10_000
+#: The reward panel's running mean, a display-only curve (not in ``history``).
+REWARD_MEAN = "reward, running mean"
+#: Axis titles of the panels, by the first metric a panel draws.
+_Y_TITLES = {"reward": "reward", "entropy": "nats per token", "kl": "KL"}
 
 class LiveTraining:
     """A training dashboard: knobs, Start / Pause / Stop, live curves, a progress bar.
@@ -76,15 +98,22 @@ class LiveTraining:
         policy_factory: a function of no arguments returning a *fresh* policy, e.g.
             ``lambda: TabularPolicy.for_env(env, shared=True)``. Each new run calls it, so
             runs never share weights.
-        config: the :class:`TrainConfig` the widgets start from (defaults if None). Knobs
-            without a widget (optimizer, policy loss, prompts per step, seed...) come from
-            it unchanged. ``progress_bar`` is turned off: the dashboard has its own.
+        config: the :class:`TrainConfig` the widgets start from (if None, the defaults
+            with ``max_steps = DEFAULT_MAX_STEPS``). Knobs without a widget (optimizer,
+            policy loss, prompts per step, seed...) come from it unchanged. Its
+            ``max_steps`` is the budget of each run: give a dashboard thousands of steps,
+            not the hundred of a scripted run. ``progress_bar`` is turned off: the
+            dashboard has its own.
         run_root: folder that receives one run directory per Start of a new run
             (``001-grpo``, ``002-rloo``, ...). Default: a fresh temporary folder.
         callbacks: trainer callbacks ``f(trainer, metrics) -> dict | None``. Pass
             ``rlnb.train.ExactSuccess(ks=(1, 64))`` on a sandbox with exact answers and the
             dashboard adds an exact pass@k panel.
         refresh_seconds: at most one figure/status update per this many seconds.
+        smooth: the reward panel draws the mean of the last ``smooth`` steps over the
+            faint per-step values (1: per-step values only).
+        max_points: at most this many points per curve go to the browser (plotly's
+            per-point cost would otherwise slow every refresh of a long run).
         title: a heading shown above the controls.
         figure_width: the figure's width in pixels.
 
@@ -130,6 +159,8 @@ class LiveTraining:
         run_root: str | os.PathLike | None = None,
         callbacks: Sequence[Callback] = (),
         refresh_seconds: float = 0.25,
+        smooth: int = 50,
+        max_points: int = 1000,
         title: str | None = None,
         figure_width: int = 960,
     ) -> None:
@@ -141,7 +172,11 @@ class LiveTraining:
             )
         self.env = env
         self.policy_factory = policy_factory
-        base = TrainConfig() if config is None else config
+        for name, v in (("smooth", smooth), ("max_points", max_points)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.smooth, self.max_points = smooth, max_points
+        base = TrainConfig(max_steps=DEFAULT_MAX_STEPS) if config is None else config
         base.validate()
         self.base_config = base.replace(progress_bar=False)
         self.callbacks = list(callbacks)
@@ -172,6 +207,7 @@ class LiveTraining:
         #: The curves (:class:`rlnb.viz.LiveFigure`): one colour per run.
         self.live_figure = LiveFigure(self._wanted_panels(self.base_config.beta > 0),
                                       width=self.figure_width)
+        self._label_axes(empty=True)
         self._fig_box = W.Box([self.figure], layout=W.Layout(width="100%"))
         self.widget = W.VBox(
             [self._header, W.HBox([self._live_box, self._restart_box]), self._note,
@@ -327,6 +363,8 @@ class LiveTraining:
             self._pending[name] = value
         if name == "max_steps":
             self.progress.max = max(int(value), 1)
+            if self._empty:  # the empty frame spans the budget
+                self.figure.update_xaxes(range=(0, max(int(value), 1)))
         self._sync_note()
 
     def _knob_values(self) -> dict[str, Any]:
@@ -367,8 +405,12 @@ class LiveTraining:
         with self._ui_lock:
             if panels != self.live_figure.panels:  # the first run with beta > 0 adds KL
                 self.live_figure = self.live_figure.with_panels(panels)
+                self._label_axes(empty=not self.live_figure.runs)
+                for run in self.live_figure.runs:
+                    self._style_reward(run)
                 self._fig_box.children = [self.figure]
             self.live_figure.add_run(name)
+            self._style_reward(name)
         self.progress.max = max(config.max_steps, 1)
 
     def _work(self, trainer: Trainer) -> None:
@@ -435,7 +477,10 @@ class LiveTraining:
 
     # --- figure ---------------------------------------------------------------------
     def _wanted_panels(self, with_kl: bool) -> tuple[Panel, ...]:
-        panels = [Panel("reward (batch mean)", ("reward",)),
+        reward = (Panel(f"reward (faint: per step; line: mean of last {self.smooth})",
+                        ("reward", REWARD_MEAN)) if self.smooth > 1
+                  else Panel("reward (batch mean)", ("reward",)))
+        panels = [reward,
                   Panel("entropy (nats per token)", ("entropy",))]
         if with_kl:
             panels.append(Panel("KL to the reference", ("kl",)))
@@ -446,13 +491,59 @@ class LiveTraining:
                                 tuple(f"exact/pass@{k}" for k in self._exact_ks)))
         return tuple(panels)
 
+    def _label_axes(self, *, empty: bool) -> None:
+        """Title every panel's y axis; with ``empty``, draw the empty frame shown before
+        the first step (x over the step budget, y over [0, 1], a note to press Start)."""
+        fig = self.figure
+        with fig.batch_update():
+            for i, panel in enumerate(self.live_figure.panels):
+                suffix = "" if i == 0 else str(i + 1)
+                first = panel.metrics[0]
+                ytitle = "pass@k" if first.startswith("exact/") else _Y_TITLES.get(first, first)
+                fig.layout[f"yaxis{suffix}"].title.text = ytitle
+                if empty:
+                    fig.layout[f"xaxis{suffix}"].range = (0, max(self.base_config.max_steps, 1))
+                    fig.layout[f"yaxis{suffix}"].range = (0, 1)
+            if empty:
+                fig.add_annotation(text="no steps yet: press Start", name="placeholder",
+                                   xref="paper", yref="paper", x=0.5, y=0.5,
+                                   showarrow=False, font=dict(size=15, color="#999"))
+        self._empty = empty
+
+    def _release_axes(self) -> None:
+        """The first points landed: axes follow the data, the note goes."""
+        fig = self.figure
+        with fig.batch_update():
+            fig.update_xaxes(autorange=True)
+            fig.update_yaxes(autorange=True)
+            fig.layout.annotations = [a for a in fig.layout.annotations
+                                      if a.name != "placeholder"]
+        self._empty = False
+
+    def _style_reward(self, run: str) -> None:
+        """The per-step reward faint and thin, its running mean solid on top."""
+        if self.smooth <= 1:
+            return
+        raw = self.live_figure.trace(run, "reward")
+        mean = self.live_figure.trace(run, REWARD_MEAN)
+        color = mean.line.color
+        raw.line = dict(color=rgba(color, 0.3), width=1, dash="solid")
+        raw.showlegend, mean.showlegend = False, True  # the legend shows the solid line
+        raw.hovertemplate = f"reward %{{y:.4g}}<extra>{run}</extra>"
+        mean.line = dict(color=color, width=2.5, dash="solid")
+        mean.hovertemplate = (f"reward, mean of last {self.smooth} %{{y:.4g}}"
+                              f"<extra>{run}</extra>")
+
     def _refresh(self) -> None:
         """Push the current run's curves, the progress bar and the status line."""
         with self._ui_lock:
             if self._run_name is not None:
                 with self._state_lock:
                     rows = list(self._rows.get(self._run_name, ()))
-                self.live_figure.update(self._run_name, rows)
+                if rows and self._empty:
+                    self._release_axes()
+                self.live_figure.update(self._run_name, display_rows(
+                    rows, smooth=self.smooth, max_points=self.max_points))
             self._sync_ui()
 
     def _sync_ui(self) -> None:
@@ -477,6 +568,34 @@ class LiveTraining:
                            exact_ks=self._exact_ks, error=self.error)
 
 
+def display_rows(rows: Sequence[dict[str, Any]], *, smooth: int,
+                 max_points: int) -> list[dict[str, Any]]:
+    """What the dashboard's figure draws of one run's logged ``rows``: each row with the
+    reward's mean over the last ``smooth`` rows (fewer at the start) under
+    :data:`REWARD_MEAN`, then thinned to at most ``max_points`` rows -- every
+    ``stride``-th row from the first, and the last. The mean is taken before thinning,
+    so it is the mean over every step.
+
+    >>> rows = [{"step": s, "reward": float(s % 2)} for s in range(1, 10)]
+    >>> [(r["step"], r[REWARD_MEAN]) for r in display_rows(rows, smooth=2, max_points=3)]
+    [(1, 1.0), (4, 0.5), (9, 0.5)]
+    """
+    if not rows:
+        return []
+    out = [dict(r) for r in rows]
+    if smooth > 1:
+        reward = pd.Series([_number(r.get("reward")) for r in rows], dtype=float)
+        mean = reward.rolling(smooth, min_periods=1).mean().round(6)
+        for r, m in zip(out, mean.tolist(), strict=True):
+            r[REWARD_MEAN] = m
+    stride = -(-len(out) // max_points)  # ceil: at most max_points rows kept
+    if stride > 1:
+        keep = list(range(0, len(out), stride))
+        keep[-1] = len(out) - 1  # the newest step is always drawn
+        out = [out[i] for i in keep]
+    return out
+
+
 def _record_knobs(trainer: Trainer, metrics: dict[str, Any]) -> dict[str, float]:
     """Log the live knobs each step ran with (the learning rate is logged by the trainer)."""
     c = trainer.config
@@ -486,6 +605,13 @@ def _record_knobs(trainer: Trainer, metrics: dict[str, Any]) -> dict[str, float]
         "knobs/epsilon_high": c.epsilon_high if c.epsilon_high is not None else c.epsilon,
         "knobs/entropy_coef": c.entropy_coef,
     }
+
+
+def _number(value: Any) -> float:
+    """A logged value as a float for the running mean (NaN when it is not a number)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
