@@ -7,10 +7,12 @@
 - :func:`boundary_table`, :func:`entropy_heatstrip`, :func:`rank_trajectory` -- probe views.
 - :func:`write_png`, :func:`write_html` -- export (PNG via kaleido and the system Chromium).
 - :func:`decade_ticks` -- a log axis labelled at its decades, each label in full.
-- :data:`PALETTE`, :data:`TEMPLATE`, :func:`style_figure` -- the shared look.
+- :data:`PALETTE`, :data:`TEMPLATE`, :func:`style_figure` -- the shared look;
+  :data:`ENTROPY_COLORSCALE`, :data:`EOS_LABEL` -- every token view's entropy colours.
 """
 
 from rlnb.viz.axes import decade_ticks, format_tick
+from rlnb.viz.colors import ENTROPY_COLORSCALE, EOS_LABEL
 from rlnb.viz.export import find_chromium, write_html, write_png
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
 from rlnb.viz.live import LiveFigure, LivePlot, Panel
@@ -27,6 +29,8 @@ from rlnb.viz.training import (
 )
 
 __all__ = [
+    "ENTROPY_COLORSCALE",
+    "EOS_LABEL",
     "LiveFigure",
     "LivePlot",
     "Panel",

@@ -6,6 +6,7 @@ Each is a function of the frame or arrays a probe returns, and returns a
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from rlnb.viz.colors import ENTROPY_COLORSCALE, token_label
 from rlnb.viz.training import PALETTE, style_figure, training_curves
 
 __all__ = ["boundary_table", "entropy_heatstrip", "rank_trajectory"]
@@ -123,9 +125,11 @@ def entropy_heatstrip(
     >>> fig.data[0].type, fig.data[0].text[1]
     ('heatmap', ['c', ''])
 
-    Reading it: bright cells are forking tokens, where the policy hesitates between
-    continuations; after RL most of a completion goes dark and the bright cells that remain
-    mark the decisions still open.
+    Reading it: coloured cells are forking tokens, where the policy hesitates between
+    continuations (:data:`rlnb.viz.colors.ENTROPY_COLORSCALE`: white at 0, vermillion at
+    the top, as in :class:`rlnb.widgets.RolloutBrowser`); after RL most of a completion goes
+    white and the coloured cells that remain mark the decisions still open. An
+    end-of-sequence token reads ``EOS``.
     """
     h = np.asarray(entropy.detach().cpu() if hasattr(entropy, "detach") else entropy, float)
     if h.ndim != 2:
@@ -141,17 +145,20 @@ def entropy_heatstrip(
     for i, row in enumerate(tokens):
         if len(row) > T:
             raise ValueError(f"row {i} has {len(row)} tokens but entropy has T = {T} columns")
-        text.append([str(s) for s in row] + [""] * (T - len(row)))
+        # EOS labelled (plotly drops "</s>" as a tag); other text escaped for plotly's HTML
+        text.append([html.escape(token_label(str(s)), quote=False) for s in row]
+                    + [""] * (T - len(row)))
     z = np.where(m, h, np.nan)
     labels = [str(i) for i in range(N)] if row_labels is None else [str(r) for r in row_labels]
     zmax = float(np.nanmax(z)) if max_entropy is None and np.isfinite(z).any() else max_entropy
     fig = go.Figure(go.Heatmap(
         z=z, text=text, texttemplate="%{text}", y=labels, x=list(range(T)),
-        colorscale="Viridis", zmin=0.0, zmax=zmax, colorbar=dict(title="entropy (nats)"),
+        colorscale=ENTROPY_COLORSCALE, zmin=0.0, zmax=zmax, colorbar=dict(title="entropy (nats)"),
         hovertemplate="row %{y}, token %{x}: %{text}<br>entropy %{z:.3f}<extra></extra>",
         xgap=1, ygap=2,
     ))
-    fig.update_yaxes(autorange="reversed", title_text="completion", type="category")
+    fig.update_yaxes(autorange="reversed", title_text="completion", type="category",
+                     showgrid=False)  # no line across the white (certain) cells
     fig.update_xaxes(title_text="token position", showgrid=False)
     style_figure(fig, title if title is not None else "Per-token entropy",
                  height=max(220, 120 + 28 * N))

@@ -15,13 +15,14 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 
+from rlnb.viz.colors import ENTROPY_COLORSCALE, EOS_LABEL, EOS_TOKENS, entropy_rgb, is_eos
 from rlnb.viz.training import PALETTE
 
 __all__ = ["RolloutBrowser", "tokens_html"]
 
 _WHITE = (255, 255, 255)
-# Entropy: white -> orange -> vermillion (Okabe-Ito); advantage: blue <- white -> vermillion.
-_SEQUENTIAL = (_WHITE, (230, 159, 0), (213, 94, 0))
+# Entropy: rlnb.viz.colors.ENTROPY_COLORSCALE, as entropy_heatstrip;
+# advantage: blue <- white -> vermillion.
 _NEGATIVE, _POSITIVE = (0, 114, 178), (213, 94, 0)
 KINDS = ("entropy", "advantage")
 
@@ -46,9 +47,7 @@ def _color(value: float, kind: str, vmax: float) -> tuple[int, ...] | None:
     t = min(abs(value) / vmax, 1.0) if vmax > 0 else 0.0
     if kind == "advantage":
         return _mix(_WHITE, _POSITIVE if value >= 0 else _NEGATIVE, t)
-    if t <= 0.5:
-        return _mix(_SEQUENTIAL[0], _SEQUENTIAL[1], 2 * t)
-    return _mix(_SEQUENTIAL[1], _SEQUENTIAL[2], 2 * t - 1)
+    return entropy_rgb(value, vmax)
 
 
 def _css(rgb: tuple[int, ...]) -> str:
@@ -57,27 +56,34 @@ def _css(rgb: tuple[int, ...]) -> str:
     return f"background:rgb({r},{g},{b});color:{text}"
 
 
+#: An end-of-sequence token: a small boxed label, coloured like any token.
+_EOS_BOX = (";font-size:0.75em;letter-spacing:0.5px;border:1px solid #888;"
+            "padding:0 2px;margin-left:1px")
+
+
 def _token_text(tok: str) -> str:
     """Whitespace made visible: a newline shows as ↵, a tab as →."""
     return html.escape(tok.replace("\n", "↵").replace("\t", "→"))
 
 
 def tokens_html(tokens: Sequence[str], values: Any, mask: Any = None, *, kind: str = "entropy",
-                vmax: float = 1.0) -> str:
+                vmax: float = 1.0, eos: Sequence[str] = EOS_TOKENS) -> str:
     """One completion as HTML spans, each token's background coloured by its value.
 
     Args:
         tokens: the completion's token strings; ``tokens[t]`` sits at ``values[t]``.
         values: ``(T,)`` per-token values (T >= len(tokens); extra positions are ignored).
         mask: ``(T,)`` valid tokens; masked ones are drawn grey and uncoloured.
-        kind: ``"entropy"`` (white -> orange -> vermillion from 0 to ``vmax``) or
-            ``"advantage"`` (blue below 0, vermillion above, white at 0, saturating at
+        kind: ``"entropy"`` (:data:`rlnb.viz.colors.ENTROPY_COLORSCALE`, white -> orange ->
+            vermillion from 0 to ``vmax``, the scale of :func:`rlnb.viz.entropy_heatstrip`)
+            or ``"advantage"`` (blue below 0, vermillion above, white at 0, saturating at
             ``±vmax``).
         vmax: the value of full colour.
+        eos: the end-of-sequence token strings, drawn as a boxed ``EOS`` label.
 
-    >>> s = tokens_html(["4", "2"], [0.0, 2.0], kind="entropy", vmax=2.0)
-    >>> s.count("<span"), "rgb(213,94,0)" in s
-    (2, True)
+    >>> s = tokens_html(["4", "2", "</s>"], [0.0, 2.0, 0.5], kind="entropy", vmax=2.0)
+    >>> s.count("<span"), "rgb(213,94,0)" in s, ">EOS</span>" in s
+    (3, True, True)
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
@@ -85,27 +91,31 @@ def tokens_html(tokens: Sequence[str], values: Any, mask: Any = None, *, kind: s
     m = np.ones(v.shape, bool) if mask is None else _array(mask, "mask", 1).astype(bool)
     if len(tokens) > v.shape[0]:
         raise ValueError(f"{len(tokens)} tokens but only {v.shape[0]} values")
+    eos = (eos,) if isinstance(eos, str) else tuple(eos)
     spans = []
     for t, tok in enumerate(tokens):
         text = _token_text(str(tok))
+        box = ""
+        if is_eos(str(tok), eos):  # "</s>" would read as markup: a small boxed label
+            text, box = EOS_LABEL, _EOS_BOX
         if not m[t]:
             spans.append(f"<span style='color:#aaa'>{text}</span>")
             continue
         rgb = _color(float(v[t]), kind, vmax)
         style = _css(rgb) if rgb is not None else ""
-        spans.append(f"<span title='{kind} {v[t]:.3f}' style='{style};padding:1px 0;"
-                     f"border-radius:2px'>{text}</span>")
+        what = f"end of sequence {html.escape(str(tok))} · " if box else ""
+        spans.append(f"<span title='{what}{kind} {v[t]:.3f}' style='{style};padding:1px 0;"
+                     f"border-radius:2px{box}'>{text}</span>")
     return "".join(spans)
 
 
 def _legend_html(kind: str, vmax: float) -> str:
     if kind == "advantage":
-        stops = [_NEGATIVE, _WHITE, _POSITIVE]
+        gradient = ", ".join(f"rgb{tuple(c)}" for c in (_NEGATIVE, _WHITE, _POSITIVE))
         labels = (f"{-vmax:.3g}", "0", f"+{vmax:.3g}")
     else:
-        stops = list(_SEQUENTIAL)
+        gradient = ", ".join(f"{c} {100 * t:g}%" for t, c in ENTROPY_COLORSCALE)
         labels = ("0", f"{vmax / 2:.3g}", f"{vmax:.3g} nats")
-    gradient = ", ".join(f"rgb{tuple(c)}" for c in stops)
     ticks = "".join(f"<span>{html.escape(s)}</span>" for s in labels)
     return (
         "<div style='font-size:12px;margin:4px 0'>"
@@ -134,6 +144,8 @@ class RolloutBrowser:
         prompts: optional prompt text per completion, shown before it in grey.
         page_size: completions per page.
         vmax: full-colour value; default the largest (absolute) valid value.
+        eos: the end-of-sequence token strings (default: those of common tokenizers,
+            :data:`rlnb.viz.colors.EOS_TOKENS`), each drawn as a boxed ``EOS`` label.
 
     Attributes: ``filter`` (ToggleButtons: all / correct / incorrect), ``prev_button``,
     ``next_button``, ``body`` (HTML of the page), ``legend`` (HTML colour scale),
@@ -162,6 +174,7 @@ class RolloutBrowser:
         prompts: Sequence[str] | None = None,
         page_size: int = 10,
         vmax: float | None = None,
+        eos: Sequence[str] = EOS_TOKENS,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
@@ -194,6 +207,7 @@ class RolloutBrowser:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.prompts = prompts
         self.kind = kind
+        self.eos = (eos,) if isinstance(eos, str) else tuple(eos)
         self.page_size = int(page_size)
         if vmax is None:
             valid = np.abs(self.values[self.mask & np.isfinite(self.values)])
@@ -259,7 +273,7 @@ class RolloutBrowser:
         prompt = ("" if self.prompts is None else
                   f"<span style='color:#999'>{_token_text(str(self.prompts[i]))}</span>")
         text = tokens_html(self.tokens[i], self.values[i], self.mask[i], kind=self.kind,
-                           vmax=self.vmax)
+                           vmax=self.vmax, eos=self.eos)
         return ("<div style='margin:3px 0;font-family:monospace;white-space:pre-wrap;"
                 "line-height:1.6'>"
                 f"<span style='display:inline-block;min-width:150px;color:#555'>{mark}{label}"
