@@ -24,5 +24,6 @@ REPRODUCTIONS: tuple[str, ...] = (
     "one_shot_rlvr",  # card 14
     "noisy_verifiers",  # card 15
     "own_critic",  # card 16
+    "unsupervised_rlvr",  # card 17
     "intransitive_preferences",  # card 19
 )

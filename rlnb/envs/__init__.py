@@ -70,3 +70,8 @@ __all__ += ["WrittenAdditionTask", "written_addition", "written_sum"]
 from rlnb.envs.preference_game import PreferenceGame  # noqa: E402
 
 __all__ += ["PreferenceGame"]
+
+# Self-consistency as a reward (card 17): the majority vote and its toy.
+from rlnb.envs.votes import AnswerStrategyBandit, MajorityVote  # noqa: E402
+
+__all__ += ["AnswerStrategyBandit", "MajorityVote"]

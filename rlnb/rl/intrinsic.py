@@ -17,52 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlnb.envs.votes import NO_ANSWER, majority_vote_rewards
 from rlnb.mdp.preference import win_rate_rewards
 
 __all__ = ["NO_ANSWER", "PROCESS_REWARD_MODES", "majority_vote_rewards", "process_rewards",
            "win_rate_rewards"]
-
-#: The answer id of a sample with no parseable answer: never a mode, always reward 0.
-NO_ANSWER = -1
-
-
-def majority_vote_rewards(answers: Tensor, group_size: int, generator: torch.Generator) -> Tensor:
-    """``(N,)`` rewards, 1.0 where a sample's answer is its group's (tie-broken) mode.
-
-    Args:
-        answers: ``(N,)`` integer answer ids, groups of ``group_size`` contiguous (TRL's
-            layout); :data:`NO_ANSWER` (-1) for a sample without an answer.
-        group_size: samples per prompt, G >= 1.
-        generator: draws the tie-breaks (one uniform choice among the tied modes of each
-            group that has a tie).
-
-    Returns:
-        float rewards; a group whose samples all lack an answer gets 0 everywhere.
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> majority_vote_rewards(torch.tensor([3, 3, 5, 7,  2, -1, 2, 2]), 4, g)
-    tensor([1., 1., 0., 0., 1., 0., 1., 1.])
-    """
-    if not isinstance(answers, Tensor) or answers.dim() != 1 or answers.is_floating_point():
-        raise ValueError("answers must be a (N,) integer tensor of answer ids (-1: no answer)")
-    if not isinstance(group_size, int) or group_size < 1 or answers.numel() % group_size:
-        raise ValueError(f"group_size must be a positive int dividing N = {answers.numel()}, "
-                         f"got {group_size!r}")
-    if bool((answers < NO_ANSWER).any()):
-        raise ValueError("answer ids must be >= 0, or -1 for no answer")
-    grouped = answers.view(-1, group_size)  # (P, G)
-    rewards = torch.zeros(grouped.shape, dtype=torch.get_default_dtype())
-    for p in range(grouped.shape[0]):
-        row = grouped[p]
-        valid = row[row != NO_ANSWER]
-        if valid.numel() == 0:
-            continue
-        values, counts = torch.unique(valid, return_counts=True)
-        modes = values[counts == counts.max()]
-        pick = 0 if modes.numel() == 1 else int(
-            torch.randint(modes.numel(), (1,), generator=generator))
-        rewards[p] = (row == modes[pick]).to(rewards.dtype)
-    return rewards.reshape(-1)
 
 
 #: The refinements of a per-step process reward (Gao et al. 2024, card 22).
