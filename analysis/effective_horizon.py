@@ -61,7 +61,7 @@ from rlnb.envs.layouts import open_grid
 from rlnb.mdp.horizon import effective_horizon
 from rlnb.policies import TabularPolicy
 from rlnb.train import TrainConfig, Trainer
-from rlnb.viz import PALETTE, style_figure
+from rlnb.viz import PALETTE, add_point_labels, style_figure
 
 TITLE = "The effective horizon predicts samples-to-optimal on gridworlds (Laidlaw et al., card 9)"
 CARD = 9
@@ -229,8 +229,10 @@ def figure(results: dict) -> go.Figure:
         f"{names[a]}: Spearman = {results['summary'][a]['spearman_H']:.2f}" for a in algos])
     finite = [r["H_gorp"] for r in rows if math.isfinite(r["H_gorp"])]
     h_inf = math.ceil(max(finite)) + 1 if finite else 1.0  # where H = inf is drawn
+    points = {}  # subplot column -> (x, y, map names), labelled once the layout is final
     for j, algo in enumerate(algos, start=1):
         budget = (results["pg_budget_episodes"] if algo == "ppo" else None)
+        xs, ys = [], []
         for r in rows:
             eps = [x["episodes"] for x in r[algo]]
             got = [e for e in eps if e is not None]
@@ -239,19 +241,25 @@ def figure(results: dict) -> go.Figure:
             y = cap * 1.5 if censored else float(np.median(got + [math.inf] * (len(eps) - len(got))))
             lock = r["map"].startswith("lock")
             h = r["H_gorp"] if math.isfinite(r["H_gorp"]) else h_inf
+            xs.append(h)
+            ys.append(y)
             fig.add_trace(go.Scatter(
-                x=[h], y=[y], mode="markers+text", text=[r["map"]], textposition="top center",
-                textfont=dict(size=10), showlegend=False,
+                x=[h], y=[y], mode="markers", showlegend=False,
                 marker=dict(size=11, symbol="circle-open" if censored else "circle",
                             color=PALETTE[1] if lock else PALETTE[0], line=dict(width=2)),
                 hovertext=(f"{r['map']}: H={r['H_gorp']:.2f} (closed form {r['H']:.2f}), "
                            f"T={r['T']}, episodes per seed={eps}"),
                 hoverinfo="text"), row=1, col=j)
+        points[j] = (xs, ys, [r["map"] for r in rows])
         ticks = [*range(2, int(h_inf), 2), h_inf]
+        lo_x = min(xs + [2])
+        logs = np.log10([v for v in ys if v > 0 and math.isfinite(v)] or [1.0])
         fig.update_xaxes(title_text="effective horizon H (rollouts GORP needs)", row=1, col=j,
-                         tickvals=ticks, ticktext=[*map(str, ticks[:-1]), "∞"])
+                         tickvals=ticks, ticktext=[*map(str, ticks[:-1]), "∞"],
+                         range=[lo_x - 0.6, h_inf + 0.6])
+        # explicit ranges (log10 units on y), with room for a label above the top point
         fig.update_yaxes(type="log", dtick=1, title_text="episodes to 90% of V*" if j == 1 else None,
-                         row=1, col=j)
+                         range=[logs.min() - 0.25, logs.max() + 0.3], row=1, col=j)
     for label, color, symbol in (("combination locks", PALETTE[1], "circle"),
                                  ("other maps", PALETTE[0], "circle"),
                                  ("not reached within budget (drawn above it)", "#777",
@@ -261,4 +269,6 @@ def figure(results: dict) -> go.Figure:
     style_figure(fig, TITLE, height=520)
     fig.update_layout(hovermode="closest", legend=dict(orientation="h", y=-0.18, x=0,
                                                        yanchor="top"), margin=dict(t=90, b=110))
+    for j, (xs, ys, labels) in points.items():  # in pixels: after the layout is final
+        add_point_labels(fig, xs, ys, labels, row=1, col=j, font_size=10, marker_size=11)
     return fig

@@ -246,7 +246,8 @@ def figure(results: dict) -> go.Figure:
     n = int(results["n"])
     ks = seeds[0]["ks"]
     fig = make_subplots(
-        rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.22,
+        rows=2, cols=2, horizontal_spacing=0.14, vertical_spacing=0.22,
+        specs=[[{}, {"secondary_y": True}], [{}, {}]],  # reward left, entropy right
         subplot_titles=(f"pass@k against k, {len(results['seeds'][0]['c_base'])} held-out problems (range over seeds)",
                         "during GRPO, against the step (mean, range over seeds)",
                         "answers sampled over all held-out problems (seed 0)",
@@ -260,7 +261,8 @@ def figure(results: dict) -> go.Figure:
                                          ("entropy", "token entropy (nats)")]):
         vals = np.array([r["history"][metric] for r in seeds])
         add_line_with_band(fig, steps, vals.mean(0), lo=vals.min(0), hi=vals.max(0),
-                           name=label, color=PALETTE[2 + j], row=1, col=2)
+                           name=label, color=PALETTE[2 + j], row=1, col=2,
+                           secondary_y=metric == "entropy")
     shares = seeds[0]["answer_shares"]
     answers = list(dict.fromkeys([*shares["base"], *shares["rl"]]))[:10]
     for j, (model, name) in enumerate([("base", "base model"), ("rl", "after GRPO")]):
@@ -274,10 +276,21 @@ def figure(results: dict) -> go.Figure:
                          marker_line=dict(color="#666666", width=1),
                          text=[f"{v:.0f}" for v in mean_counts], textposition="outside",
                          showlegend=False, name="problems"), row=2, col=2)
-    fig.update_xaxes(type="log", row=1, col=1, tickvals=ks, ticktext=[str(k) for k in ks])
+    fig.update_xaxes(type="log", row=1, col=1, tickvals=ks, ticktext=[str(k) for k in ks],
+                     title_text="k (samples per problem, log scale)")
     fig.update_yaxes(range=[0, 1.02], title_text="pass@k", row=1, col=1)
-    fig.update_xaxes(type="category", row=2, col=1)
+    # reward and entropy have different units: one axis each, titled in its line's colour
+    fig.update_xaxes(title_text="GRPO step", row=1, col=2)
+    fig.update_yaxes(title_text="reward (pass@1, training prompts)", range=[0, 1.02], row=1, col=2,
+                     secondary_y=False, title_font=dict(color=PALETTE[2]),
+                     tickfont=dict(color=PALETTE[2]))
+    fig.update_yaxes(title_text="token entropy (nats)", rangemode="tozero", row=1, col=2,
+                     secondary_y=True, showgrid=False, tickmode="auto", title_font=dict(color=PALETTE[3]),
+                     tickfont=dict(color=PALETTE[3]), showline=True, linecolor="#888",
+                     ticks="outside")
+    fig.update_xaxes(type="category", title_text="answer (the base model's most frequent first)", row=2, col=1)
     fig.update_yaxes(title_text="share of samples", range=[0, 1.02], row=2, col=1)
+    fig.update_xaxes(title_text=f"who solves the problem within {n} samples", row=2, col=2)
     fig.update_yaxes(title_text="problems", row=2, col=2,
                      range=[0, 1.15 * max(mean_counts + [1.0])])
     fig.update_layout(barmode="group")

@@ -102,13 +102,18 @@ def add_line_with_band(
     col: int | None = None,
     showlegend: bool = True,
     mode: str = "lines",
+    secondary_y: bool | None = None,
 ) -> None:
     """Add a line and, when ``lo``/``hi`` are given, a shaded band between them.
 
     The band is two traces (upper edge, then lower edge with ``fill="tonexty"``) grouped
     with the line in the legend, so clicking the legend entry hides all three.
+    ``secondary_y=True`` draws them on the subplot's second y axis (one made with
+    ``make_subplots(specs=[[{"secondary_y": True}]])``), for a metric in other units.
     """
     where = {} if row is None else {"row": row, "col": col}
+    if secondary_y is not None:
+        where["secondary_y"] = secondary_y
     if lo is not None and hi is not None:
         fig.add_trace(
             go.Scatter(

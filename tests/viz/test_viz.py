@@ -14,15 +14,20 @@ import rlnb.viz
 from rlnb.probes import pass_at_k_curve
 from rlnb.viz import (
     PALETTE,
+    add_point_labels,
     decade_ticks,
     find_chromium,
+    format_number,
     format_tick,
     passk_curves,
+    place_labels,
+    styled_table,
     training_curves,
     write_html,
     write_png,
 )
 from rlnb.viz import export as export_mod
+from rlnb.viz.labels import label_size
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 needs_chromium = pytest.mark.skipif(
@@ -238,3 +243,96 @@ def test_decade_ticks_ignore_what_a_log_axis_cannot_show_and_thin_wide_ranges():
 def test_format_tick_is_never_a_bare_mantissa():
     assert [format_tick(v) for v in (2e-5, 0.05, 0.2, 1, 1000, 2e4, 3e6)] == [
         "2e-5", "0.05", "0.2", "1", "1000", "20k", "3M"]
+
+
+# --- tables --------------------------------------------------------------------------
+
+
+def test_format_number_no_negative_zero_counts_as_integers_missing_as_dash():
+    assert format_number(-0.00004) == "0.000"
+    assert format_number(-0.00004, signed=True) == "+0.000"
+    assert format_number(-0.0123, signed=True) == "-0.012"
+    assert format_number(44.6667, 0) == "45" and format_number(44.5, 0) == "45"
+    assert format_number(np.float64(68.0), 0) == "68"
+    assert format_number(np.nan) == "—" and format_number(None, missing="n/a") == "n/a"
+
+
+def test_styled_table_formats_per_column_and_explains_missing_values():
+    df = pd.DataFrame({"steps": [44.6667, 68.0, np.nan], "gap": [-0.00001, 0.0123, -0.2],
+                       "name": ["a", "b", "c"]}, index=["PPO", "KL-Cov", "NSR"])
+    styled = styled_table(df, counts=["steps"], signed=["gap"], caption="— : never reached")
+    html = styled.to_html()
+    cells = re.findall(r'class="data row\d col\d" >([^<]*)<', html)
+    assert cells == ["45", "+0.000", "a", "68", "+0.012", "b", "—", "-0.200", "c"]
+    assert "NaN" not in html and "-0.000" not in html and "68.0" not in html
+    assert "never reached" in html and styled.data is df
+    with pytest.raises(KeyError, match="steps to reward"):
+        styled_table(df, counts=["steps to reward"])
+
+
+# --- point labels --------------------------------------------------------------------
+
+
+def _boxes(points, sizes, spots):
+    return [(x + dx - w / 2, y + dy - h / 2, x + dx + w / 2, y + dy + h / 2)
+            for (x, y), (w, h), (dx, dy, _) in zip(points, sizes, spots)]
+
+
+def _overlaps(a, b):
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def test_place_labels_no_two_labels_overlap_for_colliding_points():
+    # the report's worst case and worse: near-coincident points with long names, a tight cluster
+    points = [(300, 200), (303, 201), (306, 199), (300, 204), (420, 200), (426, 200), (310, 260)]
+    names = ["lock5", "lava_crossing", "cliff", "key_door", "corridor", "open5", "lock4"]
+    sizes = [label_size(n, 10) for n in names]
+    bounds = (0, 0, 800, 500)
+    spots = place_labels(points, sizes, marker_radius=6.5, bounds=bounds)
+    boxes = _boxes(points, sizes, spots)
+    # the naive placement (every label above its point) collides
+    naive = _boxes(points, sizes, [(0, -20, 0)] * len(points))
+    assert any(_overlaps(a, b) for i, a in enumerate(naive) for b in naive[i + 1:])
+    for i, a in enumerate(boxes):
+        assert bounds[0] <= a[0] and a[2] <= bounds[2] and bounds[1] <= a[1] and a[3] <= bounds[3]
+        for b in boxes[i + 1:]:
+            assert not _overlaps(a, b), (names[i], a, b)
+        for x, y in points:  # no label covers a marker
+            assert not _overlaps(a, (x - 6.5, y - 6.5, x + 6.5, y + 6.5))
+    assert place_labels(points, sizes, marker_radius=6.5, bounds=bounds) == spots  # deterministic
+
+
+def test_place_labels_prefers_above_and_stays_in_bounds():
+    assert place_labels([(100, 100)], [(40, 14)]) == [(0.0, -15.0, 0)]
+    # at the top edge, the label goes below instead
+    (dx, dy, _), = place_labels([(100, 5)], [(40, 14)], bounds=(0, 0, 200, 200))
+    assert dy > 0
+    with pytest.raises(ValueError, match="one size per point"):
+        place_labels([(0, 0)], [])
+
+
+def test_add_point_labels_annotates_each_finite_point_of_its_subplot():
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2)
+    x, y = [4.1, 4.2, 4.2, np.inf], [1000, 1050, 1200, 10]
+    fig.add_trace(go.Scatter(x=x, y=y, mode="markers"), row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=2)
+    add_point_labels(fig, x, y, ["lock4", "corridor", "open5", "decoy"], row=1, col=2)
+    notes = fig.layout.annotations
+    assert [a.text for a in notes] == ["lock4", "corridor", "open5"]
+    assert {(a.xref, a.yref) for a in notes} == {("x2", "y2")}
+    assert notes[0].y == pytest.approx(3.0)  # log axes take log10 positions
+    assert fig.layout.xaxis2.range is not None and fig.layout.yaxis2.range is not None
+
+
+def test_place_labels_a_label_beside_its_marker_is_nearest_its_own_point():
+    points = [(200, 200), (214, 184), (187, 191), (219, 211), (198, 244)]
+    names = ["corridor", "cliff", "open5", "key_door", "lock4"]
+    sizes = [label_size(n, 10) for n in names]
+    spots = place_labels(points, sizes, marker_radius=6.5, bounds=(0, 0, 600, 400))
+    for i, box in enumerate(_boxes(points, sizes, spots)):
+        if spots[i][2] == 0:  # no leader line: position alone must say whose label it is
+            def distance(p, box=box):
+                return np.hypot(max(box[0] - p[0], 0, p[0] - box[2]), max(box[1] - p[1], 0, p[1] - box[3]))
+            assert all(distance(points[i]) < distance(p) for j, p in enumerate(points) if j != i), names[i]
