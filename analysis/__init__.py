@@ -25,5 +25,6 @@ REPRODUCTIONS: tuple[str, ...] = (
     "noisy_verifiers",  # card 15
     "own_critic",  # card 16
     "unsupervised_rlvr",  # card 17
+    "broad_rollouts",  # card 18
     "intransitive_preferences",  # card 19
 )
