@@ -147,7 +147,8 @@ class BestOfNExplorer:
         fig.update_yaxes(title_text="KL in nats", row=1, col=3)
         style_figure(fig, "Best-of-n by a noisy proxy, scored by the gold reward (exact)",
                      height=420)
-        fig.update_layout(width=1150, hovermode="closest")
+        fig.update_layout(width=1150, hovermode="closest", margin=dict(t=115),
+                          legend=dict(y=1.16))  # above the panel titles
         return go.FigureWidget(fig)
 
     def _update_curve(self) -> None:

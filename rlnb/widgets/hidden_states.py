@@ -264,6 +264,7 @@ class HiddenStatesExplorer:
         fig.update_yaxes(title_text=self.score, row=1, col=2)
         style_figure(fig, f"Linear probe: {self.score} per layer"
                      + ("" if self.chance is None else f" (dotted: chance, {self.chance:g})"),
-                     height=400)
-        fig.update_layout(width=1050, hovermode="closest")
+                     height=420)
+        fig.update_layout(width=1050, hovermode="closest", margin=dict(t=115),
+                          legend=dict(y=1.16))  # above the panel titles
         return fig

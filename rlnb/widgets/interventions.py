@@ -242,8 +242,9 @@ class InterventionExplorer:
             fig.update_xaxes(title_text="training step", range=[0, steps], row=1, col=col)
         fig.update_yaxes(title_text="reward", range=[0, 1.02], row=1, col=1)
         fig.update_yaxes(title_text="entropy (nats)", rangemode="tozero", row=1, col=2)
-        style_figure(fig, "Press Run: the chosen intervention against the baseline", height=400)
-        fig.update_layout(width=1050)
+        style_figure(fig, "Press Run: the chosen intervention against the baseline", height=420)
+        fig.update_layout(width=1050, margin=dict(t=115),
+                          legend=dict(y=1.16))  # above the panel titles
         return go.FigureWidget(fig)
 
     def _draw(self) -> None:
