@@ -13,6 +13,7 @@ from rlnb.envs.gridworld import Gridworld
 from rlnb.envs.layouts import LAYOUTS
 from rlnb.mdp.horizon import value_iteration
 from rlnb.viz.gridworld import effective_horizon_bars, value_heatmap
+from rlnb.widgets.display import bundle
 
 
 class GridworldExplorer:
@@ -94,4 +95,4 @@ class GridworldExplorer:
         self.status.value = status
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, self._figures.children, **kwargs)

@@ -78,6 +78,7 @@ from rlnb.widgets.controls import (
     status_html,
     waiting_for_restart,
 )
+from rlnb.widgets.display import bundle, sync_state
 
 __all__ = ["DEFAULT_MAX_STEPS", "LIVE_KNOBS", "REWARD_MEAN", "RESTART_KNOBS", "LiveTraining",
            "display_rows"]
@@ -87,6 +88,8 @@ __all__ = ["DEFAULT_MAX_STEPS", "LIVE_KNOBS", "REWARD_MEAN", "RESTART_KNOBS", "L
 DEFAULT_MAX_STEPS = 10_000
 #: The reward panel's running mean, a display-only curve (not in ``history``).
 REWARD_MEAN = "reward, running mean"
+#: The ``meta`` of the empty traces that make plotly draw every panel's axes before Start.
+FRAME = "empty frame"
 #: Axis titles of the panels, by the first metric a panel draws.
 _Y_TITLES = {"reward": "reward", "entropy": "nats per token", "kl": "KL"}
 
@@ -327,7 +330,7 @@ class LiveTraining:
         return dict(self._controls)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, [self.figure], **kwargs)
 
     # --- controls -------------------------------------------------------------------
     def _build_controls(self, title: str | None) -> None:
@@ -408,7 +411,7 @@ class LiveTraining:
                 self._label_axes(empty=not self.live_figure.runs)
                 for run in self.live_figure.runs:
                     self._style_reward(run)
-                self._fig_box.children = [self.figure]
+                self._fig_box.children = [sync_state(self.figure)]
             self.live_figure.add_run(name)
             self._style_reward(name)
         self.progress.max = max(config.max_steps, 1)
@@ -505,6 +508,11 @@ class LiveTraining:
                     fig.layout[f"xaxis{suffix}"].range = (0, max(self.base_config.max_steps, 1))
                     fig.layout[f"yaxis{suffix}"].range = (0, 1)
             if empty:
+                # plotly draws a subplot's axes only for a trace on them: an empty one each
+                for i in range(len(self.live_figure.panels)):
+                    axis = "" if i == 0 else str(i + 1)
+                    fig.add_trace(go.Scatter(x=[], y=[], xaxis=f"x{axis}", yaxis=f"y{axis}",
+                                             meta=FRAME, showlegend=False, hoverinfo="skip"))
                 fig.add_annotation(text="no steps yet: press Start", name="placeholder",
                                    xref="paper", yref="paper", x=0.5, y=0.5,
                                    showarrow=False, font=dict(size=15, color="#999"))

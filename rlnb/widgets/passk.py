@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from rlnb.probes.passk import default_ks, pass_at_k, pass_at_k_curve
 from rlnb.viz.passk import passk_curves
 from rlnb.viz.training import PALETTE, color_map
+from rlnb.widgets.display import bundle
 
 __all__ = ["PassKExplorer"]
 
@@ -178,8 +179,10 @@ class PassKExplorer:
         self.problem = W.Dropdown(options=self._problem_options(), description="problem",
                                   layout=W.Layout(width="560px"))
         self.samples_view = W.HTML()
-        self.figure = go.FigureWidget()
         self.curve = pd.DataFrame()
+        # built from the first figure, so the page draws it from the widget's first state
+        # (the messages of later changes can land before the widget's code has loaded)
+        self.figure = go.FigureWidget(self._fresh_figure())
         for w in (self.models, self.k_range, self.log_x):
             w.observe(lambda _: self._update_figure(), names="value")
         self.models.observe(lambda _: self._update_samples(), names="value")
@@ -191,11 +194,10 @@ class PassKExplorer:
             self.problem,
             self.samples_view,
         ])
-        self._update_figure()
         self._update_samples()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, [self.figure], **kwargs)
 
     # --- figure ---------------------------------------------------------------------
     def ks(self) -> list[int]:
@@ -203,7 +205,8 @@ class PassKExplorer:
         lo, hi = self.k_range.value
         return sorted({lo, hi, *(k for k in default_ks(self.n_max) if lo <= k <= hi)})
 
-    def _update_figure(self) -> None:
+    def _fresh_figure(self) -> go.Figure:
+        """The figure of the current controls (and :attr:`curve`, its frame)."""
         chosen = [m for m in self.counts if m in self.models.value]
         if chosen:
             self.curve = pass_at_k_curve({m: self.counts[m] for m in chosen},
@@ -216,6 +219,10 @@ class PassKExplorer:
             self.curve = pd.DataFrame(columns=["model", "k", "pass_at_k"])
             fresh = go.Figure()
             fresh.update_layout(title="pick at least one model")
+        return fresh
+
+    def _update_figure(self) -> None:
+        fresh = self._fresh_figure()
         with self.figure.batch_update():
             self.figure.data = ()
             self.figure.layout = fresh.layout

@@ -16,7 +16,7 @@ from rlnb.policies import TabularPolicy
 from rlnb.train import ExactSuccess, TrainConfig
 from rlnb.widgets import LiveTraining
 from rlnb.widgets.controls import _duration, status_html
-from rlnb.widgets.live import DEFAULT_MAX_STEPS, REWARD_MEAN, display_rows
+from rlnb.widgets.live import DEFAULT_MAX_STEPS, FRAME, REWARD_MEAN, display_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -103,7 +103,8 @@ def test_smooth_one_draws_per_step_values_only(env, tmp_path):
                         smooth=1, refresh_seconds=0.0)
     dash.start()
     assert dash.wait(TIMEOUT)
-    assert [t.name for t in dash.figure.data] == ["001-grpo", "001-grpo"]  # reward, entropy
+    curves = [t.name for t in dash.figure.data if t.meta != FRAME]
+    assert curves == ["001-grpo", "001-grpo"]  # reward, entropy
     with pytest.raises(ValueError, match="smooth must be an integer >= 1"):
         LiveTraining(env, factory(env), small_config(), run_root=tmp_path, smooth=0)
 
@@ -139,6 +140,9 @@ def test_panels_before_start_are_empty_titled_frames_over_the_budget(env, tmp_pa
         assert tuple(x.range) == (0, 400) and tuple(y.range) == (0, 1)
     assert [layout[f"yaxis{s}"].title.text for s in ("", "2", "3")] == [
         "reward", "nats per token", "pass@k"]
+    # an empty trace on each panel, so that plotly draws its axes
+    frames = [t for t in dash.figure.data if t.meta == FRAME]
+    assert sorted((t.xaxis, t.yaxis) for t in frames) == [("x", "y"), ("x2", "y2"), ("x3", "y3")]
     dash.controls["max_steps"].value = 30  # the frame follows the budget box
     assert tuple(layout.xaxis.range) == (0, 30)
 
