@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from rlnb.probes.bon import best_of_n_curve, kl_bound
 from rlnb.viz.training import PALETTE, style_figure
+from rlnb.widgets.display import bundle
 
 __all__ = ["BestOfNExplorer"]
 
@@ -106,7 +107,7 @@ class BestOfNExplorer:
         self._update_curve()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, [self.figure], **kwargs)  # figures with their full state
 
     # --- computation ---------------------------------------------------------------------
     def proxy(self, noise_scale: float | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from rlnb.viz.training import PALETTE, style_figure
+from rlnb.widgets.display import bundle
 
 __all__ = ["HiddenStatesExplorer"]
 
@@ -129,15 +130,15 @@ class HiddenStatesExplorer:
         self.metric = W.Dropdown(options=self.metrics, value=metric, description="rank")
         self.step = W.SelectionSlider(options=self.steps, value=step, description="checkpoint",
                                       continuous_update=True, layout=W.Layout(width="420px"))
-        self.rank_figure = go.FigureWidget()
-        self.probe_figure = go.FigureWidget()
+        # built from the first figures, so the page draws them from the widgets' first state
+        self.rank_figure = go.FigureWidget(self._rank())
+        self.probe_figure = go.FigureWidget(self._probe() if self.probes is not None else None)
         children: list[Any] = [W.HBox([self.layer, self.metric, self.step]), self.rank_figure]
         if self.probes is not None:
             children.append(self.probe_figure)
         self.widget = W.VBox(children)
         for control in (self.layer, self.metric, self.step):
             control.observe(lambda _: self.update(), names="value")
-        self.update()
 
     @staticmethod
     def _check_probes(probes: Any, score: str, error: str | None,
@@ -159,7 +160,7 @@ class HiddenStatesExplorer:
         return probes, layer_col, score, error
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, [self.rank_figure, self.probe_figure], **kwargs)
 
     # --- the values on display ------------------------------------------------------------
     def rank_at(self, step: Any = None) -> pd.Series:

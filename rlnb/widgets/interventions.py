@@ -25,6 +25,7 @@ from rlnb.policies import TabularPolicy
 from rlnb.train import Trainer
 from rlnb.train.config import TrainConfig
 from rlnb.viz.training import PALETTE, style_figure
+from rlnb.widgets.display import bundle
 
 __all__ = ["INTERVENTION_KNOBS", "InterventionExplorer", "InterventionRun", "Knob"]
 
@@ -154,7 +155,7 @@ class InterventionExplorer:
         self.run_button.on_click(lambda _: self.run())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return bundle(self.widget, [self.figure], **kwargs)  # figures with their full state
 
     # --- configuration -------------------------------------------------------------------
     def config_for(self, intervention: str, value: float) -> TrainConfig:
