@@ -80,10 +80,14 @@ class GridworldExplorer:
         for fig in (heat, bars):
             fig.update_layout(width=460, height=400)
         self._figures.children = [go.FigureWidget(heat), go.FigureWidget(bars)]
+        attained = (f"attained at k = {eh.k}" if eh.k is not None else
+                    "capped at T: no k gives a smaller H")
+        solvable = (f"smallest solvable k = {eh.min_k}" if eh.min_k is not None else
+                    "no k up to T is solvable")
         status = (
             f"<b>{self.map.value}</b> · slip {self.slip.value:.2f} · sticky "
             f"{self.sticky.value:.2f} · effective horizon <b>H = {eh.value:.3f}</b> of "
-            f"T = {eh.horizon} (attained at k = {eh.k}; smallest solvable k = {eh.min_k}) · "
+            f"T = {eh.horizon} ({attained}; {solvable}) · "
             f"V* = {float(self.env.optimal_value()[0]):.3f}"
         )
         self.horizon_gorp = None

@@ -60,3 +60,10 @@ def test_gridworld_explorer_recomputes_on_every_change():
 @pytest.mark.parametrize("module", [rlnb.viz.radar, rlnb.widgets.gridworld])
 def test_doctests(module):
     assert doctest.testmod(module).failed == 0
+
+
+def test_gridworld_explorer_says_when_the_horizon_is_capped():
+    """H = T from the cap has no attaining k: the status says so instead of 'k = None'."""
+    explorer = GridworldExplorer(name="lock3", slip=0.3)
+    assert "None" not in explorer.status.value
+    assert "capped at T" in explorer.status.value
