@@ -274,8 +274,8 @@ def widget_html(model_id: str, state: dict, notebook: str,
     heading = next((_strip_tags(m["state"]["value"]) for _, m in models
                     if m["model_name"] == "HTMLModel"
                     and re.search(r"<h[1-4]", m["state"].get("value", ""))), "")
-    title = f"<b>{html.escape(heading)}</b>: " if heading else ""
-    note = (f'<div class="rlnb-widget-note">{title}an interactive dashboard. Its controls '
+    title = f"<b>{html.escape(heading)}</b>: an" if heading else "An"
+    note = (f'<div class="rlnb-widget-note">{title} interactive dashboard. Its controls '
             f"need a running kernel: open <code>notebooks/{notebook}.ipynb</code> in "
             f"JupyterLab (<code>make lab</code>) to use them."
             + (" Below, its figure as the notebook left it." if figures else "") + "</div>")
