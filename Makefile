@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlnb-installed
+BOOK_STAMP := $(VENV)/.rlnb-book-installed
 # The CPU build of torch is pinned through constraints.txt. GPU users: install your CUDA
 # torch into the environment first and run `make install RLNB_CONSTRAINTS=none`.
 RLNB_CONSTRAINTS ?= $(CURDIR)/constraints.txt
@@ -15,7 +16,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install git-filters lab test test-numerics test-vllm vllm lint reproduce reproduce-quick book chromium clean help
+.PHONY: install book-deps git-filters lab test test-numerics test-vllm vllm lint reproduce reproduce-quick book chromium clean help
 
 help:
 	@echo "make lab        set up and open JupyterLab on notebooks/ (127.0.0.1, token auth)"
@@ -68,7 +69,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: install chromium lint
+# The book's extra too: its browser test builds a one-notebook book (tests/project/test_book.py).
+test: install book-deps chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The numerics-sensitive tests (LM scoring, the replayed update, the CPU kernels,
@@ -121,14 +123,15 @@ reproduce-quick: install chromium
 # into build/book/index.html, with reports/latest linked when it exists. The `book` extra
 # (pure Python, a few MB) is installed on first use. `make book BOOK_ARGS="--full --jobs 2"`
 # runs the full budgets; `BOOK_ARGS="--only 00_tour 03"` builds a book of some notebooks.
-BOOK_STAMP := $(VENV)/.rlnb-book-installed
 BOOK_ARGS ?=
 
 $(BOOK_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(PIP_CONSTRAINT_ENV) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[book]"
 	touch $(BOOK_STAMP)
 
-book: $(BOOK_STAMP)
+book-deps: $(BOOK_STAMP)
+
+book: book-deps
 	$(BIN)/python -m book --out build/book $(BOOK_ARGS)
 
 clean:
