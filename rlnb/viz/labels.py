@@ -121,8 +121,11 @@ def place_labels(
     label. If ``rings`` rings hold no free spot, the spot with the least overlap is taken;
     pass more rings (or a larger figure) then.
 
+    Two points 4 px apart: a label above or below either would sit as near the other
+    point, so they go to the outer sides, each beside its own point:
+
     >>> place_labels([(100, 100), (104, 100)], [(40, 14), (40, 14)])
-    [(0.0, -15.0, 0), (0.0, 15.0, 0)]
+    [(-28.0, 0.0, 0), (28.0, 0.0, 0)]
     """
     if len(points) != len(sizes):
         raise ValueError(f"{len(points)} points but {len(sizes)} label sizes: give one size per point")
