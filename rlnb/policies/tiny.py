@@ -13,6 +13,7 @@ model fit for RL studies (low pass@1, high pass@k), cached on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +331,8 @@ def pretrain_base(
     task's config, so a second call with the same arguments returns at once, and any change
     trains a new model. The default cache is ``$RLNB_CACHE/base_models`` or
     ``~/.cache/rlnb/base_models``. Writing is atomic (a temporary directory renamed into
-    place), so an interrupted run leaves no half model behind.
+    place), so an interrupted run leaves no half model behind; a lock per key makes
+    concurrent calls for one base (two processes on a fresh cache) train it once.
 
     Threads: training runs on ``num_threads`` CPU threads (the previous setting is
     restored). One thread is the default: results are then the same on every machine, and
@@ -369,13 +372,39 @@ def pretrain_base(
 
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+    root.mkdir(parents=True, exist_ok=True)
+    with _key_lock(root, final.name):  # a concurrent twin trains it once; this one waits
+        if (final / "config.json").exists() and (final / "pretrain.json").exists():
+            return final
+        return _train_and_write(task, settings, progress, tqdm, num_threads, root, final)
+
+
+@contextlib.contextmanager
+def _key_lock(root: Path, name: str) -> Iterator[None]:
+    """An exclusive advisory lock on ``root/.lock-<name>`` (``fcntl.flock``): two processes
+    that need the same base (two reproductions run at once on a fresh cache) train it once,
+    the second waiting and then loading it. A no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root / f".lock-{name}", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_and_write(task: Any, settings: dict[str, Any], progress: bool, tqdm: Any,
+                     num_threads: int, root: Path, final: Path) -> Path:
     t0 = time.perf_counter()
     with torch_threads(num_threads):
         model, tok, record = _pretrain(task, settings, progress, tqdm)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["num_threads"] = num_threads
 
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
     from transformers.utils import logging as hf_logging
 

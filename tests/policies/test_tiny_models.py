@@ -174,3 +174,36 @@ def test_doctests():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_concurrent_calls_for_one_base_train_it_once(tmp_path, monkeypatch):
+    """Two reproductions needing the same base at once (a fresh cache, --jobs 2): the
+    second waits on the key's lock and loads what the first wrote."""
+    import threading
+
+    import rlnb.policies.tiny as tiny
+
+    calls = []
+    real = tiny._pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "_pretrain", counting)
+    settings = {**TINY, "steps": 20, "eval_every": 10, "cache_dir": tmp_path}
+    paths = []
+    import warnings
+
+    def work():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the step-budget warning of the tiny budget
+            paths.append(pretrain_base(_task(), **settings))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(paths) == 2 and paths[0] == paths[1]
+    assert (paths[0] / "pretrain.json").exists()
