@@ -128,3 +128,66 @@ class Sandbox(Serializable):
         """Exact per-prompt probability that one episode earns reward > 0 (for binary
         sandboxes: pass@1 per prompt), ``(num_prompts,)``. Policies as in ``action_probs``."""
         raise NotImplementedError(f"{type(self).__name__} has no exact success probability")
+
+
+class SandboxWrapper(Sandbox):
+    """A sandbox that is ``env`` in everything but its reward (a noisy verifier, a majority
+    vote): prompts, actions, transitions, state features, prompt sampling and the exact
+    (clean) success probability are the wrapped sandbox's, and the wrapper's spec nests
+    ``env``'s spec under ``config["env"]`` (its tensors under ``env.``). Subclasses set
+    their own options in ``__init__(env, **options)`` after calling this one, return
+    those options from ``get_config``, and implement the reward."""
+
+    def __init__(self, env: Sandbox) -> None:
+        self.env = env
+        self.num_prompts, self.num_actions = env.num_prompts, env.num_actions
+        self.horizon, self.states_per_prompt = env.horizon, env.states_per_prompt
+
+    # --- serialization: the wrapped sandbox's spec nested in ours ------------------------
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"env.{k}": v for k, v in self.env.get_tensors().items()}
+
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        out["config"] = {**out["config"], "env": self.env.spec()}
+        return out
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SandboxWrapper:
+        from rlnb.serialization import build_component
+
+        config = dict(spec.get("config", {}))
+        inner = config.pop("env", None)
+        if not isinstance(inner, dict):
+            raise ValueError(f"a {cls.__name__} spec needs the wrapped sandbox's spec under "
+                             "config['env']; this spec was not written by rlnb")
+        env = build_component(inner, {k[4:]: v for k, v in tensors.items()
+                                      if k.startswith("env.")})
+        return cls(env, **config)
+
+    # --- everything but the reward is the wrapped sandbox's -----------------------------
+    def initial_states(self, prompts: torch.Tensor) -> torch.Tensor:
+        return self.env.initial_states(prompts)
+
+    def next_states(self, states: torch.Tensor, actions: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.env.next_states(states, actions, generator)
+
+    def is_terminal(self, states: torch.Tensor) -> torch.Tensor:
+        return self.env.is_terminal(states)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.env.feature_dim
+
+    def state_features(self, states: torch.Tensor) -> torch.Tensor:
+        return self.env.state_features(states)
+
+    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.env.sample_prompts(n, generator)
+
+    def success_probability(self, policy_probs: torch.Tensor) -> torch.Tensor:
+        """The wrapped sandbox's exact per-prompt success probability (what the policy is
+        judged on: the wrapper changes the reward the trainer sees, not which answers are
+        right)."""
+        return self.env.success_probability(policy_probs)

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from rlnb.checks import check_number
-from rlnb.envs.base import Sandbox
+from rlnb.envs.base import Sandbox, SandboxWrapper
 from rlnb.registry import Registry
 
 __all__ = [
@@ -192,7 +192,7 @@ def expected_observed_reward(clean: Tensor, false_positive_rate: float,
 
 
 # --- the wrapper ---------------------------------------------------------------------------
-class NoisyVerifier(Sandbox):
+class NoisyVerifier(SandboxWrapper):
     """``env`` with its 0/1 reward read through a noisy verifier, then corrected.
 
     Args:
@@ -229,9 +229,8 @@ class NoisyVerifier(Sandbox):
                 "flip their rewards in the task's reward function instead")
         self.rho0, self.rho1 = check_noise_rates(false_positive_rate, false_negative_rate)
         REWARD_CORRECTIONS[correction]  # unknown names raise, listing the valid ones
-        self.env, self.correction = env, correction
-        self.num_prompts, self.num_actions = env.num_prompts, env.num_actions
-        self.horizon, self.states_per_prompt = env.horizon, env.states_per_prompt
+        super().__init__(env)
+        self.correction = correction
         self.reward_name = f"{env.reward_name} (noisy verifier, {correction} correction)"
 
     @property
@@ -247,56 +246,9 @@ class NoisyVerifier(Sandbox):
         return {"false_positive_rate": self.rho0, "false_negative_rate": self.rho1,
                 "correction": self.correction}
 
-    def get_tensors(self) -> dict[str, Tensor]:
-        return {f"env.{k}": v for k, v in self.env.get_tensors().items()}
-
-    def spec(self) -> dict[str, Any]:
-        out = super().spec()
-        out["config"] = {**out["config"], "env": self.env.spec()}
-        return out
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], tensors: dict[str, Tensor]) -> NoisyVerifier:
-        from rlnb.serialization import build_component
-
-        config = dict(spec.get("config", {}))
-        inner = config.pop("env", None)
-        if not isinstance(inner, dict):
-            raise ValueError("a NoisyVerifier spec needs the wrapped sandbox's spec under "
-                             "config['env']; this spec was not written by rlnb")
-        env = build_component(inner, {k[4:]: v for k, v in tensors.items()
-                                      if k.startswith("env.")})
-        return cls(env, **config)
-
     def __repr__(self) -> str:
         return (f"NoisyVerifier({self.env!r}, false_positive_rate={self.rho0:g}, "
                 f"false_negative_rate={self.rho1:g}, correction={self.correction!r})")
-
-    # --- everything but the reward is the wrapped sandbox's -----------------------------
-    def initial_states(self, prompts: Tensor) -> Tensor:
-        return self.env.initial_states(prompts)
-
-    def next_states(self, states: Tensor, actions: Tensor,
-                    generator: torch.Generator | None = None) -> Tensor:
-        return self.env.next_states(states, actions, generator)
-
-    def is_terminal(self, states: Tensor) -> Tensor:
-        return self.env.is_terminal(states)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.env.feature_dim
-
-    def state_features(self, states: Tensor) -> Tensor:
-        return self.env.state_features(states)
-
-    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.env.sample_prompts(n, generator)
-
-    def success_probability(self, policy_probs: Tensor) -> Tensor:
-        """The clean sandbox's exact per-prompt success probability (what the policy is
-        judged on; the verifier's noise does not enter)."""
-        return self.env.success_probability(policy_probs)
 
     # --- the noisy, corrected reward ----------------------------------------------------
     def observe(self, clean: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rlnb.checks import check_int, check_number, one_step_actions
-from rlnb.envs.base import Sandbox
+from rlnb.envs.base import Sandbox, SandboxWrapper
 from rlnb.envs.strategy_bandit import StrategyBandit, _count
 
 __all__ = ["CORRECT", "NO_ANSWER", "AnswerStrategyBandit", "MajorityVote", "majority_vote_rewards"]
@@ -172,7 +172,7 @@ class AnswerStrategyBandit(StrategyBandit):
         return float(-(q * q.clamp_min(1e-300).log()).sum(1).mean())
 
 
-class MajorityVote(Sandbox):
+class MajorityVote(SandboxWrapper):
     """``env`` trained on self-consistency: each completion earns 1 when its answer is its
     group's (tie-broken) most frequent answer, else 0 (:func:`majority_vote_rewards`).
 
@@ -191,61 +191,15 @@ class MajorityVote(Sandbox):
             raise TypeError(
                 f"MajorityVote needs a sandbox with rollout_answers(rollout) -> (N,) answer "
                 f"ids (e.g. AnswerStrategyBandit), got {type(env).__name__}")
-        self.env = env
-        self.num_prompts, self.num_actions = env.num_prompts, env.num_actions
-        self.horizon, self.states_per_prompt = env.horizon, env.states_per_prompt
+        super().__init__(env)
         self.reward_name = "majority vote"
 
     # --- serialization: the wrapped sandbox's spec nested in ours ------------------------
     def get_config(self) -> dict[str, Any]:
         return {}
 
-    def get_tensors(self) -> dict[str, Tensor]:
-        return {f"env.{k}": v for k, v in self.env.get_tensors().items()}
-
-    def spec(self) -> dict[str, Any]:
-        out = super().spec()
-        out["config"] = {**out["config"], "env": self.env.spec()}
-        return out
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], tensors: dict[str, Tensor]) -> MajorityVote:
-        from rlnb.serialization import build_component
-
-        inner = dict(spec.get("config", {})).get("env")
-        if not isinstance(inner, dict):
-            raise ValueError("a MajorityVote spec needs the wrapped sandbox's spec under "
-                             "config['env']; this spec was not written by rlnb")
-        return cls(build_component(inner, {k[4:]: v for k, v in tensors.items()
-                                           if k.startswith("env.")}))
-
     def __repr__(self) -> str:
         return f"MajorityVote({self.env!r})"
-
-    # --- everything but the reward is the wrapped sandbox's -----------------------------
-    def initial_states(self, prompts: Tensor) -> Tensor:
-        return self.env.initial_states(prompts)
-
-    def next_states(self, states: Tensor, actions: Tensor,
-                    generator: torch.Generator | None = None) -> Tensor:
-        return self.env.next_states(states, actions, generator)
-
-    def is_terminal(self, states: Tensor) -> Tensor:
-        return self.env.is_terminal(states)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.env.feature_dim
-
-    def state_features(self, states: Tensor) -> Tensor:
-        return self.env.state_features(states)
-
-    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.env.sample_prompts(n, generator)
-
-    def success_probability(self, policy_probs: Tensor) -> Tensor:
-        """The wrapped sandbox's exact (gold) success probability per prompt."""
-        return self.env.success_probability(policy_probs)
 
     # --- the vote ------------------------------------------------------------------------
     def reward_rollout(self, rollout: Any, generator: torch.Generator | None = None) -> Tensor:
