@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rlnb.checks import check_int, check_number, one_step_actions
 from rlnb.envs.base import Sandbox, SandboxWrapper
-from rlnb.envs.strategy_bandit import StrategyBandit, _count
+from rlnb.envs.strategy_bandit import StrategyBandit
 
 __all__ = ["CORRECT", "NO_ANSWER", "AnswerStrategyBandit", "MajorityVote", "majority_vote_rewards"]
 
@@ -134,12 +134,10 @@ class AnswerStrategyBandit(StrategyBandit):
         num_wrong = check_int(num_wrong, "num_wrong", 1)
         popular_rate = check_number(popular_rate, "popular_rate", 0, 1,
                                     meaning="fraction of wrong answers that are the popular one")
-        rates = [0.5, 0.35] if setting == "aligned" else [0.05, 0.5]
-        rates += [float(other_rate)] * (num_strategies - 2)
-        M = torch.zeros(num_problems, num_strategies)
-        for s, r in enumerate(rates):
-            rows = torch.randperm(num_problems, generator=generator)[: _count(r, num_problems)]
-            M[rows, s] = 1.0
+        M = StrategyBandit.from_card(
+            num_problems, num_strategies,
+            solve_rates=(0.5, 0.35) if setting == "aligned" else (0.05, 0.5),
+            other_rate=other_rate, generator=generator).solve_matrix
         shape = (num_problems, num_strategies)
         uniform = torch.randint(1, num_wrong + 1, shape, generator=generator)
         popular = torch.rand(shape, generator=generator) < popular_rate

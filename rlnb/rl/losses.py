@@ -104,14 +104,17 @@ def _fraction(flags: Tensor, keep: Tensor, count: Tensor) -> float:
     return ((flags & keep).sum() / count).item()
 
 
-def _clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> Metrics:
+def _clip_metrics(low: Tensor, high: Tensor, mask: Tensor, dual: Tensor | None = None) -> Metrics:
     keep = mask != 0
     count = keep.sum().clamp_min(1)
-    return {
+    out = {
         "clip_ratio/low_mean": _fraction(low, keep, count),
         "clip_ratio/high_mean": _fraction(high, keep, count),
         "clip_ratio/region_mean": _fraction(low | high, keep, count),
     }
+    if dual is not None:
+        out["clip_ratio/dual_mean"] = _fraction(dual, keep, count)
+    return out
 
 
 def token_covariance(advantages: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
@@ -211,8 +214,7 @@ def ppo_clip(
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, -adv * delta), loss_tok)
     loss = agg_loss(loss_tok, mask, agg, max_len=max_len, weights=weights)
     metrics = _base_metrics(loss, log_ratio, mask)
-    metrics.update(_clip_metrics(low, high, mask))
-    metrics["clip_ratio/dual_mean"] = _fraction(dual, mask != 0, (mask != 0).sum().clamp_min(1))
+    metrics.update(_clip_metrics(low, high, mask, dual))
     return loss, metrics
 
 
