@@ -27,4 +27,5 @@ REPRODUCTIONS: tuple[str, ...] = (
     "unsupervised_rlvr",  # card 17
     "broad_rollouts",  # card 18
     "intransitive_preferences",  # card 19
+    "hint_scaffolding",  # card 21
 )

@@ -75,3 +75,8 @@ __all__ += ["PreferenceGame"]
 from rlnb.envs.votes import AnswerStrategyBandit, MajorityVote  # noqa: E402
 
 __all__ += ["AnswerStrategyBandit", "MajorityVote"]
+
+# Hint scaffolding (SEELE, card 21): the first h steps of a reference solution, scheduled.
+from rlnb.envs.hints import HINT_SCHEDULES, HintedTask  # noqa: E402
+
+__all__ += ["HINT_SCHEDULES", "HintedTask"]

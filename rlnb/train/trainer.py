@@ -45,7 +45,7 @@ import torch
 from rlnb import allocator, rl
 from rlnb import threads as thread_rules
 from rlnb.policies.base import Policy, Rollout
-from rlnb.train import branching, rundir, schedules
+from rlnb.train import branching, hinting, rundir, schedules
 from rlnb.train.checkpoint import auto_save_steps, checkpoint_bytes
 from rlnb.train.compat import check_pair
 from rlnb.train.config import TrainConfig
@@ -477,8 +477,14 @@ class Trainer:
         """The step's rollout: ``sample`` (the policy's sampler) at ``temperature``, or the
         config's rollout source: EAD's per-position temperatures (``temperature_schedule``,
         :func:`rlnb.train.schedules.scheduled_rollout`) or CURE's stage-1 branching
-        (``cure_branches``, :func:`rlnb.train.branching.branching_rollout`)."""
+        (``cure_branches``, :func:`rlnb.train.branching.branching_rollout`); for a
+        :class:`~rlnb.envs.HintedTask`, its hinted rollout (:mod:`rlnb.train.hinting`)."""
         c = self.config
+        if hinting.is_hinted(self.env):
+            return hinting.hinted_rollout(
+                sample, self.policy, self.env, prompts, G, step=self.step,
+                max_steps=c.max_steps, temperature=c.temperature, generator=self.generator,
+                temperature_schedule=c.temperature_schedule, cure_branches=c.cure_branches)
         if c.temperature_schedule is not None:
             return schedules.scheduled_rollout(
                 self.policy, self.env, prompts, G, c.temperature_schedule, step=self.step,
