@@ -35,13 +35,12 @@ import torch
 
 from analysis.base import Check
 from rlnb.algos import (
+    bradley_terry_policy,
     exploitability,
-    fit_bradley_terry,
     minimax_winner,
-    nash_md,
-    sample_preferences,
-    spo_hedge,
+    spo_hedge_trace,
 )
+from rlnb.algos import nash_md_trace as nash_md_exploitability
 from rlnb.envs import PreferenceGame
 from rlnb.policies import TabularPolicy
 from rlnb.train import TrainConfig, Trainer
@@ -83,35 +82,23 @@ TRACE_EVERY = 50  # exact iterations between the points of the figure's curves
 
 def bradley_terry_kl(P: torch.Tensor, seed: int) -> dict[str, Any]:
     """BT fitted on ``BT_PAIRS`` sampled comparisons, then ``pi ∝ exp(r / KL_BETA)``."""
-    chosen, rejected = sample_preferences(P, BT_PAIRS, torch.Generator().manual_seed(seed))
-    scores = fit_bradley_terry(chosen, rejected, P.shape[0])
-    pi = torch.softmax(scores / KL_BETA, 0)
+    pi, scores = bradley_terry_policy(P, pairs=BT_PAIRS, beta=KL_BETA,
+                                      generator=torch.Generator().manual_seed(seed))
     return {"exploitability": exploitability(pi, P), "argmax_mass": float(pi.max()),
             "argmax": int(pi.argmax()), "scores": scores.tolist()}
 
 
 def nash_md_trace(P: torch.Tensor, steps: int) -> list[float]:
     """Exploitability of Nash-MD's last iterate every :data:`TRACE_EVERY` steps."""
-    pi, out = None, [exploitability(torch.full((P.shape[0],), 1 / P.shape[0]), P)]
-    for _ in range(steps // TRACE_EVERY):
-        pi = nash_md(P, beta=NASH_BETA, eta=NASH_ETA, steps=TRACE_EVERY, init=pi)
-        out.append(exploitability(pi, P))
-    return out
+    return nash_md_exploitability(P, beta=NASH_BETA, eta=NASH_ETA, steps=steps,
+                                  every=TRACE_EVERY)[0]
 
 
 def hedge_trace(P: torch.Tensor, steps: int) -> dict[str, list[float]]:
     """Exploitability of SPO's (Hedge's) last and average iterates every
     :data:`TRACE_EVERY` steps (the average over every step so far)."""
-    k = P.shape[0]
-    pi, total = None, torch.zeros(k, dtype=torch.float64)
-    start = exploitability(torch.full((k,), 1 / k), P)
-    last, average = [start], [start]
-    for i in range(1, steps // TRACE_EVERY + 1):
-        pi, chunk_mean = spo_hedge(P, eta=HEDGE_ETA, steps=TRACE_EVERY, init=pi)
-        total += chunk_mean * TRACE_EVERY
-        last.append(exploitability(pi, P))
-        average.append(exploitability(total / (i * TRACE_EVERY), P))
-    return {"last": last, "average": average}
+    out = spo_hedge_trace(P, eta=HEDGE_ETA, steps=steps, every=TRACE_EVERY)
+    return {"last": out["last"], "average": out["average"]}
 
 
 def fixed_opponent(P: torch.Tensor, steps: int) -> float:

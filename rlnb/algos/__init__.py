@@ -10,18 +10,23 @@ policy they found, so samples-to-optimal can be compared with PPO's (card 9), wh
 :class:`StopWhenOptimal` measures as a Trainer callback.
 
 Preference games (card 19): :func:`minimax_winner` (a linear programme),
-:func:`exploitability` and :func:`nash_md` (Nash mirror descent, exact and tabular).
+:func:`exploitability`, :func:`nash_md` (Nash mirror descent, exact and tabular),
+:func:`spo_hedge` (exact self-play), :func:`bradley_terry_policy` (reward model + KL-RL) and
+their exploitability traces.
 """
 
 from rlnb.algos.gorp import gorp
 from rlnb.algos.nash import (
+    bradley_terry_policy,
     check_preference_matrix,
     exploitability,
     fit_bradley_terry,
     minimax_winner,
     nash_md,
+    nash_md_trace,
     sample_preferences,
     spo_hedge,
+    spo_hedge_trace,
 )
 from rlnb.algos.sqirl import (
     PlanResult,
@@ -32,5 +37,5 @@ from rlnb.algos.sqirl import (
 )
 
 __all__ = ["PlanResult", "StopWhenOptimal", "check_preference_matrix", "evaluate_policy", "exploitability",
-           "fit_bradley_terry", "sample_preferences",
-           "gorp", "minimax_winner", "nash_md", "spo_hedge", "sqirl", "tie_break_greedy"]
+           "bradley_terry_policy", "fit_bradley_terry", "sample_preferences", "gorp", "minimax_winner",
+           "nash_md", "nash_md_trace", "spo_hedge", "spo_hedge_trace", "sqirl", "tie_break_greedy"]

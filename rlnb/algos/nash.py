@@ -10,11 +10,16 @@ learning from human feedback; Swamy et al. arXiv:2401.04056, SPO). Card 19.
 - :func:`minimax_winner`: that equilibrium, from a linear programme (``scipy.optimize``).
 - :func:`nash_md`: Nash-MD's exact update, whose *last* iterate converges to the
   KL-regularised equilibrium (no averaging needed, unlike self-play with Hedge).
+- :func:`spo_hedge`: exact self-play with win rate as the reward (Hedge).
+- :func:`bradley_terry_policy`: the reward-model route (fit BT, then KL-regularised RL).
+- :func:`nash_md_trace`, :func:`spo_hedge_trace`: exploitability along the iterations.
 
 Everything is float64 and exact (no sampling): tensors in, tensors out.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +27,9 @@ from torch import Tensor
 
 from rlnb.mdp.preference import check_preference_matrix, exploitability
 
-__all__ = ["check_preference_matrix", "exploitability", "fit_bradley_terry", "minimax_winner", "nash_md",
-           "sample_preferences", "spo_hedge"]
+__all__ = ["bradley_terry_policy", "check_preference_matrix", "exploitability", "fit_bradley_terry",
+           "minimax_winner", "nash_md", "nash_md_trace", "sample_preferences", "spo_hedge",
+           "spo_hedge_trace"]
 
 
 def minimax_winner(P: Tensor | np.ndarray) -> Tensor:
@@ -159,3 +165,70 @@ def fit_bradley_terry(
     opt.step(closure)
     out = scores.detach()
     return out - out.mean()
+
+
+def bradley_terry_policy(
+    P: Tensor | np.ndarray, *, pairs: int = 5000, beta: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The reward-model route on a preference game (card 19): a Bradley–Terry model fitted
+    on ``pairs`` comparisons of uniformly drawn output pairs (:func:`sample_preferences`,
+    :func:`fit_bradley_terry`), then the KL-regularised optimum against the uniform
+    reference, exactly ``pi ∝ exp(r / beta)``. Returns ``(pi, scores)``, float64 ``(K,)``.
+    On an intransitive game the fitted reward is transitive, so ``pi`` piles onto one
+    member of the cycle, which another member beats."""
+    if not (int(pairs) == pairs and pairs >= 1 and beta > 0):
+        raise ValueError(f"need pairs >= 1 (an int) and beta > 0, got pairs={pairs!r}, beta={beta!r}")
+    P = check_preference_matrix(P)
+    g = torch.Generator().manual_seed(0) if generator is None else generator
+    chosen, rejected = sample_preferences(P, int(pairs), g)
+    scores = fit_bradley_terry(chosen, rejected, P.shape[0])
+    return torch.softmax(scores / beta, 0), scores
+
+
+def nash_md_trace(
+    P: Tensor | np.ndarray, *, beta: float = 0.02, eta: float = 0.1, steps: int = 3000,
+    every: int = 50,
+) -> tuple[list[float], Tensor]:
+    """Nash-MD from the uniform policy, its last iterate's exploitability at iteration 0
+    and every ``every`` iterations up to ``steps`` (``steps // every + 1`` values; the same
+    iterates as one :func:`nash_md` call of ``steps``). Returns ``(trace, last iterate)``."""
+    P = check_preference_matrix(P)
+    _check_every(steps, every)
+    k = P.shape[0]
+    pi = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    out = [exploitability(pi, P)]
+    for _ in range(steps // every):
+        pi = nash_md(P, beta=beta, eta=eta, steps=every, init=pi)
+        out.append(exploitability(pi, P))
+    return out, pi
+
+
+def spo_hedge_trace(
+    P: Tensor | np.ndarray, *, eta: float = 1.0, steps: int = 3000, every: int = 50,
+) -> dict[str, Any]:
+    """Exact SPO (:func:`spo_hedge`) from the uniform policy: the exploitability of its
+    last and of its average iterate (over every iteration so far) at iteration 0 and every
+    ``every`` iterations. Returns ``{"last": [...], "average": [...], "last_pi": (K,),
+    "average_pi": (K,)}``."""
+    P = check_preference_matrix(P)
+    _check_every(steps, every)
+    k = P.shape[0]
+    pi, total = None, torch.zeros(k, dtype=torch.float64)
+    start = exploitability(torch.full((k,), 1.0 / k, dtype=torch.float64), P)
+    last, average = [start], [start]
+    for i in range(1, steps // every + 1):
+        pi, chunk_mean = spo_hedge(P, eta=eta, steps=every, init=pi)
+        total += chunk_mean * every
+        last.append(exploitability(pi, P))
+        average.append(exploitability(total / (i * every), P))
+    n = (steps // every) * every
+    return {"last": last, "average": average,
+            "last_pi": torch.full((k,), 1.0 / k, dtype=torch.float64) if pi is None else pi,
+            "average_pi": total / n if n else torch.full((k,), 1.0 / k, dtype=torch.float64)}
+
+
+def _check_every(steps: int, every: int) -> None:
+    if not (int(every) == every and every >= 1 and int(steps) == steps and steps >= 0):
+        raise ValueError(f"need steps >= 0 and every >= 1 (ints), got steps={steps!r}, "
+                         f"every={every!r}")

@@ -54,12 +54,16 @@ class PreferenceGame(Sandbox):
         self.states_per_prompt = 1
 
     @classmethod
-    def cyclic(cls, num_outputs: int = 7, seed: int = 0) -> PreferenceGame:
+    def cyclic(cls, num_outputs: int = 7, seed: int = 0,
+               margins: tuple[float, float, float] | None = None) -> PreferenceGame:
         """Card 19's game: a rock-paper-scissors cycle among outputs 0, 1, 2 (output ``i``
         beats ``i + 1 mod 3`` with margin U(0.15, 0.35)), each of the three beating every
         other output with probability U(0.6, 0.9), and the others U(0.3, 0.7) among
         themselves; drawn from ``numpy.random.default_rng(seed)``. No reward represents
         it, and its minimax winner is supported on the cycle.
+
+        ``margins`` replaces the three cycle margins (each in [0, 0.5]; 0 is a tie) and
+        keeps every other entry of the seed's game: the same draws are made either way.
 
         >>> PreferenceGame.cyclic(7, seed=0).preference.shape
         torch.Size([7, 7])
@@ -67,10 +71,16 @@ class PreferenceGame(Sandbox):
         if not isinstance(num_outputs, int) or num_outputs < 3:
             raise ValueError(f"num_outputs must be an int >= 3 (a cycle of three and the rest), "
                              f"got {num_outputs!r}")
+        if margins is not None:
+            margins = np.asarray(margins, dtype=np.float64)
+            if margins.shape != (3,) or not bool(((margins >= 0) & (margins <= 0.5)).all()):
+                raise ValueError("margins must be three numbers in [0, 0.5] (how much output i "
+                                 f"beats output i + 1 mod 3 above a tie), got {margins.tolist()!r}")
         rng = np.random.default_rng(seed)
         k = num_outputs
         P = np.full((k, k), 0.5)
-        margins = rng.uniform(0.15, 0.35, 3)
+        drawn = rng.uniform(0.15, 0.35, 3)
+        margins = drawn if margins is None else margins
         for i in range(3):
             j = (i + 1) % 3
             P[i, j], P[j, i] = 0.5 + margins[i], 0.5 - margins[i]

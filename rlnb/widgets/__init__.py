@@ -10,6 +10,8 @@
   Trainer run drawn over the baseline's entropy and reward (notebook 06).
 - :class:`BestOfNExplorer` -- n and the proxy's noise; gold and proxy reward of best-of-n
   against sqrt(KL), its exact KL against log n - (n-1)/n (notebook 08).
+- :class:`PreferenceGameExplorer` -- the margins of card 19's preference cycle; the
+  exploitability of a reward model, Nash-MD and self-play recomputed live (notebook 10).
 - :class:`HiddenStatesExplorer` -- a layer and a checkpoint of computed rank and probe
   results (notebook 04).
 
@@ -23,6 +25,7 @@ from rlnb.widgets.hidden_states import HiddenStatesExplorer
 from rlnb.widgets.interventions import InterventionExplorer
 from rlnb.widgets.live import LIVE_KNOBS, RESTART_KNOBS, LiveTraining
 from rlnb.widgets.passk import PassKExplorer
+from rlnb.widgets.preferences import PreferenceGameExplorer
 from rlnb.widgets.rollouts import RolloutBrowser, tokens_html
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "RESTART_KNOBS",
     "LiveTraining",
     "PassKExplorer",
+    "PreferenceGameExplorer",
     "RolloutBrowser",
     "tokens_html",
 ]
